@@ -1,0 +1,31 @@
+"""Moves training from one task to the next every `steps_per_task` optimizer steps.
+
+One `Trainer.fit` walks the whole sequence: epoch k is task k (the data module serves task k's data in
+epoch k and its epoch is exactly `steps_per_task` steps long). At the start of each epoch this callback
+points the module at the new task, gives AdamW fresh moments if `reset_optimizer` (each stage of the study is
+a separate fine-tuning run), and logs the task index.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class TaskSwitching(Callback):
+    def __init__(self, task_names: list[str], reset_optimizer: bool = True):
+        self.task_names = list(task_names)
+        self.reset_optimizer = reset_optimizer
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs != len(self.task_names):
+            raise ValueError(f"the trainer runs {trainer.max_epochs} epochs for {len(self.task_names)} tasks; "
+                             "set max_epochs to the number of tasks (one epoch per task)")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        index = trainer.current_epoch
+        pl_module.task_index = index
+        if self.reset_optimizer and index > 0:
+            for optimizer in trainer.optimizers:
+                optimizer.state.clear()
+        pl_module.log("task", float(index + 1), on_step=True, on_epoch=False)

@@ -1,0 +1,5 @@
+import sys
+
+from cpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""`python -m cpt fit [CONFIG.yaml] [key=value ...]` and `python -m cpt inspect [CONFIG.yaml] [key=value ...]`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from cpt.config import ConfigError, format_help, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
+
+commands:
+  fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
+  inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
+"""
+
+
+def _split(args: list[str]) -> tuple[Path | None, list[str]]:
+    """An optional leading YAML path, then key=value overrides; no path means configs/default.yaml."""
+    if args and "=" not in args[0]:
+        return Path(args[0]), args[1:]
+    return (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None), args
+
+
+def fit(args: list[str]) -> int:
+    from cpt.fit import run
+
+    cfg = load_config(*_split(args))
+    try:
+        run(cfg)
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def inspect(args: list[str]) -> int:
+    from cpt.sizing import describe_backbone, format_description
+
+    cfg = load_config(*_split(args))
+    print(format_description(cfg.model.name_or_path, describe_backbone(cfg)))
+    return 0
+
+
+COMMANDS = {"fit": fit, "inspect": inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    if "-h" in args or "--help" in args:
+        print(format_help())
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[command](args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,70 @@
+"""Greedy decoding of a task's evaluation split and its accuracy, shared out over ranks.
+
+Under FSDP every rank must run the same number of forward passes (each one gathers shards), so ranks get
+equally many batches (the last padded with repeats that carry zero weight) and generation runs with
+`synced_gpus`, which keeps a finished rank stepping until all are done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchmetrics.aggregation import MeanMetric
+
+from cpt.data import Collator, EncodedDataset
+from cpt.examples import Example
+from cpt.processor import VisionTextProcessor
+from cpt.tasks import Task
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def generate(model: nn.Module, processor: VisionTextProcessor, batch: dict[str, torch.Tensor], max_new_tokens: int,
+             synced: bool = False) -> list[str]:
+    """Greedy completions for a collated batch (prompts only), as text."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+                         pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)
+    return [processor.decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
+
+
+def shard_indices(n: int, rank: int, world: int, batch_size: int) -> tuple[list[int], list[float]]:
+    """This rank's indices and weights, padded so that every rank makes the same number of batches."""
+    mine = list(range(rank, n, world))
+    per_rank = -(-n // world)
+    padded = -(-per_rank // batch_size) * batch_size if n else 0
+    weights = [1.0] * len(mine) + [0.0] * (padded - len(mine))
+    fill = mine[:1] or [0]
+    return mine + fill * (padded - len(mine)), weights
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str, batch_size: int,
+             max_new_tokens: int, device: torch.device) -> float:
+    """Accuracy (percent) of greedy answers on `task.eval`, over all ranks."""
+    rank, world = _distributed()
+    examples: Sequence[Example] = task.eval
+    dataset = EncodedDataset(examples, processor, template, with_response=False)
+    collate = Collator(processor.pad_id)
+    indices, weights = shard_indices(len(examples), rank, world, batch_size)
+    accuracy = MeanMetric().to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
+            completions = generate(model, processor, batch, max_new_tokens, synced=world > 1)
+            correct = [float(task.scorer(text, examples[i])) for text, i in zip(completions, chunk)]
+            accuracy.update(torch.tensor(correct, device=device), torch.tensor(weights[start:start + batch_size], device=device))
+    finally:
+        model.train(was_training)
+    return 100.0 * accuracy.compute().item() if indices or world > 1 else float("nan")

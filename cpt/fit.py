@@ -1,0 +1,88 @@
+"""One continual post-training run: config -> backbone -> tasks -> Trainer.fit over the sequence -> results."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import ModelParallelStrategy
+from omegaconf import DictConfig
+
+from callbacks import MultiTaskEvaluation, TaskCheckpoint, TaskProgressBar, TaskSwitching
+from cpt.config import ConfigError, save_config
+from cpt.datamodule import TaskSequenceData
+from cpt.presets import resolve_checkpoint
+from cpt.sft import SFTModule
+from cpt.tasks import build_tasks, general_set
+
+METHODS = {"sft": SFTModule}
+
+
+def load_callback(path: str) -> Callback:
+    """A user callback from `package.module:Class`, constructed without arguments."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ConfigError(f"callback {path!r} must look like package.module:Class")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"cannot import callback {path!r}: {error}") from None
+    callback = factory()
+    if not isinstance(callback, Callback):
+        raise ConfigError(f"callback {path!r} is a {type(callback).__name__}, not a lightning Callback")
+    return callback
+
+
+def build_strategy(cfg: DictConfig):
+    if cfg.trainer.strategy == "fsdp":
+        # FSDP2 (fully_shard in configure_model); unlike Lightning's FSDPStrategy it also runs on CPU with gloo.
+        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+    return cfg.trainer.strategy
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    from lightning.pytorch import loggers
+
+    if cfg.logger == "csv":
+        return loggers.CSVLogger(run_dir, name="logs", version="")
+    if cfg.logger == "tensorboard":
+        return loggers.TensorBoardLogger(run_dir, name="logs", version="")
+    if cfg.logger == "wandb":
+        return loggers.WandbLogger(save_dir=run_dir, project="cpt", name=run_dir.name)
+    return False
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train the sequence; returns the results summary (also written to the run directory)."""
+    run_dir = Path(cfg.output_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    checkpoint = resolve_checkpoint(cfg)
+    tasks = build_tasks(cfg)
+    names = [task.name for task in tasks]
+    module = METHODS[cfg.method](cfg, checkpoint)
+    evaluation = MultiTaskEvaluation(
+        tasks, run_dir, cfg.data.template, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+        general=general_set(cfg) if cfg.eval.general else None, progress=cfg.trainer.enable_progress_bar,
+    )
+    callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), evaluation]
+    if cfg.save_checkpoints:
+        callbacks.append(TaskCheckpoint(run_dir, names))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TaskProgressBar(names))
+    callbacks += [load_callback(path) for path in cfg.callbacks]
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_epochs=len(tasks),  # one epoch per task, each exactly steps_per_task steps long
+        reload_dataloaders_every_n_epochs=1,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
+        precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
+        enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=TaskSequenceData(cfg, tasks, module.processor))
+    return evaluation.summary

@@ -1,0 +1,65 @@
+"""The base LightningModule shared by every training paradigm: backbone, processor, optimizer, schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from cpt.backbone import DTYPES, load_backbone, shard_backbone
+from cpt.processor import VisionTextProcessor
+
+
+def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: float):
+    """LR multiplier for optimizer step s: linear warmup then cosine decay, restarting with every task."""
+    warmup = min(math.ceil(warmup_ratio * steps_per_task), steps_per_task - 1) if steps_per_task > 1 else 0
+
+    def multiplier(step: int) -> float:
+        s = step % steps_per_task
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = (s - warmup) / max(1, steps_per_task - warmup)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+class CPTModule(L.LightningModule):
+    """Holds the Qwen2.5-VL backbone; subclasses define `training_step`.
+
+    The backbone is built in `configure_model`, so that under FSDP each rank loads it and shards it at once.
+    `task_index` is the position in the task sequence, kept current by the TaskSwitching callback.
+    """
+
+    def __init__(self, cfg: DictConfig, checkpoint: Path):
+        super().__init__()
+        self.cfg = cfg
+        self.checkpoint = Path(checkpoint)
+        self.processor = VisionTextProcessor.from_pretrained(checkpoint, cfg.model.min_pixels, cfg.model.max_pixels)
+        self.backbone: torch.nn.Module | None = None
+        self.task_index = 0
+
+    def configure_model(self) -> None:
+        if self.backbone is not None:
+            return
+        self.backbone = load_backbone(self.cfg.model, self.checkpoint, seed=self.cfg.seed)
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is not None:  # ModelParallelStrategy, i.e. trainer.strategy=fsdp
+            dtype = DTYPES[self.cfg.model.dtype]
+            shard_backbone(self.backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        schedule = per_task_schedule(self.cfg.steps_per_task, optim.warmup_ratio, optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the backbone's forward takes: ids, mask, pixels; not our bookkeeping (labels, index)."""
+        return {k: v for k, v in batch.items() if k not in ("labels", "index")}

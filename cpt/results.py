@@ -1,0 +1,94 @@
+"""The results a researcher reads: results.json, accuracy_matrix.csv, accuracy_matrix.png, and a printed table.
+
+Written after every evaluation row, so a run that stops early keeps every row it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from cpt.metrics import avg_acc, backward_transfer, forgetting
+
+MATRIX_PNG = "accuracy_matrix.png"
+
+
+def summarize(tasks: list[str], rows: list[list[float]], general: list[float | None],
+              chance: list[float | None]) -> dict:
+    """results.json's content from the rows evaluated so far (row 0 = base model)."""
+    per_row = {"avg_acc": [], "fm": [], "bwt": []}
+    for t in range(len(rows)):
+        per_row["avg_acc"].append(avg_acc(rows, t) if t else sum(rows[0]) / len(rows[0]))
+        per_row["fm"].append(forgetting(rows, t) if t else 0.0)
+        per_row["bwt"].append(backward_transfer(rows, t) if t else 0.0)
+    complete = len(rows) == len(tasks) + 1
+    return {
+        "tasks": tasks,
+        "accuracy_matrix": rows,
+        "complete": complete,
+        "avg_acc": per_row["avg_acc"][-1],
+        "fm": per_row["fm"][-1],
+        "bwt": per_row["bwt"][-1],
+        "general": general,
+        "chance": chance,
+        "per_row": per_row,
+    }
+
+
+def write_results(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(run_dir / "results.json")  # never a half-written results.json
+    with open(run_dir / "accuracy_matrix.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["after", *summary["tasks"], "general"])
+        for t, row in enumerate(summary["accuracy_matrix"]):
+            label = "base" if t == 0 else summary["tasks"][t - 1]
+            general = summary["general"][t] if t < len(summary["general"]) else None
+            writer.writerow([label, *(f"{v:.2f}" for v in row), "" if general is None else f"{general:.2f}"])
+    plot_accuracy_matrix(summary, run_dir / MATRIX_PNG)
+
+
+def plot_accuracy_matrix(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, rows = summary["tasks"], summary["accuracy_matrix"]
+    labels = ["base"] + [f"after {i + 1}: {name}" for i, name in enumerate(tasks[: len(rows) - 1])]
+    fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 3, 0.55 * len(rows) + 2))
+    image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for t, row in enumerate(rows):
+        for j, value in enumerate(row):
+            ax.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=9)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xlabel("evaluated on task")
+    ax.set_title(f"Accuracy (%)   AvgAcc {summary['avg_acc']:.1f}   FM {summary['fm']:.1f}   BWT {summary['bwt']:.1f}")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(summary: dict) -> str:
+    tasks, rows = summary["tasks"], summary["accuracy_matrix"]
+    width = max(8, *(len(t) for t in tasks))
+    head = f"{'after':<14}" + "".join(f"{t:>{width}}" for t in tasks) + f"{'general':>{width}}{'AvgAcc':>{width}}"
+    lines = [head, "-" * len(head)]
+    for t, row in enumerate(rows):
+        label = "base" if t == 0 else f"{t}:{tasks[t - 1]}"
+        general = summary["general"][t] if t < len(summary["general"]) else None
+        cells = "".join(f"{v:>{width}.1f}" for v in row)
+        g = f"{general:>{width}.1f}" if general is not None and not math.isnan(general) else f"{'-':>{width}}"
+        lines.append(f"{label:<14}{cells}{g}{summary['per_row']['avg_acc'][t]:>{width}.1f}")
+    if summary["chance"] and any(c is not None for c in summary["chance"]):
+        lines.append(f"{'chance':<14}" + "".join(f"{c:>{width}.1f}" if c is not None else f"{'-':>{width}}"
+                                                 for c in summary["chance"]))
+    lines.append(f"AvgAcc {summary['avg_acc']:.1f}   FM {summary['fm']:.1f}   BWT {summary['bwt']:.1f}"
+                 + ("" if summary["complete"] else "   (incomplete run)"))
+    return "\n".join(lines)

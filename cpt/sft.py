@@ -1,0 +1,30 @@
+"""Supervised fine-tuning: cross-entropy on the answer tokens only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cpt.data import IGNORE_INDEX
+from cpt.module import CPTModule
+
+
+def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose label is not IGNORE_INDEX (the answer)."""
+    logits = model(**CPTModule.model_inputs(batch)).logits
+    # The token at position i is predicted from the positions before it.
+    predicted, target = logits[:, :-1].float(), batch["labels"][:, 1:]
+    return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+class SFTModule(CPTModule):
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = sft_loss(self.backbone, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"SFT loss is {loss.item()} at step {self.global_step} (task {self.task_index + 1}); "
+                "lower optim.lr or use model.dtype=float32. Results of finished tasks are in the run directory."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss

@@ -1,0 +1,58 @@
+"""A task: a name, training and evaluation examples, and the scorer that says whether an answer is right."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from cpt.data import LocalSplit, SyntheticSplit
+from cpt.examples import Example
+from cpt.scoring import SCORERS
+from cpt.synthetic import GENERAL_NAME, chance_accuracy
+
+GENERAL = GENERAL_NAME
+
+
+@dataclass
+class Task:
+    name: str
+    train: Sequence[Example]
+    eval: Sequence[Example]
+    scorer: Callable[[str, Example], bool]
+    chance: float | None = None  # accuracy of guessing, percent, where known
+
+
+def synthetic_task(name: str, cfg: DictConfig) -> Task:
+    data = cfg.data
+    return Task(
+        name=name,
+        train=SyntheticSplit(name, "train", data.train_size, cfg.seed, data.image_size),
+        eval=SyntheticSplit(name, "eval", data.eval_size, cfg.seed, data.image_size),
+        scorer=SCORERS["exact"],
+        chance=chance_accuracy(name),
+    )
+
+
+def local_task(name: str, spec: DictConfig) -> Task:
+    if spec.scorer not in SCORERS:
+        raise ValueError(f"local_tasks.{name}.scorer={spec.scorer!r}; choose one of {', '.join(SCORERS)}")
+    return Task(name, LocalSplit(spec.train, spec.image_dir), LocalSplit(spec.eval, spec.image_dir), SCORERS[spec.scorer])
+
+
+def build_tasks(cfg: DictConfig) -> list[Task]:
+    """The configured sequence, in order."""
+    return [local_task(name, cfg.local_tasks[name]) if name in cfg.local_tasks else synthetic_task(name, cfg)
+            for name in cfg.tasks]
+
+
+def general_set(cfg: DictConfig) -> Task:
+    """The held-out general-knowledge set (multiple choice, 4 options): the toy stand-in for MMMU/MMLU-Pro.
+
+    Its seed is the foundation model's, so it is held out from the same pool the base was pre-trained on.
+    """
+    data = cfg.data
+    held_out = SyntheticSplit(GENERAL, "eval", data.general_size, cfg.foundation.seed, data.image_size)
+    return Task(GENERAL, train=(), eval=held_out, scorer=SCORERS["multiple_choice"], chance=None)
+

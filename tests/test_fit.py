@@ -1,0 +1,99 @@
+"""End to end: `cpt fit` over two tasks on the quick foundation model, files read back."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cpt.config import load_config
+from cpt.fit import run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def two_task_run(tmp_path_factory, quick_cfg, foundation_dir):
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      [*quick_cfg, f"output_dir={run_dir}", "tasks=[colour,count]", "steps_per_task=3", "seed=1"])
+    return run_dir, run(cfg)
+
+
+def test_results_files(two_task_run):
+    run_dir, summary = two_task_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tasks"] == ["colour", "count"]
+    matrix = results["accuracy_matrix"]
+    assert len(matrix) == 3 and all(len(row) == 2 for row in matrix)  # base + after each task
+    assert all(0 <= v <= 100 for row in matrix for v in row)
+    # Accuracies are multiples of 100/8: eight eval examples per task.
+    assert all(abs(v * 8 / 100 - round(v * 8 / 100)) < 1e-6 for row in matrix for v in row)
+    assert results["avg_acc"] == pytest.approx(sum(matrix[2]) / 2)
+    assert results["fm"] == pytest.approx(matrix[2][0] - matrix[1][0])
+    assert results["bwt"] == pytest.approx(matrix[2][0] - matrix[1][0])
+    assert len(results["general"]) == 3 and results["complete"]
+    assert results["chance"] == [25.0, 20.0]
+    assert summary == results
+
+    rows = list(csv.reader(open(run_dir / "accuracy_matrix.csv")))
+    assert rows[0] == ["after", "colour", "count", "general"]
+    assert [r[0] for r in rows[1:]] == ["base", "colour", "count"]
+    assert float(rows[3][1]) == pytest.approx(matrix[2][0], abs=0.01)
+    assert Image.open(run_dir / "accuracy_matrix.png").size[0] > 300
+
+
+def test_run_directory_contents(two_task_run):
+    run_dir, _ = two_task_run
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.steps_per_task == 3 and saved.seed == 1 and list(saved.tasks) == ["colour", "count"]
+    for k, name in enumerate(["colour", "count"], 1):
+        adapter = run_dir / "checkpoints" / f"{k}-{name}"
+        assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    metrics = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    losses = [row for row in metrics if row.get("train/loss")]
+    assert losses, "training loss was logged"
+    evals = [row for row in metrics if row.get("eval/colour")]
+    assert len(evals) == 3
+
+
+def test_adapters_reload_and_differ_between_tasks(two_task_run):
+    from safetensors.torch import load_file
+
+    run_dir, _ = two_task_run
+    first = load_file(run_dir / "checkpoints" / "1-colour" / "adapter_model.safetensors")
+    second = load_file(run_dir / "checkpoints" / "2-count" / "adapter_model.safetensors")
+    assert first.keys() == second.keys() and any("lora_B" in k for k in first)
+    assert any(not (first[k] == second[k]).all() for k in first)
+
+
+def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):
+    run_dir, summary = two_task_run
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=3", "seed=1",
+                       "save_checkpoints=false"])
+    again = run(cfg)
+    assert again["accuracy_matrix"] == summary["accuracy_matrix"]
+    assert again["general"] == summary["general"]
+    first_losses = [r["train/loss"] for r in csv.DictReader(open(run_dir / "logs" / "metrics.csv")) if r.get("train/loss")]
+    second_losses = [r["train/loss"] for r in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if r.get("train/loss")]
+    assert first_losses == second_losses
+
+
+def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir):
+    """trainer.strategy=fsdp with 2 CPU processes (gloo): every rank holds about half of each sharded weight."""
+    args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2",
+            "trainer.devices=2", "trainer.strategy=fsdp", "callbacks=[tests.shard_probe:ShardProbe]"]
+    proc = subprocess.run([sys.executable, "-m", "cpt", "fit", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probes = [json.loads((tmp_path / f"shards-rank{r}.json").read_text()) for r in (0, 1)]
+    for probe in probes:
+        assert probe["world"] == 2 and probe["dtensors"] > 50
+        assert 0.45 < probe["local"] / probe["full"] < 0.55
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == 3
+    assert (tmp_path / "checkpoints" / "2-count" / "adapter_model.safetensors").is_file()

@@ -2,8 +2,8 @@
 
 One `Trainer.fit` walks the whole sequence: epoch k is task k (the data module serves task k's data in
 epoch k and its epoch is exactly `steps_per_task` steps long). At the start of each epoch this callback
-points the module at the new task, gives AdamW fresh moments if `reset_optimizer` (each stage of the study is
-a separate fine-tuning run), and logs the task index.
+points the module at the new task and, with `reset_optimizer`, gives AdamW fresh moments (each stage of the
+study is a separate fine-tuning run). The module logs the task index with every step.
 """
 
 from __future__ import annotations
@@ -28,4 +28,3 @@ class TaskSwitching(Callback):
         if self.reset_optimizer and index > 0:
             for optimizer in trainer.optimizers:
                 optimizer.state.clear()
-        pl_module.log("task", float(index + 1), on_step=True, on_epoch=False)

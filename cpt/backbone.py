@@ -95,13 +95,18 @@ def fsdp_units(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_backbone(model: nn.Module, mesh, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: each unit gathers its parameters only while it runs; the root holds the rest (embeddings, head)."""
+    """FSDP2: each unit gathers its parameters only while it runs; the root holds the rest (embeddings, head).
+
+    The root is the Qwen2.5-VL model itself, not a peft wrapper around it: `generate` calls the inner model's
+    forward, and the root's gathering hooks must fire there too. (`generate` also runs the vision tower before
+    that forward: see `cpt.evaluation.generate`.)
+    """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for unit in fsdp_units(model):
         fully_shard(unit, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    fully_shard(base_model(model), mesh=mesh, mp_policy=policy)
     return model
 
 

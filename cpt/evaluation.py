@@ -12,8 +12,10 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torchmetrics.aggregation import MeanMetric
 
+from cpt.backbone import base_model
 from cpt.data import Collator, EncodedDataset
 from cpt.examples import Example
 from cpt.processor import VisionTextProcessor
@@ -31,8 +33,20 @@ def generate(model: nn.Module, processor: VisionTextProcessor, batch: dict[str, 
              synced: bool = False) -> list[str]:
     """Greedy completions for a collated batch (prompts only), as text."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                         pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)
+    # Under FSDP2, generate runs the vision tower (get_image_features) before the first forward of the root.
+    # FSDP2 would take the first module to run for its root, and the root's own weights (patch embedding,
+    # merger, embeddings) would still be sharded: settle the root (a no-op once done) and gather them first.
+    root = base_model(model)
+    sharded = isinstance(root, FSDPModule)
+    if sharded:
+        root._get_fsdp_state()._lazy_init()  # private in torch 2.13; the public path is a forward of the root
+        root.unshard()
+    try:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+                             pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)
+    finally:
+        if sharded:
+            root.reshard()
     return [processor.decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import ModelParallelStrategy
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from callbacks import MultiTaskEvaluation, TaskCheckpoint, TaskProgressBar, TaskSwitching
 from cpt.config import ConfigError, save_config
@@ -36,10 +36,18 @@ def load_callback(path: str) -> Callback:
 
 
 def build_strategy(cfg: DictConfig):
-    if cfg.trainer.strategy == "fsdp":
-        # FSDP2 (fully_shard in configure_model); unlike Lightning's FSDPStrategy it also runs on CPU with gloo.
-        return ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
-    return cfg.trainer.strategy
+    t = cfg.trainer
+    if t.strategy != "fsdp":
+        return t.strategy
+    # FSDP2 (fully_shard in configure_model); unlike Lightning's FSDPStrategy it also runs on CPU with gloo.
+    # Every process is a data-parallel shard; there is no tensor parallelism.
+    if isinstance(t.devices, int):
+        per_node = t.devices
+    elif isinstance(t.devices, (list, ListConfig)):
+        per_node = len(t.devices)
+    else:
+        raise ConfigError("trainer.strategy=fsdp needs trainer.devices as a number or a list of device ids")
+    return ModelParallelStrategy(data_parallel_size=per_node * t.num_nodes, tensor_parallel_size=1)
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):

@@ -46,6 +46,7 @@ class CPTModule(L.LightningModule):
         if self.backbone is not None:
             return
         self.backbone = load_backbone(self.cfg.model, self.checkpoint, seed=self.cfg.seed)
+        self.backbone.train()  # from_pretrained returns eval mode; dropout in adapters must be live
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None:  # ModelParallelStrategy, i.e. trainer.strategy=fsdp
             dtype = DTYPES[self.cfg.model.dtype]

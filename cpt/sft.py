@@ -26,5 +26,7 @@ class SFTModule(CPTModule):
                 f"SFT loss is {loss.item()} at step {self.global_step} (task {self.task_index + 1}); "
                 "lower optim.lr or use model.dtype=float32. Results of finished tasks are in the run directory."
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/task", float(self.task_index + 1), batch_size=size)
         return loss

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from cpt.config import ConfigError, format_help, load_config
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_help())
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns on import that an optional CPU kernel package is missing; QLoRA works without it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
     try:
         return COMMANDS[command](args)
     except (ConfigError, FileNotFoundError) as error:

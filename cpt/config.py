@@ -67,7 +67,7 @@ class ModelConfig:
 class FoundationConfig:
     steps: int = doc("Pre-training steps of the `tiny` toy foundation model (cached after the first run).", 1000)
     batch_size: int = doc("Pre-training batch size.", 32)
-    lr: float = doc("Pre-training peak learning rate.", 2e-3)
+    lr: float = doc("Pre-training peak learning rate.", 1e-3)
     task_share: float = doc("Fraction of pre-training examples in the downstream tasks' format (gives the base "
                             "some zero-shot ability); the rest is the general pool.", 0.2)
     seed: int = doc("Seed of the toy foundation model (independent of the run seed, like a real base model).", 0)

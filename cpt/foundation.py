@@ -33,7 +33,7 @@ from cpt.tasks import GENERAL
 log = logging.getLogger(__name__)
 
 # Bump when the synthetic benchmark, the tokenizer corpus or the tiny architecture changes.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 POOL_SIZE = 20_000
 FIRST_STAGE_SHARE = 0.4
 

@@ -45,5 +45,5 @@ def format_description(name: str, d: dict) -> str:
         f"trainable           {d['trainable_params']:,} ({100 * d['trainable_params'] / d['total_params']:.2f}%)",
         f"FSDP units          {units}",
         f"  largest unit      {d['fsdp_unit_params_max']:,} parameters",
-        f"  root              {d['fsdp_root_params']:,} parameters: embeddings, head, norms; sharded as the root)",
+        f"  root              {d['fsdp_root_params']:,} parameters: embeddings, head, final norm, vision patch embedding and merger",
     ])

@@ -28,7 +28,7 @@ def processor():
 @pytest.fixture(scope="session")
 def quick_cfg(cache_dir):
     """Overrides for a fast run on the quick foundation model."""
-    return [*QUICK_FOUNDATION, f"foundation.cache_dir={cache_dir}", "data.batch_size=4", "data.eval_size=8",
+    return [*QUICK_FOUNDATION, f"foundation.cache_dir={cache_dir}", "model.finetune=lora", "data.batch_size=4", "data.eval_size=8",
             "data.general_size=8", "eval.batch_size=8", "eval.max_new_tokens=6", "trainer.enable_progress_bar=false",
             "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,10 +86,13 @@ def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):
 
 def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir):
     """trainer.strategy=fsdp with 2 CPU processes (gloo): every rank holds about half of each sharded weight."""
-    args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2",
-            "trainer.devices=2", "trainer.strategy=fsdp", "callbacks=[tests.shard_probe:ShardProbe]"]
+    args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2", "data.eval_size=4",
+            "eval.general=false", "trainer.devices=2", "trainer.strategy=fsdp",
+            "callbacks=[tests.shard_probe:ShardProbe]"]
+    # One thread per rank: two ranks on two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "cpt", "fit", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     probes = [json.loads((tmp_path / f"shards-rank{r}.json").read_text()) for r in (0, 1)]
     for probe in probes:
@@ -97,3 +101,16 @@ def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir):
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["accuracy_matrix"]) == 3
     assert (tmp_path / "checkpoints" / "2-count" / "adapter_model.safetensors").is_file()
+
+
+def test_quickstart_notebook_reads_the_run(two_task_run, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    run_dir, _ = two_task_run
+    monkeypatch.setenv("CPT_RUN_DIR", str(run_dir))
+    notebook = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    printed = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs)
+    assert "AvgAcc" in printed and "colour" in printed
+    assert any("image/png" in out.get("data", {}) for cell in notebook.cells for out in cell.get("outputs", []))

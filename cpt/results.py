@@ -77,7 +77,7 @@ def plot_accuracy_matrix(summary: dict, path: Path) -> None:
 
 def format_table(summary: dict) -> str:
     tasks, rows = summary["tasks"], summary["accuracy_matrix"]
-    width = max(8, *(len(t) for t in tasks))
+    width = 2 + max(7, *(len(t) for t in tasks))  # at least two spaces between columns
     head = f"{'after':<14}" + "".join(f"{t:>{width}}" for t in tasks) + f"{'general':>{width}}{'AvgAcc':>{width}}"
     lines = [head, "-" * len(head)]
     for t, row in enumerate(rows):

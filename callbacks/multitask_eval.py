@@ -27,19 +27,12 @@ class MultiTaskEvaluation(Callback):
         self.rows: list[list[float]] = []
         self.general_scores: list[float | None] = []
 
-    def state_dict(self) -> dict:
-        return {"rows": self.rows, "general": self.general_scores}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rows, self.general_scores = state["rows"], state["general"]
-
     @property
     def summary(self) -> dict:
         return summarize([t.name for t in self.tasks], self.rows, self.general_scores, [t.chance for t in self.tasks])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows:  # a resumed run already has its base row
-            self.evaluate_row(trainer, pl_module)
+        self.evaluate_row(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate_row(trainer, pl_module)

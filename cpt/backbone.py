@@ -20,8 +20,8 @@ from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Vision-tower linear layers, by the names they have in Qwen2.5-VL's vision blocks.
-VISION_LORA_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
+# The linear layers of Qwen2.5-VL's vision blocks (not the Conv3d patch embedding, also named `proj`).
+VISION_LORA_PATTERN = r".*\bvisual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))$"
 
 
 def attention_implementation(requested: str) -> str:
@@ -78,7 +78,7 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
     # peft matches a string target as a regex on the full module name: keep the vision tower out unless asked.
     pattern = rf"^(?!.*\bvisual\b).*\.({text_targets})$"
     if lora.vision:
-        pattern = rf"(?:{pattern})|(?:.*\bvisual\b.*\.({'|'.join(VISION_LORA_TARGETS)})$)"
+        pattern = rf"(?:{pattern})|(?:{VISION_LORA_PATTERN})"
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
                              task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)
@@ -124,12 +124,12 @@ def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
     """Adapters (LoRA) or the full weights, in the usual save_pretrained layout. Call on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    # Gathers shards under FSDP; every rank must take part, only the main one writes.
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    adapters_only = isinstance(model, PeftModel)
+    # Gathers shards under FSDP; every rank must take part, only the main one writes. For LoRA only the
+    # adapters are gathered, not the frozen base.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapters_only)
+    state = get_model_state_dict(model, options=options)
     if not is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(path, state_dict={k: v for k, v in state.items() if "lora_" in k})
-    else:
-        model.save_pretrained(path, state_dict=state)
+    model.save_pretrained(path, state_dict=state)

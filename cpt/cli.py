@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
+from datetime import datetime
 from pathlib import Path
 
-from cpt.config import ConfigError, format_help, load_config
+from cpt.config import RUN_TIME_ENV, ConfigError, format_help, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(format_help())
         return 0
+    os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # bitsandbytes warns on import that an optional CPU kernel package is missing; QLoRA works without it.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

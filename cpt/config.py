@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from cpt.scoring import SCORERS
 
 SYNTHETIC_TASKS = ["count", "colour", "shape", "position", "compare", "read", "arith"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -24,9 +26,9 @@ RUN_TIME_ENV = "CPT_RUN_TIME"
 
 
 def _run_time(pattern: str) -> str:
-    """`${now:%Y%m%d-%H%M%S}`: the run's start time. Kept in the environment so that the processes Lightning
-    launches for other ranks (which re-read the config) resolve the same run directory."""
-    stamp = os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))
+    """`${now:%Y%m%d-%H%M%S}`: the time in $CPT_RUN_TIME if set, else now. The CLI sets it once, and the
+    processes Lightning launches for other ranks (which re-read the config) inherit it: one run directory."""
+    stamp = os.environ.get(RUN_TIME_ENV) or datetime.now().isoformat(timespec="seconds")
     return datetime.fromisoformat(stamp).strftime(pattern)
 
 
@@ -51,13 +53,13 @@ class LoraConfig:
 class ModelConfig:
     name_or_path: str = doc("`tiny` (built-in toy foundation model), `qwen2.5-vl-7b` (published shape, random "
                             "weights: for sizing and speed), or a local checkpoint directory.", "tiny")
-    finetune: str = doc("lora | qlora (4-bit NF4 base + LoRA) | full.", "lora")
+    finetune: str = doc("lora | qlora (4-bit NF4 base + LoRA) | full.", "full")
     dtype: str = doc("Weight dtype: float32 | bfloat16 | float16.", "float32")
     attn_implementation: str = doc("auto (flash_attention_2 when installed and on CUDA, else sdpa) | sdpa | eager | "
                                    "flash_attention_2.", "auto")
     gradient_checkpointing: bool = doc("Recompute activations in the backward pass to save memory.", False)
     freeze_vision: bool = doc("Keep the vision tower's weights fixed (full fine-tuning; LoRA freezes all base "
-                              "weights anyway).", True)
+                              "weights anyway).", False)
     min_pixels: Optional[int] = doc("Smallest image area after resizing (pixels); null keeps the checkpoint's.", None)
     max_pixels: Optional[int] = doc("Largest image area after resizing (pixels); null keeps the checkpoint's.", None)
     lora: LoraConfig = doc("LoRA settings (lora and qlora).", factory=LoraConfig)
@@ -68,8 +70,8 @@ class FoundationConfig:
     steps: int = doc("Pre-training steps of the `tiny` toy foundation model (cached after the first run).", 1000)
     batch_size: int = doc("Pre-training batch size.", 32)
     lr: float = doc("Pre-training peak learning rate.", 1e-3)
-    task_share: float = doc("Fraction of pre-training examples in the downstream tasks' format (gives the base "
-                            "some zero-shot ability); the rest is the general pool.", 0.2)
+    task_share: float = doc("Second pre-training stage: examples in the downstream tasks' format, as a fraction "
+                            "of the general multiple-choice pool's size (gives the base some zero-shot ability).", 0.2)
     seed: int = doc("Seed of the toy foundation model (independent of the run seed, like a real base model).", 0)
     cache_dir: Optional[str] = doc("Where the toy foundation model is cached; null = $CPT_CACHE_DIR or "
                                    "~/.cache/cpt.", None)
@@ -77,7 +79,7 @@ class FoundationConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = doc("Peak learning rate of AdamW.", 1e-3)
+    lr: float = doc("Peak learning rate of AdamW.", 5e-4)
     weight_decay: float = doc("AdamW weight decay.", 0.0)
     warmup_ratio: float = doc("Fraction of each task's steps spent warming up linearly from 0.", 0.1)
     min_lr_ratio: float = doc("Learning rate at the end of each task's cosine decay, relative to lr.", 0.1)
@@ -134,7 +136,7 @@ class Config:
     seed: int = doc("Seed for data order, initialisation of adapters and sampling.", 0)
     tasks: list[str] = doc("The task sequence, in order: synthetic task names (" + ", ".join(SYNTHETIC_TASKS) +
                            ") or names defined under local_tasks.", factory=lambda: list(SYNTHETIC_TASKS))
-    steps_per_task: int = doc("Optimizer steps spent on each task.", 40)
+    steps_per_task: int = doc("Optimizer steps spent on each task.", 100)
     local_tasks: dict[str, LocalTaskConfig] = doc("Tasks read from local files, by name.", factory=dict)
     logger: str = doc("csv | tensorboard | wandb | none.", "csv")
     callbacks: list[str] = doc("Extra callbacks by import path (`package.module:Class`), added to the built-in "
@@ -157,7 +159,8 @@ CHOICES = {
     "data.template": ("direct",),
 }
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
-            "data.train_size", "trainer.accumulate_grad_batches")
+            "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
+            "foundation.batch_size")
 
 
 class ConfigError(ValueError):
@@ -218,7 +221,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
             merged = OmegaConf.merge(merged, source)
         except OmegaConfBaseException as error:
             key = getattr(error, "full_key", None) or "?"
-            if "not in" in str(error) or type(error).__name__ == "ConfigKeyError":
+            if isinstance(error, ConfigKeyError):
                 raise ConfigError(f"unknown key {key!r}; did you mean: {_suggest(key)}") from None
             message = str(error).splitlines()[0]
             raise ConfigError(f"bad value for {key!r}: {message}") from None
@@ -248,6 +251,18 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"unknown task {name!r} in `tasks`; {hint} (or define it under local_tasks)")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError("`tasks` names a task twice; each task appears once in a sequence")
+    for name, spec in cfg.local_tasks.items():
+        if spec.scorer not in SCORERS:
+            raise ConfigError(f"bad value for 'local_tasks.{name}.scorer': {spec.scorer!r}; choose one of "
+                              f"{', '.join(SCORERS)}")
+    if cfg.trainer.strategy == "fsdp":
+        if cfg.model.finetune == "qlora":
+            raise ConfigError("model.finetune=qlora cannot be sharded with trainer.strategy=fsdp (4-bit weights); "
+                              "use lora with fsdp, or qlora on one device")
+        devices = cfg.trainer.devices
+        if not ((isinstance(devices, int) and devices > 0) or (OmegaConf.is_list(devices) and len(devices) > 0)):
+            raise ConfigError(f"trainer.strategy=fsdp needs trainer.devices as a positive number or a list of "
+                              f"device ids, got {devices!r}")
 
 
 def format_help() -> str:

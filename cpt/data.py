@@ -93,6 +93,11 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the backbone takes from a batch: ids, mask, pixels; not our bookkeeping (labels, index)."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "index")}
+
+
 class Collator:
     """Picklable collate_fn for DataLoader workers."""
 

@@ -32,5 +32,5 @@ class TaskSequenceData(L.LightningDataModule):
                           collate_fn=Collator(self.processor.pad_id), persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
-        # The trainer's epoch counter is the position in the sequence (and survives a resume).
+        # The trainer's epoch counter is the position in the sequence.
         return self.train_loader(self.trainer.current_epoch, self.trainer.world_size)

@@ -16,7 +16,7 @@ from torch.distributed.fsdp import FSDPModule
 from torchmetrics.aggregation import MeanMetric
 
 from cpt.backbone import base_model
-from cpt.data import Collator, EncodedDataset
+from cpt.data import Collator, EncodedDataset, model_inputs
 from cpt.examples import Example
 from cpt.processor import VisionTextProcessor
 from cpt.tasks import Task
@@ -32,7 +32,6 @@ def _distributed() -> tuple[int, int]:
 def generate(model: nn.Module, processor: VisionTextProcessor, batch: dict[str, torch.Tensor], max_new_tokens: int,
              synced: bool = False) -> list[str]:
     """Greedy completions for a collated batch (prompts only), as text."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
     # Under FSDP2, generate runs the vision tower (get_image_features) before the first forward of the root.
     # FSDP2 would take the first module to run for its root, and the root's own weights (patch embedding,
     # merger, embeddings) would still be sharded: settle the root (a no-op once done) and gather them first.
@@ -42,7 +41,7 @@ def generate(model: nn.Module, processor: VisionTextProcessor, batch: dict[str, 
         root._get_fsdp_state()._lazy_init()  # private in torch 2.13; the public path is a forward of the root
         root.unshard()
     try:
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
+        out = model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
                              pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)
     finally:
         if sharded:

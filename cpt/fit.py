@@ -6,9 +6,9 @@ import importlib
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.strategies import ModelParallelStrategy
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from callbacks import MultiTaskEvaluation, TaskCheckpoint, TaskProgressBar, TaskSwitching
 from cpt.config import ConfigError, save_config
@@ -40,13 +40,8 @@ def build_strategy(cfg: DictConfig):
     if t.strategy != "fsdp":
         return t.strategy
     # FSDP2 (fully_shard in configure_model); unlike Lightning's FSDPStrategy it also runs on CPU with gloo.
-    # Every process is a data-parallel shard; there is no tensor parallelism.
-    if isinstance(t.devices, int):
-        per_node = t.devices
-    elif isinstance(t.devices, (list, ListConfig)):
-        per_node = len(t.devices)
-    else:
-        raise ConfigError("trainer.strategy=fsdp needs trainer.devices as a number or a list of device ids")
+    # Every process is a data-parallel shard; there is no tensor parallelism. (Validated: a count or a list.)
+    per_node = t.devices if isinstance(t.devices, int) else len(t.devices)
     return ModelParallelStrategy(data_parallel_size=per_node * t.num_nodes, tensor_parallel_size=1)
 
 
@@ -80,6 +75,8 @@ def run(cfg: DictConfig) -> dict:
         callbacks.append(TaskCheckpoint(run_dir, names))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TaskProgressBar(names))
+    if cfg.logger != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [load_callback(path) for path in cfg.callbacks]
     t = cfg.trainer
     trainer = L.Trainer(

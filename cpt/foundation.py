@@ -27,8 +27,7 @@ from cpt.backbone import has_weights
 from cpt.data import Collator, EncodedDataset, MixedSplit, SyntheticSplit
 from cpt.presets import build_tiny_processor, cache_root, tiny_config
 from cpt.sft import sft_loss
-from cpt.synthetic import PRIMITIVES_NAME, TASKS
-from cpt.tasks import GENERAL
+from cpt.synthetic import GENERAL_NAME, PRIMITIVES_NAME, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,12 @@ def ensure_foundation(cfg: DictConfig, image_size: int) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
         pretrain(cfg, image_size, staging)
-        if directory.exists():  # another process finished first
-            shutil.rmtree(staging)
-        else:
+        try:
             staging.rename(directory)
+        except OSError:  # another process finished first
+            if not has_weights(directory):
+                raise
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -76,11 +77,12 @@ def pretraining_stages(cfg: DictConfig, image_size: int) -> list[tuple[int, Mixe
     primitives = SyntheticSplit(PRIMITIVES_NAME, "train", POOL_SIZE, cfg.seed, image_size)
     tasks = [SyntheticSplit(name, "pretrain", POOL_SIZE // len(TASKS), cfg.seed, image_size) for name in TASKS]
     task_examples = int(POOL_SIZE * cfg.task_share)
-    general = SyntheticSplit(GENERAL, "train", POOL_SIZE - task_examples, cfg.seed, image_size)
+    general = SyntheticSplit(GENERAL_NAME, "train", POOL_SIZE - task_examples, cfg.seed, image_size)
     tasks_share = [SyntheticSplit(name, "pretrain", task_examples // len(TASKS), cfg.seed, image_size) for name in TASKS]
     first = int(cfg.steps * FIRST_STAGE_SHARE)
-    return [(first, MixedSplit([primitives, *tasks], cfg.seed)),
-            (cfg.steps - first, MixedSplit([general, primitives, *tasks_share], cfg.seed))]
+    stages = [(first, MixedSplit([primitives, *tasks], cfg.seed)),
+              (cfg.steps - first, MixedSplit([general, primitives, *tasks_share], cfg.seed))]
+    return [(steps, pool) for steps, pool in stages if steps > 0]
 
 
 def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:

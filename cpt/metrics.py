@@ -11,19 +11,19 @@ from collections.abc import Sequence
 Matrix = Sequence[Sequence[float]]
 
 
-def _check(P: Matrix) -> int:
-    T = len(P[0])
-    if len(P) < 2:
-        raise ValueError("need the base row and at least one row after a task")
-    if any(len(row) != T for row in P):
+def _check(P: Matrix) -> None:
+    if not P or not P[0]:
+        raise ValueError("the accuracy matrix needs at least the base row, with one entry per task")
+    if any(len(row) != len(P[0]) for row in P):
         raise ValueError("every row of the accuracy matrix needs one entry per task")
-    return T
 
 
 def avg_acc(P: Matrix, after: int | None = None) -> float:
-    """Mean accuracy over the tasks learned so far, after task `after` (default: the last row)."""
+    """Mean accuracy over the tasks learned so far, after task `after` (default: the last row).
+    For row 0, the base model, there are none yet: its mean over all tasks."""
+    _check(P)
     t = len(P) - 1 if after is None else after
-    return sum(P[t][:t]) / t
+    return sum(P[t][:t]) / t if t else sum(P[0]) / len(P[0])
 
 
 def forgetting(P: Matrix, after: int | None = None) -> float:

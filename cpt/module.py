@@ -59,8 +59,3 @@ class CPTModule(L.LightningModule):
         schedule = per_task_schedule(self.cfg.steps_per_task, optim.warmup_ratio, optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    @staticmethod
-    def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What the backbone's forward takes: ids, mask, pixels; not our bookkeeping (labels, index)."""
-        return {k: v for k, v in batch.items() if k not in ("labels", "index")}

@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from cpt.examples import Example
 from cpt.prompts import TEMPLATES, render_prompt, render_response
 from cpt.processor import VisionTextProcessor, chat_prompt
 from cpt.synthetic import TASKS, make_example

@@ -20,9 +20,9 @@ def summarize(tasks: list[str], rows: list[list[float]], general: list[float | N
     """results.json's content from the rows evaluated so far (row 0 = base model)."""
     per_row = {"avg_acc": [], "fm": [], "bwt": []}
     for t in range(len(rows)):
-        per_row["avg_acc"].append(avg_acc(rows, t) if t else sum(rows[0]) / len(rows[0]))
-        per_row["fm"].append(forgetting(rows, t) if t else 0.0)
-        per_row["bwt"].append(backward_transfer(rows, t) if t else 0.0)
+        per_row["avg_acc"].append(avg_acc(rows, t))
+        per_row["fm"].append(forgetting(rows, t))
+        per_row["bwt"].append(backward_transfer(rows, t))
     complete = len(rows) == len(tasks) + 1
     return {
         "tasks": tasks,

@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Callable
 
-from cpt.examples import Example, choice_letter
+from cpt.examples import Example
 
 BOXED = "\\boxed{"
 
@@ -80,5 +80,3 @@ SCORERS: dict[str, Callable[[str, Example], bool]] = {
     "multiple_choice": multiple_choice,
     "numeric": numeric,
 }
-
-__all__ = ["SCORERS", "choice_letter", "exact", "extract_answer", "multiple_choice", "normalize", "numeric"]

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cpt.data import IGNORE_INDEX
+from cpt.data import IGNORE_INDEX, model_inputs
 from cpt.module import CPTModule
 
 
 def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions whose label is not IGNORE_INDEX (the answer)."""
-    logits = model(**CPTModule.model_inputs(batch)).logits
+    logits = model(**model_inputs(batch)).logits
     # The token at position i is predicted from the positions before it.
     predicted, target = logits[:, :-1].float(), batch["labels"][:, 1:]
     return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)

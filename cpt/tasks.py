@@ -12,9 +12,6 @@ from cpt.examples import Example
 from cpt.scoring import SCORERS
 from cpt.synthetic import GENERAL_NAME, chance_accuracy
 
-GENERAL = GENERAL_NAME
-
-
 @dataclass
 class Task:
     name: str
@@ -36,8 +33,6 @@ def synthetic_task(name: str, cfg: DictConfig) -> Task:
 
 
 def local_task(name: str, spec: DictConfig) -> Task:
-    if spec.scorer not in SCORERS:
-        raise ValueError(f"local_tasks.{name}.scorer={spec.scorer!r}; choose one of {', '.join(SCORERS)}")
     return Task(name, LocalSplit(spec.train, spec.image_dir), LocalSplit(spec.eval, spec.image_dir), SCORERS[spec.scorer])
 
 
@@ -53,6 +48,6 @@ def general_set(cfg: DictConfig) -> Task:
     Its seed is the foundation model's, so it is held out from the same pool the base was pre-trained on.
     """
     data = cfg.data
-    held_out = SyntheticSplit(GENERAL, "eval", data.general_size, cfg.foundation.seed, data.image_size)
-    return Task(GENERAL, train=(), eval=held_out, scorer=SCORERS["multiple_choice"], chance=None)
+    held_out = SyntheticSplit(GENERAL_NAME, "eval", data.general_size, cfg.foundation.seed, data.image_size)
+    return Task(GENERAL_NAME, train=(), eval=held_out, scorer=SCORERS["multiple_choice"], chance=None)
 

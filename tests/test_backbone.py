@@ -1,6 +1,4 @@
-import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cpt.backbone import count_parameters, fsdp_units, load_backbone
 from cpt.config import load_config
@@ -19,7 +17,7 @@ def lora_params_per_layer(r, hidden=128, kv=64, inter=384):
 
 
 def test_lora_adapts_language_model_only(foundation_dir):
-    model = load_backbone(model_cfg("model.lora.r=8"), foundation_dir)
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.r=8"), foundation_dir)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert not any("visual" in n for n in trainable)
@@ -28,15 +26,20 @@ def test_lora_adapts_language_model_only(foundation_dir):
 
 
 def test_lora_on_vision_when_asked(foundation_dir):
-    model = load_backbone(model_cfg("model.lora.vision=true"), foundation_dir)
-    assert any("visual" in n and "lora_" in n for n, _ in model.named_parameters())
+    from peft.tuners.lora import LoraLayer
+
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.vision=true"), foundation_dir)
+    adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and "visual" in n}
+    # Every linear layer of both vision blocks, and nothing else (not the Conv3d patch embedding, not the merger).
+    assert len(adapted) == 2 * 5
+    assert all(isinstance(m.base_layer, torch.nn.Linear) and ".blocks." in n for n, m in adapted.items())
 
 
-def test_full_finetune_freezes_vision_by_default(foundation_dir):
-    model = load_backbone(model_cfg("model.finetune=full"), foundation_dir)
-    for name, param in model.named_parameters():
+def test_full_finetune_with_and_without_the_vision_tower(foundation_dir):
+    frozen = load_backbone(model_cfg("model.finetune=full", "model.freeze_vision=true"), foundation_dir)
+    for name, param in frozen.named_parameters():
         assert param.requires_grad == ("visual" not in name), name
-    thawed = load_backbone(model_cfg("model.finetune=full", "model.freeze_vision=false"), foundation_dir)
+    thawed = load_backbone(model_cfg("model.finetune=full"), foundation_dir)
     assert all(p.requires_grad for p in thawed.parameters())
 
 
@@ -64,7 +67,7 @@ def test_qwen25_vl_7b_published_shape_on_meta(tmp_path):
     from cpt.sizing import describe_backbone
 
     cfg = load_config(None, ["model.name_or_path=qwen2.5-vl-7b", f"foundation.cache_dir={tmp_path}",
-                             "model.dtype=bfloat16"])
+                             "model.dtype=bfloat16", "model.finetune=lora"])
     d = describe_backbone(cfg)
     assert 8.2e9 < d["total_params"] < 8.4e9  # Qwen2.5-VL-7B-Instruct: 8.29B
     # LoRA r=16 on 7 projections of 28 layers: q,o 3584->3584; k,v 3584->512; gate,up 3584->18944; down back.

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from cpt.config import load_config
@@ -69,6 +70,22 @@ def test_adapters_reload_and_differ_between_tasks(two_task_run):
     second = load_file(run_dir / "checkpoints" / "2-count" / "adapter_model.safetensors")
     assert first.keys() == second.keys() and any("lora_B" in k for k in first)
     assert any(not (first[k] == second[k]).all() for k in first)
+
+
+def test_saved_adapters_load_into_the_base(two_task_run, foundation_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    run_dir, _ = two_task_run
+    adapter = run_dir / "checkpoints" / "2-count"
+    model = PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration.from_pretrained(foundation_dir), adapter)
+    saved = load_file(adapter / "adapter_model.safetensors")
+    loaded = dict(model.named_parameters())
+    key = next(k for k in saved if "lora_B" in k)
+    match = [v for name, v in loaded.items() if name.replace(".default", "") == key]
+    assert len(match) == 1 and torch.equal(match[0].detach(), saved[key])
+    assert saved[key].abs().sum() > 0  # trained: LoRA B starts at zero
 
 
 def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):

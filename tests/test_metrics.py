@@ -1,5 +1,3 @@
-import math
-
 import pytest
 
 from cpt.metrics import avg_acc, backward_transfer, forgetting
@@ -44,4 +42,6 @@ def test_forgetting_differs_from_bwt_when_a_task_improves_later():
 def test_ragged_matrix_is_rejected():
     with pytest.raises(ValueError, match="one entry per task"):
         forgetting([[1, 2], [1]])
-    assert not math.isnan(avg_acc([[0.0], [100.0]]))
+    assert avg_acc([[0.0], [100.0]]) == 100.0
+    assert avg_acc(P, after=0) == pytest.approx(20.0)  # the base row: its mean over all tasks
+    assert forgetting(P[:1]) == 0.0 and backward_transfer(P[:1]) == 0.0

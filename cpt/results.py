@@ -59,15 +59,24 @@ def plot_accuracy_matrix(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks, rows = summary["tasks"], summary["accuracy_matrix"]
+    columns = list(tasks)
+    general = summary["general"][: len(rows)]
+    if any(g is not None for g in general):  # the general set as a last column, set apart by a white line
+        columns.append("general")
+        rows = [[*row, math.nan if g is None else g] for row, g in zip(rows, general)]
     labels = ["base"] + [f"after {i + 1}: {name}" for i, name in enumerate(tasks[: len(rows) - 1])]
-    fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 3, 0.55 * len(rows) + 2))
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 3, 0.55 * len(rows) + 2))
     image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for t, row in enumerate(rows):
         for j, value in enumerate(row):
-            ax.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=9)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+            if not math.isnan(value):
+                ax.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
+                        fontsize=9)
+    if len(columns) > len(tasks):
+        ax.axvline(len(tasks) - 0.5, color="white", linewidth=4)
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels)
-    ax.set_xlabel("evaluated on task")
+    ax.set_xlabel("evaluated on")
     ax.set_title(f"Accuracy (%)   AvgAcc {summary['avg_acc']:.1f}   FM {summary['fm']:.1f}   BWT {summary['bwt']:.1f}")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()

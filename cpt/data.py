@@ -62,7 +62,9 @@ class EncodedDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
+        return self.encode(self.examples[index], index)
+
+    def encode(self, example: Example, index: int) -> dict:
         prompt = self.processor.encode_prompt(render_prompt(self.template, example), example.images)
         item = {"index": index, "input_ids": prompt.input_ids, "labels": [IGNORE_INDEX] * len(prompt.input_ids),
                 "pixel_values": prompt.pixel_values, "image_grid_thw": prompt.image_grid_thw}

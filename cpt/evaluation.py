@@ -73,10 +73,10 @@ def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, templ
     model.eval()
     try:
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in collate([dataset[i] for i in chunk]).items()}
+            chunk = [(i, examples[i]) for i in indices[start:start + batch_size]]
+            batch = {k: v.to(device) for k, v in collate([dataset.encode(ex, i) for i, ex in chunk]).items()}
             completions = generate(model, processor, batch, max_new_tokens, synced=world > 1)
-            correct = [float(task.scorer(text, examples[i])) for text, i in zip(completions, chunk)]
+            correct = [float(task.scorer(text, ex)) for text, (_, ex) in zip(completions, chunk)]
             accuracy.update(torch.tensor(correct, device=device), torch.tensor(weights[start:start + batch_size], device=device))
     finally:
         model.train(was_training)

@@ -17,9 +17,11 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from cpt.prompts import TEMPLATES
 from cpt.scoring import SCORERS
+from cpt.synthetic import TASKS
 
-SYNTHETIC_TASKS = ["count", "colour", "shape", "position", "compare", "read", "arith"]
+SYNTHETIC_TASKS = list(TASKS)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 RUN_TIME_ENV = "CPT_RUN_TIME"
@@ -156,7 +158,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),
     "logger": ("csv", "tensorboard", "wandb", "none"),
-    "data.template": ("direct",),
+    "data.template": tuple(TEMPLATES),
 }
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",

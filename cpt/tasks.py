@@ -12,6 +12,7 @@ from cpt.examples import Example
 from cpt.scoring import SCORERS
 from cpt.synthetic import GENERAL_NAME, chance_accuracy
 
+
 @dataclass
 class Task:
     name: str

@@ -1,4 +1,4 @@
-"""Moves training from one task to the next every `steps_per_task` optimizer steps.
+"""Moves training from one task to the next every `steps_per_task` training steps.
 
 One `Trainer.fit` walks the whole sequence: epoch k is task k (the data module serves task k's data in
 epoch k and its epoch is exactly `steps_per_task` steps long). At the start of each epoch this callback

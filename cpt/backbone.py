@@ -99,7 +99,7 @@ def shard_backbone(model: nn.Module, mesh, param_dtype: torch.dtype | None = Non
 
     The root is the Qwen2.5-VL model itself, not a peft wrapper around it: `generate` calls the inner model's
     forward, and the root's gathering hooks must fire there too. (`generate` also runs the vision tower before
-    that forward: see `cpt.evaluation.generate`.)
+    that forward: see `cpt.generation.generate_ids`.)
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -108,6 +108,17 @@ def shard_backbone(model: nn.Module, mesh, param_dtype: torch.dtype | None = Non
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(base_model(model), mesh=mesh, mp_policy=policy)
     return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 unit of `model` back in its sharded state. FSDP2 leaves the root gathered after a forward
+    (expecting a backward soon); a module that only runs without gradient must be resharded by hand before its
+    parameters are read or written as shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

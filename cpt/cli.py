@@ -17,6 +17,7 @@ USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
 commands:
   fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
+  bench     bench rft: time our RFT step against TRL's GRPOTrainer on the same model and prompts
 """
 
 
@@ -47,7 +48,13 @@ def inspect(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": fit, "inspect": inspect}
+def bench(args: list[str]) -> int:
+    from cpt.bench import main
+
+    return main(args)
+
+
+COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if "-h" in args or "--help" in args:
+    if command != "bench" and ("-h" in args or "--help" in args):
         print(format_help())
         return 0
     os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))

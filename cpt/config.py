@@ -17,6 +17,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from cpt.advantages import ESTIMATORS
+from cpt.policy_loss import AGGREGATIONS, KL_ESTIMATORS
 from cpt.prompts import TEMPLATES
 from cpt.scoring import SCORERS
 from cpt.synthetic import TASKS
@@ -24,6 +26,7 @@ from cpt.synthetic import TASKS
 SYNTHETIC_TASKS = list(TASKS)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.reference
 RUN_TIME_ENV = "CPT_RUN_TIME"
 
 
@@ -93,16 +96,18 @@ class LocalTaskConfig:
     train: str = doc("Training rows in the EasyR1 format (problem, answer, images, optional choices): "
                      "a .json/.jsonl/.parquet file or a `datasets` directory.")
     eval: str = doc("Evaluation rows, same format.")
-    scorer: str = doc("exact | multiple_choice | numeric.", "exact")
+    scorer: str = doc("exact | multiple_choice | numeric | yes_no | vqa (soft accuracy over the reference answers) | "
+                      "iou (box overlap).", "exact")
     image_dir: Optional[str] = doc("Directory relative image paths are resolved against; null = the file's "
                                    "directory.", None)
 
 
 @dataclass
 class DataConfig:
-    batch_size: int = doc("Training examples per device per step.", 16)
+    batch_size: int = doc("Training examples per device per step (prompts per rollout batch under rft).", 16)
     num_workers: int = doc("DataLoader worker processes.", 0)
-    template: str = doc("Prompt template: direct (answer in \\boxed{}).", "direct")
+    template: str = doc("Prompt template of training and evaluation: direct (answer in \\boxed{}) | cot "
+                        "(reasoning in <think></think>, then the boxed answer).", "direct")
     image_size: int = doc("Side of the synthetic benchmark's square images, in pixels.", 64)
     train_size: int = doc("Training examples per synthetic task.", 4000)
     eval_size: int = doc("Evaluation examples per synthetic task.", 64)
@@ -112,8 +117,50 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = doc("Prompts decoded at once during evaluation.", 64)
-    max_new_tokens: int = doc("Longest greedy completion during evaluation.", 12)
+    max_new_tokens: int = doc("Longest greedy completion during evaluation.", 32)
     general: bool = doc("Also evaluate the general-knowledge set after every task.", True)
+
+
+@dataclass
+class KLConfig:
+    coef: float = doc("beta, the weight of the KL to the reference policy (the study: 0.01). 0 turns the term off "
+                      "and loads no reference.", 0.01)
+    estimator: str = doc("k1 | k2 | k3 (k3 is the study's `low_var_kl`).", "k3")
+    placement: str = doc("loss (added per token to the policy loss, as in GRPO) | reward (beta times the "
+                         "completion's summed KL is subtracted from its reward before advantages).", "loss")
+    reference: str = doc("base (the model before the first task) | task_start (the model as the current task "
+                         "began).", "base")
+
+
+@dataclass
+class RewardConfig:
+    function: str = doc("Reward function by import path, `package.module:function` or `path/file.py:function`, "
+                        "called as fn(completion, example, scorer=, template=) -> {component: value}.",
+                        "cpt.rewards:task_reward")
+    weights: Optional[dict[str, float]] = doc("Weight of each named component in the total reward; a component "
+                                              "with weight 0 is only logged. null = {accuracy: 0.9, format: 0.1}, "
+                                              "the study's; a value given replaces it whole.", None)
+
+
+@dataclass
+class RFTConfig:
+    group_size: int = doc("Rollouts sampled per prompt (G); data.batch_size prompts make a rollout batch.", 8)
+    temperature: float = doc("Sampling temperature of the rollouts.", 1.0)
+    top_p: float = doc("Nucleus sampling of the rollouts.", 0.99)
+    max_new_tokens: int = doc("Longest rollout; a completion that reaches it without ending is truncated.", 32)
+    advantage: str = doc("grpo (group mean and std) | drgrpo (mean only, no std division; pair with "
+                         "loss_aggregation=seq_mean or token_mean as you prefer) | rloo (leave-one-out mean) | "
+                         "remax (greedy completion's reward as baseline).", "grpo")
+    clip_low: float = doc("Lower clip of the probability ratio: 1 - clip_low.", 0.2)
+    clip_high: float = doc("Upper clip of the probability ratio: 1 + clip_high (DAPO's clip-higher).", 0.28)
+    epochs: int = doc("Policy epochs (mu) over each rollout batch: optimizer steps per batch of rollouts.", 1)
+    loss_aggregation: str = doc("token_mean (every completion token of a rank's rollouts weighs the same) | "
+                                "seq_mean (every completion weighs the same).", "token_mean")
+    mask_truncated: bool = doc("Leave completions cut off at max_new_tokens out of the loss.", False)
+    micro_batch_size: Optional[int] = doc("Rollouts per forward/backward pass (gradients accumulate over the "
+                                          "rollout batch); null = all at once.", None)
+    kl: KLConfig = doc("KL regularisation towards a reference policy.", factory=KLConfig)
+    reward: RewardConfig = doc("The reward function and its weights.", factory=RewardConfig)
 
 
 @dataclass
@@ -132,7 +179,8 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    method: str = doc("Training paradigm: sft.", "sft")
+    method: str = doc("Training paradigm: sft (supervised fine-tuning) | rft (reinforcement fine-tuning, GRPO family).",
+                      "sft")
     output_dir: str = doc("Run directory: resolved config, checkpoints, logs and results.",
                           "runs/${method}-${now:%Y%m%d-%H%M%S}")
     seed: int = doc("Seed for data order, initialisation of adapters and sampling.", 0)
@@ -148,21 +196,27 @@ class Config:
     foundation: FoundationConfig = doc("The `tiny` preset's toy pre-training.", factory=FoundationConfig)
     optim: OptimConfig = doc("Optimizer and per-task schedule.", factory=OptimConfig)
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
+    rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)
     eval: EvalConfig = doc("Evaluation on every task after every task.", factory=EvalConfig)
     trainer: TrainerConfig = doc("Passed to lightning.Trainer.", factory=TrainerConfig)
 
 
 CHOICES = {
-    "method": ("sft",),
+    "method": ("sft", "rft"),
     "model.finetune": ("lora", "qlora", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),
     "logger": ("csv", "tensorboard", "wandb", "none"),
     "data.template": tuple(TEMPLATES),
+    "rft.advantage": ESTIMATORS,
+    "rft.loss_aggregation": AGGREGATIONS,
+    "rft.kl.estimator": KL_ESTIMATORS,
+    "rft.kl.placement": ("loss", "reward"),
+    "rft.kl.reference": REFERENCES,
 }
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
-            "foundation.batch_size")
+            "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature")
 
 
 class ConfigError(ValueError):
@@ -257,6 +311,8 @@ def _validate(cfg: DictConfig) -> None:
         if spec.scorer not in SCORERS:
             raise ConfigError(f"bad value for 'local_tasks.{name}.scorer': {spec.scorer!r}; choose one of "
                               f"{', '.join(SCORERS)}")
+    if cfg.method == "rft":
+        _validate_rft(cfg)
     if cfg.trainer.strategy == "fsdp":
         if cfg.model.finetune == "qlora":
             raise ConfigError("model.finetune=qlora cannot be sharded with trainer.strategy=fsdp (4-bit weights); "
@@ -265,6 +321,31 @@ def _validate(cfg: DictConfig) -> None:
         if not ((isinstance(devices, int) and devices > 0) or (OmegaConf.is_list(devices) and len(devices) > 0)):
             raise ConfigError(f"trainer.strategy=fsdp needs trainer.devices as a positive number or a list of "
                               f"device ids, got {devices!r}")
+
+
+def _validate_rft(cfg: DictConfig) -> None:
+    rft = cfg.rft
+    if rft.group_size < 2 and rft.advantage != "remax":
+        raise ConfigError(f"rft.advantage={rft.advantage} compares rollouts within a group: set rft.group_size >= 2")
+    if not 0 < rft.top_p <= 1:
+        raise ConfigError(f"bad value for 'rft.top_p': must be in (0, 1], got {rft.top_p}")
+    if rft.clip_low < 0 or rft.clip_high < 0 or rft.clip_low >= 1:
+        raise ConfigError(f"rft.clip_low must be in [0, 1) and rft.clip_high >= 0, got {rft.clip_low}, {rft.clip_high}")
+    if rft.micro_batch_size is not None and rft.micro_batch_size <= 0:
+        raise ConfigError(f"bad value for 'rft.micro_batch_size': must be positive or null, got {rft.micro_batch_size}")
+    if rft.kl.coef < 0:
+        raise ConfigError(f"bad value for 'rft.kl.coef': must be >= 0, got {rft.kl.coef}")
+    if rft.reward.weights is not None and not any(rft.reward.weights.values()):
+        raise ConfigError("rft.reward.weights gives no component a non-zero weight")
+    if rft.kl.coef > 0 and rft.kl.estimator == "k1" and rft.kl.placement == "loss":
+        raise ConfigError("rft.kl.estimator=k1 in the loss has zero expected gradient (E[grad log p] = 0): use k1 "
+                          "with rft.kl.placement=reward, or k2/k3 in the loss")
+    if cfg.trainer.precision in ("16-mixed", "16"):
+        raise ConfigError("method=rft clips gradients itself, before the float16 loss scale is removed: use "
+                          "trainer.precision=bf16-mixed or 32-true")
+    if cfg.trainer.accumulate_grad_batches != 1:
+        raise ConfigError("method=rft steps the optimizer itself: keep trainer.accumulate_grad_batches=1 and set "
+                          "rft.micro_batch_size to split a rollout batch into smaller passes")
 
 
 def format_help() -> str:

@@ -66,10 +66,11 @@ class EncodedDataset(Dataset):
 
     def encode(self, example: Example, index: int) -> dict:
         prompt = self.processor.encode_prompt(render_prompt(self.template, example), example.images)
-        item = {"index": index, "input_ids": prompt.input_ids, "labels": [IGNORE_INDEX] * len(prompt.input_ids),
-                "pixel_values": prompt.pixel_values, "image_grid_thw": prompt.image_grid_thw}
+        item = {"index": index, "example": example, "input_ids": prompt.input_ids,
+                "labels": [IGNORE_INDEX] * len(prompt.input_ids), "pixel_values": prompt.pixel_values,
+                "image_grid_thw": prompt.image_grid_thw}
         if self.with_response:
-            response = self.processor.encode_response(render_response(example))
+            response = self.processor.encode_response(render_response(self.template, example))
             item["input_ids"] = prompt.input_ids + response
             item["labels"] = item["labels"] + response
         return item
@@ -87,7 +88,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, width - n:] = torch.tensor(item["labels"])
         attention_mask[row, width - n:] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "index": torch.tensor([item["index"] for item in items])}
+             "index": torch.tensor([item["index"] for item in items]), "examples": [item["example"] for item in items]}
+    batch["image_counts"] = torch.tensor([0 if g is None else len(g) for g in (item["image_grid_thw"] for item in items)])
     pixels = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
@@ -95,9 +97,41 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What the backbone takes from a batch: ids, mask, pixels; not our bookkeeping (labels, index)."""
-    return {k: v for k, v in batch.items() if k not in ("labels", "index")}
+def repeat_rows(batch: dict, times: int) -> dict:
+    """Every row `times` times in a row (row 0, row 0, ..., row 1, ...), its image patches with it."""
+    out = {k: v.repeat_interleave(times, 0) for k, v in batch.items()
+           if k in ("input_ids", "attention_mask", "labels", "index", "image_counts")}
+    out["examples"] = [example for example in batch["examples"] for _ in range(times)]
+    if "pixel_values" in batch:
+        grids = batch["image_grid_thw"].split(batch["image_counts"].tolist())
+        patches = batch["pixel_values"].split([int(g.prod(-1).sum()) for g in grids])
+        out["image_grid_thw"] = torch.cat([g for g in grids for _ in range(times)])
+        out["pixel_values"] = torch.cat([p for p in patches for _ in range(times)])
+    return out
+
+
+def slice_rows(batch: dict, start: int, stop: int) -> dict:
+    """Rows start..stop-1 of a collated batch of model inputs, with their image patches."""
+    out = {k: v[start:stop] for k, v in batch.items() if k in ("input_ids", "attention_mask", "image_counts")}
+    if "pixel_values" in batch:
+        counts = batch["image_counts"].tolist()
+        first, last = sum(counts[:start]), sum(counts[:stop])
+        patches = batch["image_grid_thw"].prod(-1).tolist()
+        out["image_grid_thw"] = batch["image_grid_thw"][first:last]
+        out["pixel_values"] = batch["pixel_values"][sum(patches[:first]):sum(patches[:last])]
+    return out
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+
+
+def model_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    """What the backbone takes from a batch: ids, mask, pixels; not our bookkeeping (labels, index, examples)."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Collator:
@@ -175,7 +209,7 @@ def row_to_example(row: dict, image_dir: Path, where: str) -> Example:
     aliases = [str(a) for a in answer[1:]] if isinstance(answer, list) else []
     answer = str(answer[0]) if isinstance(answer, list) else str(answer)
     return Example(question, answer, [_open_image(im, image_dir, where) for im in images],
-                   choices=row.get("choices") or None, aliases=aliases)
+                   choices=row.get("choices") or None, aliases=aliases, rationale=str(row.get("rationale") or ""))
 
 
 class LocalSplit(Sequence):

@@ -1,8 +1,7 @@
 """Greedy decoding of a task's evaluation split and its accuracy, shared out over ranks.
 
 Under FSDP every rank must run the same number of forward passes (each one gathers shards), so ranks get
-equally many batches (the last padded with repeats that carry zero weight) and generation runs with
-`synced_gpus`, which keeps a finished rank stepping until all are done.
+equally many batches (the last padded with repeats that carry zero weight) and generation runs synced.
 """
 
 from __future__ import annotations
@@ -12,12 +11,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torchmetrics.aggregation import MeanMetric
 
-from cpt.backbone import base_model
-from cpt.data import Collator, EncodedDataset, model_inputs
+from cpt.data import Collator, EncodedDataset, to_device
 from cpt.examples import Example
+from cpt.generation import generate
 from cpt.processor import VisionTextProcessor
 from cpt.tasks import Task
 
@@ -26,27 +24,6 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-@torch.no_grad()
-def generate(model: nn.Module, processor: VisionTextProcessor, batch: dict[str, torch.Tensor], max_new_tokens: int,
-             synced: bool = False) -> list[str]:
-    """Greedy completions for a collated batch (prompts only), as text."""
-    # Under FSDP2, generate runs the vision tower (get_image_features) before the first forward of the root.
-    # FSDP2 would take the first module to run for its root, and the root's own weights (patch embedding,
-    # merger, embeddings) would still be sharded: settle the root (a no-op once done) and gather them first.
-    root = base_model(model)
-    sharded = isinstance(root, FSDPModule)
-    if sharded:
-        root._get_fsdp_state()._lazy_init()  # private in torch 2.13; the public path is a forward of the root
-        root.unshard()
-    try:
-        out = model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                             pad_token_id=processor.pad_id, eos_token_id=processor.eos_id)
-    finally:
-        if sharded:
-            root.reshard()
-    return [processor.decode(row) for row in out[:, batch["input_ids"].shape[1]:]]
 
 
 def shard_indices(n: int, rank: int, world: int, batch_size: int) -> tuple[list[int], list[float]]:
@@ -74,7 +51,7 @@ def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, templ
     try:
         for start in range(0, len(indices), batch_size):
             chunk = [(i, examples[i]) for i in indices[start:start + batch_size]]
-            batch = {k: v.to(device) for k, v in collate([dataset.encode(ex, i) for i, ex in chunk]).items()}
+            batch = to_device(collate([dataset.encode(ex, i) for i, ex in chunk]), device)
             completions = generate(model, processor, batch, max_new_tokens, synced=world > 1)
             correct = [float(task.scorer(text, ex)) for text, (_, ex) in zip(completions, chunk)]
             accuracy.update(torch.tensor(correct, device=device), torch.tensor(weights[start:start + batch_size], device=device))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -13,23 +13,18 @@ from omegaconf import DictConfig
 from callbacks import MultiTaskEvaluation, TaskCheckpoint, TaskProgressBar, TaskSwitching
 from cpt.config import ConfigError, save_config
 from cpt.datamodule import TaskSequenceData
+from cpt.plugins import load_object
 from cpt.presets import resolve_checkpoint
+from cpt.rft import RFTModule
 from cpt.sft import SFTModule
 from cpt.tasks import build_tasks, general_set
 
-METHODS = {"sft": SFTModule}
+METHODS = {"sft": SFTModule, "rft": RFTModule}
 
 
 def load_callback(path: str) -> Callback:
     """A user callback from `package.module:Class`, constructed without arguments."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        raise ConfigError(f"callback {path!r} must look like package.module:Class")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"cannot import callback {path!r}: {error}") from None
-    callback = factory()
+    callback = load_object(path, "callback")()
     if not isinstance(callback, Callback):
         raise ConfigError(f"callback {path!r} is a {type(callback).__name__}, not a lightning Callback")
     return callback
@@ -57,7 +52,7 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     return False
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
     save_config(cfg, run_dir / "config.yaml")
@@ -65,7 +60,7 @@ def run(cfg: DictConfig) -> dict:
     checkpoint = resolve_checkpoint(cfg)
     tasks = build_tasks(cfg)
     names = [task.name for task in tasks]
-    module = METHODS[cfg.method](cfg, checkpoint)
+    module = METHODS[cfg.method](cfg, checkpoint, tasks)
     evaluation = MultiTaskEvaluation(
         tasks, run_dir, cfg.data.template, cfg.eval.batch_size, cfg.eval.max_new_tokens,
         general=general_set(cfg) if cfg.eval.general else None, progress=cfg.trainer.enable_progress_bar,
@@ -77,17 +72,18 @@ def run(cfg: DictConfig) -> dict:
         callbacks.append(TaskProgressBar(names))
     if cfg.logger != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    callbacks += [load_callback(path) for path in cfg.callbacks]
+    callbacks += [load_callback(path) for path in cfg.callbacks] + list(extra_callbacks)
     t = cfg.trainer
     trainer = L.Trainer(
         max_epochs=len(tasks),  # one epoch per task, each exactly steps_per_task steps long
-        reload_dataloaders_every_n_epochs=1,
+        reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,  # TaskSequenceData shards itself
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
+        # A module that steps its optimizer itself (RFT) clips its gradients itself.
+        gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=TaskSequenceData(cfg, tasks, module.processor))
+    trainer.fit(module, datamodule=TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers))
     return evaluation.summary

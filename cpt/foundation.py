@@ -19,20 +19,21 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from cpt.backbone import has_weights
 from cpt.data import Collator, EncodedDataset, MixedSplit, SyntheticSplit
 from cpt.presets import build_tiny_processor, cache_root, tiny_config
+from cpt.prompts import TEMPLATES
 from cpt.sft import sft_loss
 from cpt.synthetic import GENERAL_NAME, PRIMITIVES_NAME, TASKS
 
 log = logging.getLogger(__name__)
 
-# Bump when the synthetic benchmark, the tokenizer corpus or the tiny architecture changes.
-RECIPE_VERSION = 2
+# Bump when the synthetic benchmark, the prompt templates, the tokenizer corpus or the tiny architecture changes.
+RECIPE_VERSION = 3
 POOL_SIZE = 20_000
 FIRST_STAGE_SHARE = 0.4
 
@@ -97,7 +98,8 @@ def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:
     )
     progress = tqdm(desc="Pre-training the tiny foundation model (cached afterwards)", total=cfg.steps)
     for stage, (steps, pool) in enumerate(pretraining_stages(cfg, image_size)):
-        dataset = EncodedDataset(pool, processor, template="direct")
+        # Both prompt templates, so the base can answer directly or reason first, whichever a run asks for.
+        dataset = ConcatDataset([EncodedDataset(pool, processor, template) for template in TEMPLATES])
         sampler = RandomSampler(dataset, replacement=True, num_samples=steps * cfg.batch_size,
                                 generator=torch.Generator().manual_seed(cfg.seed + stage))
         for batch in DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,

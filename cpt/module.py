@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 
 from cpt.backbone import DTYPES, load_backbone, shard_backbone
 from cpt.processor import VisionTextProcessor
+from cpt.tasks import Task
 
 
 def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: float):
@@ -28,34 +30,44 @@ def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: fl
 
 
 class CPTModule(L.LightningModule):
-    """Holds the Qwen2.5-VL backbone; subclasses define `training_step`.
+    """Holds the Qwen2.5-VL backbone and the task sequence; subclasses define `training_step`.
 
     The backbone is built in `configure_model`, so that under FSDP each rank loads it and shards it at once.
     `task_index` is the position in the task sequence, kept current by the TaskSwitching callback.
     """
 
-    def __init__(self, cfg: DictConfig, checkpoint: Path):
+    trains_on_answers = True  # whether training batches carry the target answers (SFT) or prompts only (RFT)
+
+    def __init__(self, cfg: DictConfig, checkpoint: Path, tasks: Sequence[Task] = ()):
         super().__init__()
         self.cfg = cfg
+        self.tasks = list(tasks)
         self.checkpoint = Path(checkpoint)
         self.processor = VisionTextProcessor.from_pretrained(checkpoint, cfg.model.min_pixels, cfg.model.max_pixels)
         self.backbone: torch.nn.Module | None = None
         self.task_index = 0
 
     def configure_model(self) -> None:
-        if self.backbone is not None:
-            return
-        self.backbone = load_backbone(self.cfg.model, self.checkpoint, seed=self.cfg.seed)
-        self.backbone.train()  # from_pretrained returns eval mode; dropout in adapters must be live
+        if self.backbone is None:
+            self.backbone = self.build_backbone(self.cfg.model)
+            self.backbone.train()  # from_pretrained returns eval mode; dropout in adapters must be live
+
+    def build_backbone(self, model_cfg: DictConfig) -> torch.nn.Module:
+        """The checkpoint as `model_cfg` asks, sharded when the strategy is FSDP."""
+        backbone = load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed)
         mesh = getattr(self, "device_mesh", None)
         if mesh is not None:  # ModelParallelStrategy, i.e. trainer.strategy=fsdp
-            dtype = DTYPES[self.cfg.model.dtype]
-            shard_backbone(self.backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
+            dtype = DTYPES[model_cfg.dtype]
+            shard_backbone(backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
+        return backbone
+
+    def optimizer_steps_per_task(self) -> int:
+        return self.cfg.steps_per_task
 
     def configure_optimizers(self):
         optim = self.cfg.optim
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-        schedule = per_task_schedule(self.cfg.steps_per_task, optim.warmup_ratio, optim.min_lr_ratio)
+        schedule = per_task_schedule(self.optimizer_steps_per_task(), optim.warmup_ratio, optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -65,7 +65,7 @@ def tokenizer_corpus(seed: int, image_size: int, per_task: int = 200) -> list[st
         for index in range(per_task):
             example = make_example(name, "tokenizer", index, seed, image_size)
             for template in TEMPLATES:
-                corpus.append(render_prompt(template, example) + "\n" + render_response(example))
+                corpus.append(render_prompt(template, example) + "\n" + render_response(template, example))
     scaffold = chat_prompt("", 1)  # chat markers and the system prompt
     return corpus + [scaffold] * 20
 

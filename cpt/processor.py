@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from cpt.tokenizer import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
+from cpt.tokenizer import IM_END, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class VisionTextProcessor:
         self.stock = stock
         self.merge_size = image_processor.merge_size
         self.image_pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        # Placeholders the model must never write: fed back for training, they would be read as image slots.
+        self.placeholder_ids = [tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)]
         self.eos_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 

@@ -1,7 +1,8 @@
-"""Reading the answer out of a completion and deciding whether it is right.
+"""Reading the answer out of a completion and scoring it against the example, in [0, 1].
 
 The answer is the content of the last `\\boxed{...}` (braces may nest). Without one, the last non-empty line
-is taken, so a model that answers plainly is still scored on what it said.
+is taken, so a model that answers plainly is still scored on what it said. The same scorer is the evaluation
+metric and the accuracy part of the RFT reward, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from cpt.examples import Example
 
 BOXED = "\\boxed{"
+Scorer = Callable[[str, Example], float]
 
 
 def extract_answer(completion: str) -> str:
@@ -37,30 +39,31 @@ def normalize(text: str) -> str:
     return " ".join(text.split()).strip(" .")
 
 
-def exact(completion: str, example: Example) -> bool:
+def exact(completion: str, example: Example) -> float:
     said = normalize(extract_answer(completion))
-    return any(said == normalize(gold) for gold in [example.answer, *example.aliases])
+    return float(any(said == normalize(gold) for gold in [example.answer, *example.aliases]))
 
 
-def multiple_choice(completion: str, example: Example) -> bool:
+def multiple_choice(completion: str, example: Example) -> float:
     """Right when the letter or the text of the correct choice is given ('B', 'B.', '(B) red', 'red')."""
     said = extract_answer(completion).strip()
     letter = example.answer.strip().upper()
     match = re.match(r"^\(?([A-Za-z])\)?(?:[.):]|\s|$)", said)
     if match and (len(said) == 1 or not example.choices or match.group(1).upper() == letter):
-        return match.group(1).upper() == letter
+        return float(match.group(1).upper() == letter)
     if example.choices:
         index = ord(letter) - ord("A")
-        return 0 <= index < len(example.choices) and normalize(said) == normalize(example.choices[index])
-    return False
+        return float(0 <= index < len(example.choices) and normalize(said) == normalize(example.choices[index]))
+    return 0.0
 
 
-def numeric(completion: str, example: Example, rel_tol: float = 1e-4) -> bool:
+def numeric(completion: str, example: Example, rel_tol: float = 1e-4) -> float:
+    """Equal as numbers within `rel_tol` ('1/2' = '0.5', '1,000' = '1000'); text answers fall back to exact."""
     said = _to_number(extract_answer(completion))
     gold = _to_number(example.answer)
     if said is None or gold is None:
         return exact(completion, example)
-    return math.isclose(said, gold, rel_tol=rel_tol, abs_tol=1e-9)
+    return float(math.isclose(said, gold, rel_tol=rel_tol, abs_tol=1e-9))
 
 
 def _to_number(text: str) -> float | None:
@@ -70,13 +73,80 @@ def _to_number(text: str) -> float | None:
         if fraction:
             return float(fraction.group(1)) / float(fraction.group(2))
         value = float(cleaned)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) else None  # '1e999' and 400-digit strings overflow to inf
 
 
-SCORERS: dict[str, Callable[[str, Example], bool]] = {
+YES, NO = {"yes", "true", "y"}, {"no", "false", "n"}
+
+
+def yes_no(completion: str, example: Example) -> float:
+    """'Yes.', 'yes, it is', 'True' all read as yes; a gold answer that is not yes/no is matched exactly."""
+    gold = normalize(example.answer)
+    if gold not in YES | NO:
+        return exact(completion, example)
+    words = normalize(extract_answer(completion)).replace(",", " ").split()
+    if not words or words[0] not in YES | NO:
+        return 0.0
+    return float((words[0] in YES) == (gold in YES))
+
+
+NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten".split())}
+
+
+def vqa_normalize(text: str) -> str:
+    """The VQA evaluation's answer normalisation: lower case, no punctuation (but '2,000' -> '2000' and decimal
+    points kept), number words as digits, no articles."""
+    text = text.lower().replace("\n", " ").replace("\t", " ").strip()
+    text = re.sub(r"(?<=\d),(?=\d)", "", text)
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)
+    text = re.sub(r"[;/\\\[\]\"{}()=+\-_<>@`?!*#%^&$:,']", " ", text)
+    words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ("a", "an", "the")]
+    return " ".join(words)
+
+
+def vqa_soft(completion: str, example: Example) -> float:
+    """Soft VQA accuracy: min(#human answers equal to the prediction / 3, 1). The human answers are
+    [answer, *aliases], repeats included (VQA and VizWiz have ten per question)."""
+    said = vqa_normalize(extract_answer(completion))
+    if not said:
+        return 0.0
+    matches = sum(said == vqa_normalize(ref) for ref in [example.answer, *example.aliases])
+    return min(matches / 3.0, 1.0)
+
+
+def _box(text: str) -> tuple[float, float, float, float] | None:
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", text)
+    if len(numbers) < 4:
+        return None
+    x1, y1, x2, y2 = (float(n) for n in numbers[:4])
+    values = (x1, y1, x2, y2)
+    if not all(math.isfinite(v) for v in values) or x2 <= x1 or y2 <= y1:
+        return None
+    return values
+
+
+def box_iou(completion: str, example: Example) -> float:
+    """Intersection over union of the predicted box '[x1, y1, x2, y2]' and the gold one; 0 when either is not
+    a box with x1 < x2 and y1 < y2."""
+    said, gold = _box(extract_answer(completion)), _box(example.answer)
+    if said is None or gold is None:
+        return 0.0
+    width = min(said[2], gold[2]) - max(said[0], gold[0])
+    height = min(said[3], gold[3]) - max(said[1], gold[1])
+    inter = max(width, 0.0) * max(height, 0.0)
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
+    union = area(said) + area(gold) - inter
+    return inter / union if union > 0 else 0.0
+
+
+SCORERS: dict[str, Scorer] = {
     "exact": exact,
     "multiple_choice": multiple_choice,
     "numeric": numeric,
+    "yes_no": yes_no,
+    "vqa": vqa_soft,
+    "iou": box_iou,
 }

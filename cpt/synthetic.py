@@ -100,17 +100,17 @@ def _text_image(rng: random.Random, size: int, text: str) -> Image.Image:
 def count_task(rng: random.Random, size: int) -> Example:
     n = rng.randint(1, 5)
     image, _ = _objects(rng, size, n)
-    return Example("How many shapes are in the picture?", str(n), [image])
+    return Example("How many shapes are in the picture?", str(n), [image], rationale=f"I count {n} shapes.")
 
 
 def colour_task(rng: random.Random, size: int) -> Example:
     image, _, colour = _single_object(rng, size)
-    return Example("What colour is the shape?", colour, [image])
+    return Example("What colour is the shape?", colour, [image], rationale=f"The shape is filled with {colour}.")
 
 
 def shape_task(rng: random.Random, size: int) -> Example:
     image, shape, _ = _single_object(rng, size)
-    return Example("Which shape is shown?", shape, [image])
+    return Example("Which shape is shown?", shape, [image], rationale=f"The outline is a {shape}.")
 
 
 def position_task(rng: random.Random, size: int) -> Example:
@@ -121,7 +121,8 @@ def position_task(rng: random.Random, size: int) -> Example:
     near, far = size * 0.2, rng.uniform(size * 0.3, size * 0.7)
     cx, cy = {"left": (near, far), "right": (size - near, far), "top": (far, near), "bottom": (far, size - near)}[side]
     _draw_shape(draw, shape, colour, cx, cy, r)
-    return Example("On which side of the picture is the shape?", side, [image])
+    return Example("On which side of the picture is the shape?", side, [image],
+                   rationale=f"The shape is near the {side} edge.")
 
 
 def compare_task(rng: random.Random, size: int) -> Example:
@@ -131,18 +132,21 @@ def compare_task(rng: random.Random, size: int) -> Example:
     for side, cx in (("left", size * 0.27), ("right", size * 0.73)):
         shape, colour = _random_object(rng)
         _draw_shape(draw, shape, colour, cx, size / 2 + rng.uniform(-size * 0.15, size * 0.15), large if side == bigger else small)
-    return Example("Which shape is bigger, the left or the right one?", bigger, [image])
+    return Example("Which shape is bigger, the left or the right one?", bigger, [image],
+                   rationale=f"The {bigger} shape covers more area.")
 
 
 def read_task(rng: random.Random, size: int) -> Example:
     digit = rng.choice(DIGITS)
-    return Example("What digit is written in the picture?", digit, [_text_image(rng, size, digit)])
+    return Example("What digit is written in the picture?", digit, [_text_image(rng, size, digit)],
+                   rationale=f"The picture shows the digit {digit}.")
 
 
 def arith_task(rng: random.Random, size: int) -> Example:
     total = rng.randint(0, 9)  # the sum is uniform, so chance stays 1 in 10
     a = rng.randint(0, total)
-    return Example("What is the sum of the two digits?", str(total), [_text_image(rng, size, f"{a} {total - a}")])
+    return Example("What is the sum of the two digits?", str(total), [_text_image(rng, size, f"{a} {total - a}")],
+                   rationale=f"The digits are {a} and {total - a}; {a} + {total - a} = {total}.")
 
 
 TASKS: dict[str, Callable[[random.Random, int], Example]] = {
@@ -172,7 +176,8 @@ def _multiple_choice(rng: random.Random, question: str, answer: str, space: tupl
     wrong = [a for a in space if a != answer]
     choices = rng.sample(wrong, min(3, len(wrong))) + [answer]
     rng.shuffle(choices)
-    return Example(question, choice_letter(choices.index(answer)), [image], choices=choices)
+    letter = choice_letter(choices.index(answer))
+    return Example(question, letter, [image], choices=choices, rationale=f"The answer is {answer}, option {letter}.")
 
 
 def _general_colour_of_shape(rng: random.Random, size: int) -> Example:
@@ -223,7 +228,7 @@ GENERAL: tuple[Callable[[random.Random, int], Example], ...] = (
 def as_open_question(example: Example) -> Example:
     """The same question without choices: answered with the choice's text instead of its letter."""
     answer = example.choices[ord(example.answer) - ord("A")]
-    return Example(example.question, answer, example.images)
+    return Example(example.question, answer, example.images, rationale=f"The answer is {answer}.")
 
 
 def example_rng(seed: int, name: str, split: str, index: int) -> random.Random:

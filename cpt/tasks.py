@@ -1,15 +1,15 @@
-"""A task: a name, training and evaluation examples, and the scorer that says whether an answer is right."""
+"""A task: a name, training and evaluation examples, and the scorer that says how right an answer is."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
 from cpt.data import LocalSplit, SyntheticSplit
 from cpt.examples import Example
-from cpt.scoring import SCORERS
+from cpt.scoring import SCORERS, Scorer
 from cpt.synthetic import GENERAL_NAME, chance_accuracy
 
 
@@ -18,7 +18,7 @@ class Task:
     name: str
     train: Sequence[Example]
     eval: Sequence[Example]
-    scorer: Callable[[str, Example], bool]
+    scorer: Scorer
     chance: float | None = None  # accuracy of guessing, percent, where known
 
 

@@ -101,11 +101,17 @@ def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):
     assert first_losses == second_losses
 
 
-def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir):
+@pytest.mark.parametrize("method", [
+    ["method=sft"],
+    # RFT under full fine-tuning: the frozen reference copy is sharded too and refreshed at each task start.
+    ["method=rft", "model.finetune=full", "rft.kl.reference=task_start", "rft.group_size=2", "data.batch_size=2",
+     "rft.max_new_tokens=6"],
+])
+def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir, method):
     """trainer.strategy=fsdp with 2 CPU processes (gloo): every rank holds about half of each sharded weight."""
     args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2", "data.eval_size=4",
             "eval.general=false", "trainer.devices=2", "trainer.strategy=fsdp",
-            "callbacks=[tests.shard_probe:ShardProbe]"]
+            "callbacks=[tests.shard_probe:ShardProbe]", *method]
     # One thread per rank: two ranks on two cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "cpt", "fit", *args], cwd=REPO, capture_output=True, text=True,
@@ -117,7 +123,11 @@ def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir):
         assert 0.45 < probe["local"] / probe["full"] < 0.55
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["accuracy_matrix"]) == 3
-    assert (tmp_path / "checkpoints" / "2-count" / "adapter_model.safetensors").is_file()
+    weights = "adapter_model.safetensors" if "model.finetune=full" not in method else "model.safetensors"
+    assert (tmp_path / "checkpoints" / "2-count" / weights).is_file()
+    # Every rank draws its own batches: each task is steps_per_task steps, not a pass over the dataset.
+    steps = [row["train/task"] for row in csv.DictReader(open(tmp_path / "logs" / "metrics.csv")) if row.get("train/task")]
+    assert steps == ["1.0", "1.0", "2.0", "2.0"]
 
 
 def test_quickstart_notebook_reads_the_run(two_task_run, monkeypatch):

@@ -216,7 +216,8 @@ CHOICES = {
 }
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
-            "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature")
+            "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
+            "rft.micro_batch_size")
 
 
 class ConfigError(ValueError):
@@ -295,8 +296,9 @@ def _validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"bad value for {key!r}: {value!r}; choose one of {', '.join(allowed)}")
     for key in POSITIVE:
-        if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"bad value for {key!r}: must be positive, got {OmegaConf.select(cfg, key)}")
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value <= 0:  # null is allowed where the schema allows it
+            raise ConfigError(f"bad value for {key!r}: must be positive, got {value}")
     if not cfg.tasks:
         raise ConfigError("`tasks` is empty: name at least one task")
     known = set(SYNTHETIC_TASKS) | set(cfg.local_tasks)
@@ -331,8 +333,6 @@ def _validate_rft(cfg: DictConfig) -> None:
         raise ConfigError(f"bad value for 'rft.top_p': must be in (0, 1], got {rft.top_p}")
     if rft.clip_low < 0 or rft.clip_high < 0 or rft.clip_low >= 1:
         raise ConfigError(f"rft.clip_low must be in [0, 1) and rft.clip_high >= 0, got {rft.clip_low}, {rft.clip_high}")
-    if rft.micro_batch_size is not None and rft.micro_batch_size <= 0:
-        raise ConfigError(f"bad value for 'rft.micro_batch_size': must be positive or null, got {rft.micro_batch_size}")
     if rft.kl.coef < 0:
         raise ConfigError(f"bad value for 'rft.kl.coef': must be >= 0, got {rft.kl.coef}")
     if rft.reward.weights is not None and not any(rft.reward.weights.values()):

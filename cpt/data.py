@@ -89,12 +89,25 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         attention_mask[row, width - n:] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
              "index": torch.tensor([item["index"] for item in items]), "examples": [item["example"] for item in items]}
-    batch["image_counts"] = torch.tensor([0 if g is None else len(g) for g in (item["image_grid_thw"] for item in items)])
+    batch["image_counts"] = torch.tensor([0 if item["image_grid_thw"] is None else len(item["image_grid_thw"])
+                                          for item in items])
     pixels = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
     if pixels:
         batch["pixel_values"] = torch.cat(pixels)
         batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in items if item["image_grid_thw"] is not None])
     return batch
+
+
+def row_images(batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row's (image_grid_thw, pixel_values) pieces of a collated batch with images."""
+    grids = batch["image_grid_thw"].split(batch["image_counts"].tolist())
+    return list(zip(grids, batch["pixel_values"].split([int(g.prod(-1).sum()) for g in grids])))
+
+
+def _put_images(out: dict, images: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    out["image_grid_thw"] = torch.cat([grid for grid, _ in images])
+    out["pixel_values"] = torch.cat([patches for _, patches in images])
+    return out
 
 
 def repeat_rows(batch: dict, times: int) -> dict:
@@ -103,10 +116,7 @@ def repeat_rows(batch: dict, times: int) -> dict:
            if k in ("input_ids", "attention_mask", "labels", "index", "image_counts")}
     out["examples"] = [example for example in batch["examples"] for _ in range(times)]
     if "pixel_values" in batch:
-        grids = batch["image_grid_thw"].split(batch["image_counts"].tolist())
-        patches = batch["pixel_values"].split([int(g.prod(-1).sum()) for g in grids])
-        out["image_grid_thw"] = torch.cat([g for g in grids for _ in range(times)])
-        out["pixel_values"] = torch.cat([p for p in patches for _ in range(times)])
+        _put_images(out, [row for row in row_images(batch) for _ in range(times)])
     return out
 
 
@@ -114,11 +124,7 @@ def slice_rows(batch: dict, start: int, stop: int) -> dict:
     """Rows start..stop-1 of a collated batch of model inputs, with their image patches."""
     out = {k: v[start:stop] for k, v in batch.items() if k in ("input_ids", "attention_mask", "image_counts")}
     if "pixel_values" in batch:
-        counts = batch["image_counts"].tolist()
-        first, last = sum(counts[:start]), sum(counts[:stop])
-        patches = batch["image_grid_thw"].prod(-1).tolist()
-        out["image_grid_thw"] = batch["image_grid_thw"][first:last]
-        out["pixel_values"] = batch["pixel_values"][sum(patches[:first]):sum(patches[:last])]
+        _put_images(out, row_images(batch)[start:stop])
     return out
 
 

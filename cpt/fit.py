@@ -80,7 +80,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         # A module that steps its optimizer itself (RFT) clips its gradients itself.
-        gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None, log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None,
+        log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
         enable_model_summary=False,

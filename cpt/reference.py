@@ -28,10 +28,9 @@ class Reference(nn.Module):
         if kind not in REFERENCES:
             raise ValueError(f"unknown reference {kind!r}; choose one of {', '.join(REFERENCES)}")
         self.kind = kind
-        self.uses_adapters = isinstance(policy, PeftModel)
         self.copy: nn.Module | None = None
         self.snapshot: list[torch.Tensor] | None = None  # adapter weights at the start of the task
-        if not self.uses_adapters:
+        if not isinstance(policy, PeftModel):
             # Left in training mode like the policy (Lightning warns about modules in eval mode at fit start);
             # `model()` switches it to eval for every use.
             self.copy = build_copy().requires_grad_(False).train()
@@ -44,8 +43,7 @@ class Reference(nn.Module):
         reshard(policy)
         if self.copy is not None:
             reshard(self.copy)
-            for ref, param in zip(self.copy.parameters(), policy.parameters(), strict=True):
-                ref.copy_(param)
+            _assign(list(self.copy.parameters()), list(policy.parameters()))
         else:
             self.snapshot = [p.detach().clone() for p in policy.parameters() if p.requires_grad]
 
@@ -64,12 +62,15 @@ class Reference(nn.Module):
             reshard(policy)  # write the shards, not a gathered copy FSDP2 would discard
             trainable = [p for p in policy.parameters() if p.requires_grad]
             current = [p.detach().clone() for p in trainable]
-            with torch.no_grad():
-                for param, saved in zip(trainable, self.snapshot, strict=True):
-                    param.copy_(saved)
+            _assign(trainable, self.snapshot)
             try:
                 yield policy
             finally:
-                with torch.no_grad():
-                    for param, value in zip(trainable, current, strict=True):
-                        param.copy_(value)
+                _assign(trainable, current)
+
+
+@torch.no_grad()
+def _assign(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """In-place copy, so FSDP2 shards and optimizer state keep pointing at the same parameters."""
+    for param, value in zip(params, values, strict=True):
+        param.copy_(value)

@@ -25,7 +25,7 @@ import torch
 from cpt.config import ConfigError
 from cpt.examples import Example
 from cpt.plugins import load_object
-from cpt.scoring import BOXED, Scorer
+from cpt.scoring import BOXED, Scorer, box_end
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,7 @@ THINK = re.compile(r"\s*<think>(.*?)</think>(.*)", re.DOTALL)
 
 
 def _one_closed_box(text: str) -> bool:
-    if text.count(BOXED) != 1:
-        return False
-    depth = 0
-    for char in text[text.index(BOXED) + len(BOXED) - 1:]:
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0:
-            return True
-    return False
+    return text.count(BOXED) == 1 and box_end(text, text.index(BOXED) + len(BOXED)) is not None
 
 
 def format_reward(completion: str, template: str) -> float:

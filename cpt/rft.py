@@ -173,7 +173,9 @@ class RFTModule(CPTModule):
         size = rft.micro_batch_size or len(ids)
         denominator = loss_denominator(counted, rft.loss_aggregation)
         tokens = max(float(counted.sum()), 1.0)
-        sums = dict.fromkeys(("loss", "kl", "entropy", "clip_low", "clip_high"), 0.0)
+        # Accumulated on the device and read once at the end: a float() per micro-batch would wait for the GPU.
+        sums = {name: torch.zeros((), device=counted.device)
+                for name in ("loss", "kl", "entropy", "clip_low", "clip_high")}
         for epoch in range(rft.epochs):
             for i in range(0, len(ids), size):
                 rows = slice(i, i + size)
@@ -190,18 +192,18 @@ class RFTModule(CPTModule):
                     if in_loss:
                         per_token = per_token + beta * kl
                     if epoch == 0:
-                        sums["kl"] += float((kl.detach() * m).sum())
+                        sums["kl"] += (kl.detach() * m).sum()
                 loss = aggregate(per_token, m, rft.loss_aggregation, denominator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"RFT loss is {loss.item()} at step {self.global_step} (task {self.task_index + 1}); lower "
                         "optim.lr or use model.dtype=float32. Results of finished tasks are in the run directory.")
                 self.manual_backward(loss)
-                sums["loss"] += float(loss.detach()) / rft.epochs
-                sums["clip_low"] += float((low * m).sum()) / rft.epochs
-                sums["clip_high"] += float((high * m).sum()) / rft.epochs
+                sums["loss"] += loss.detach() / rft.epochs
+                sums["clip_low"] += (low * m).sum() / rft.epochs
+                sums["clip_high"] += (high * m).sum() / rft.epochs
                 if entropy is not None:
-                    sums["entropy"] += float((entropy * m).sum())
+                    sums["entropy"] += (entropy * m).sum()
             if self.cfg.trainer.gradient_clip_val is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
                                     gradient_clip_algorithm="norm")
@@ -212,4 +214,4 @@ class RFTModule(CPTModule):
                  "policy/clip_low": sums["clip_low"] / tokens, "policy/clip_high": sums["clip_high"] / tokens}
         if beta > 0:
             stats["policy/kl"] = sums["kl"] / tokens
-        return stats
+        return {name: float(value) for name, value in stats.items()}

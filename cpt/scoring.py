@@ -17,17 +17,24 @@ BOXED = "\\boxed{"
 Scorer = Callable[[str, Example], float]
 
 
+def box_end(text: str, begin: int) -> int | None:
+    """Index of the brace closing a box whose content starts at `begin` (braces may nest); None if unclosed."""
+    depth = 1
+    for i in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return None
+
+
 def extract_answer(completion: str) -> str:
     start = completion.rfind(BOXED)
     if start < 0:
         lines = [line.strip() for line in completion.strip().splitlines() if line.strip()]
         return lines[-1] if lines else ""
-    depth, begin = 1, start + len(BOXED)
-    for i in range(begin, len(completion)):
-        depth += {"{": 1, "}": -1}.get(completion[i], 0)
-        if depth == 0:
-            return completion[begin:i].strip()
-    return completion[begin:].strip()  # unclosed box: take what is there
+    begin = start + len(BOXED)
+    end = box_end(completion, begin)
+    return completion[begin:end].strip()  # an unclosed box: what is there
 
 
 def normalize(text: str) -> str:

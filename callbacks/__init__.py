@@ -1,11 +1,18 @@
-"""Lightning callbacks that turn one `Trainer.fit` into a continual post-training run.
+"""Lightning callbacks that turn one `Trainer.fit` into a continual post-training run and its experiments.
 
 Each is usable from a config by import path (`callbacks.<module>:<Class>`).
 """
 
+from callbacks.analysis import ForgettingAnalysis
+from callbacks.kl_schedule import KLSchedule
 from callbacks.multitask_eval import MultiTaskEvaluation
+from callbacks.online_filter import OnlineFiltering
+from callbacks.regularizer import ParameterRegularizer
+from callbacks.replay import ExperienceReplay
+from callbacks.rollout_filter import RolloutFiltering
 from callbacks.task_checkpoint import TaskCheckpoint
 from callbacks.task_progress import TaskProgressBar
 from callbacks.task_switching import TaskSwitching
 
-__all__ = ["MultiTaskEvaluation", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]
+__all__ = ["ExperienceReplay", "ForgettingAnalysis", "KLSchedule", "MultiTaskEvaluation", "OnlineFiltering",
+           "ParameterRegularizer", "RolloutFiltering", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]

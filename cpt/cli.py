@@ -18,6 +18,7 @@ commands:
   fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
   bench     bench rft: time our RFT step against TRL's GRPOTrainer on the same model and prompts
+  compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
 """
 
 
@@ -54,7 +55,15 @@ def bench(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench}
+def compare(args: list[str]) -> int:
+    from cpt.compare import main
+
+    return main(args)
+
+
+COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare}
+# Commands with arguments of their own answer --help themselves; the others list the config keys.
+OWN_HELP = ("bench", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if command != "bench" and ("-h" in args or "--help" in args):
+    if command not in OWN_HELP and ("-h" in args or "--help" in args):
         print(format_help())
         return 0
     os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from cpt.advantages import ESTIMATORS
+from cpt.benchmarks import BENCHMARK_FORMATS
 from cpt.policy_loss import AGGREGATIONS, KL_ESTIMATORS
 from cpt.prompts import TEMPLATES
 from cpt.scoring import SCORERS
@@ -115,10 +116,24 @@ class DataConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    format: str = doc("mmmu | mmlu_pro: the public schema of the files (see README, General knowledge).")
+    path: str = doc("A .parquet/.json/.jsonl file, a directory of them (MMMU: one per subject), or a `datasets` "
+                    "directory.")
+    image_dir: Optional[str] = doc("Directory relative image paths are resolved against; null = the file's.", None)
+    limit: Optional[int] = doc("Evaluate a seeded random subset of this many questions; null = all.", None)
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = doc("Prompts decoded at once during evaluation.", 64)
     max_new_tokens: int = doc("Longest greedy completion during evaluation.", 32)
-    general: bool = doc("Also evaluate the general-knowledge set after every task.", True)
+    general: bool = doc("Evaluate the synthetic general-knowledge set (the toy stand-in for MMMU/MMLU-Pro).", True)
+    general_every: int = doc("General-knowledge benchmarks run before the sequence, after every N-th stage and "
+                             "after the last; 0 = only before and after the sequence.", 1)
+    benchmarks: dict[str, BenchmarkConfig] = doc("General benchmarks read from local files, by name (e.g. "
+                                                 "mmmu: {format: mmmu, path: ...}); scored as multiple choice, "
+                                                 "per benchmark and per category.", factory=dict)
 
 
 @dataclass
@@ -130,6 +145,10 @@ class KLConfig:
                          "completion's summed KL is subtracted from its reward before advantages).", "loss")
     reference: str = doc("base (the model before the first task) | task_start (the model as the current task "
                          "began).", "base")
+    schedule: str = doc("constant (coef throughout) | per_task (per_task[k] during stage k) | linear (from coef "
+                        "to final_coef over each stage's steps). Applied by callbacks/kl_schedule.py.", "constant")
+    per_task: Optional[list[float]] = doc("One beta per stage, for schedule=per_task.", None)
+    final_coef: float = doc("beta at the end of each stage, for schedule=linear.", 0.0)
 
 
 @dataclass
@@ -140,6 +159,25 @@ class RewardConfig:
     weights: Optional[dict[str, float]] = doc("Weight of each named component in the total reward; a component "
                                               "with weight 0 is only logged. null = {accuracy: 0.9, format: 0.1}, "
                                               "the study's; a value given replaces it whole.", None)
+
+
+@dataclass
+class FilterConfig:
+    rule: str = doc("Rollout-based instance filtering before each task (callbacks/rollout_filter.py): none | "
+                    "all_wrong (drop instances none of whose k rollouts is right) | all_equal (drop those whose k "
+                    "rewards are all equal: all wrong or all right) | range (drop those whose mean reward is "
+                    "outside [low, high]).", "none")
+    k: int = doc("Rollouts per candidate instance.", 8)
+    low: float = doc("rule=range: lowest mean reward kept.", 0.01)
+    high: float = doc("rule=range: highest mean reward kept.", 0.99)
+    pool_size: Optional[int] = doc("Candidate instances per task (a seeded subset of its training data); null = "
+                                   "all of it. Training then draws only from the kept ones.", 512)
+    correct_threshold: float = doc("A rollout is right when its accuracy component (the total reward if the "
+                                   "reward function has none) is at least this.", 0.5)
+    online: bool = doc("Also drop, from every training batch, groups whose rewards are all equal and refill "
+                       "them with fresh prompts of the task (callbacks/online_filter.py).", False)
+    max_retries: int = doc("online: refill rounds per step at most; groups still missing are filled with "
+                           "dropped ones.", 3)
 
 
 @dataclass
@@ -161,6 +199,32 @@ class RFTConfig:
                                           "rollout batch); null = all at once.", None)
     kl: KLConfig = doc("KL regularisation towards a reference policy.", factory=KLConfig)
     reward: RewardConfig = doc("The reward function and its weights.", factory=RewardConfig)
+    filter: FilterConfig = doc("Rollout-based instance filtering, before each task and/or online.",
+                               factory=FilterConfig)
+
+
+@dataclass
+class ReplayConfig:
+    fraction: float = doc("Experience replay (callbacks/replay.py): this share of every training batch is drawn "
+                          "from earlier tasks' data; 0 turns replay off.", 0.0)
+    buffer_per_task: int = doc("Examples of each finished task kept for replay (a seeded subset).", 500)
+
+
+@dataclass
+class RegularizerConfig:
+    kind: str = doc("Pull the weights towards the previous stage's (callbacks/regularizer.py): none | ewc "
+                    "(weighted by a diagonal Fisher) | l2.", "none")
+    strength: float = doc("lambda: the penalty is lambda/2 * sum F (theta - theta*)^2 (F = 1 for l2; for ewc, each "
+                          "stage's diagonal Fisher normalised to mean 1 and summed over the stages).", 1.0)
+    fisher_batches: int = doc("ewc: training batches of the finished stage the Fisher is estimated on.", 16)
+
+
+@dataclass
+class AnalysisConfig:
+    enabled: bool = doc("Record why forgetting happens (callbacks/analysis.py): per stage, the parameter update "
+                        "by module group, the reward variance, and the KL to the base model on every task's "
+                        "prompts; writes analysis.json and analysis.png.", False)
+    probe_size: int = doc("Prompts per task the KL to the base model is estimated on.", 16)
 
 
 @dataclass
@@ -181,28 +245,38 @@ class TrainerConfig:
 class Config:
     method: str = doc("Training paradigm: sft (supervised fine-tuning) | rft (reinforcement fine-tuning, GRPO family).",
                       "sft")
+    schedule: str = doc("sequential (one stage per task, in order) | multitask (all tasks mixed in one stage of "
+                        "steps_per_task x tasks steps: the upper bound).", "sequential")
+    name: Optional[str] = doc("Label of the run in results.json and `cpt compare`; null = '<method> <schedule>'.",
+                              None)
     output_dir: str = doc("Run directory: resolved config, checkpoints, logs and results.",
                           "runs/${method}-${now:%Y%m%d-%H%M%S}")
     seed: int = doc("Seed for data order, initialisation of adapters and sampling.", 0)
     tasks: list[str] = doc("The task sequence, in order: synthetic task names (" + ", ".join(SYNTHETIC_TASKS) +
                            ") or names defined under local_tasks.", factory=lambda: list(SYNTHETIC_TASKS))
-    steps_per_task: int = doc("Optimizer steps spent on each task.", 100)
+    steps_per_task: int = doc("Training steps spent on each task (a multitask stage gets this times the tasks).", 100)
     local_tasks: dict[str, LocalTaskConfig] = doc("Tasks read from local files, by name.", factory=dict)
     logger: str = doc("csv | tensorboard | wandb | none.", "csv")
-    callbacks: list[str] = doc("Extra callbacks by import path (`package.module:Class`), added to the built-in "
-                               "ones.", factory=list)
+    callbacks: list[Any] = doc("Extra callbacks, added to the built-in ones: an import path "
+                               "(`package.module:Class`, built without arguments) or a mapping {class: "
+                               "package.module:Class, <argument>: <value>, ...}.", factory=list)
     save_checkpoints: bool = doc("Save the adapters (or full weights) after each task.", True)
     model: ModelConfig = doc("The Qwen2.5-VL backbone.", factory=ModelConfig)
     foundation: FoundationConfig = doc("The `tiny` preset's toy pre-training.", factory=FoundationConfig)
     optim: OptimConfig = doc("Optimizer and per-task schedule.", factory=OptimConfig)
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
     rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)
+    replay: ReplayConfig = doc("Experience replay of earlier tasks' data.", factory=ReplayConfig)
+    regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
+                                         factory=RegularizerConfig)
+    analysis: AnalysisConfig = doc("What moved the model, per stage.", factory=AnalysisConfig)
     eval: EvalConfig = doc("Evaluation on every task after every task.", factory=EvalConfig)
     trainer: TrainerConfig = doc("Passed to lightning.Trainer.", factory=TrainerConfig)
 
 
 CHOICES = {
     "method": ("sft", "rft"),
+    "schedule": ("sequential", "multitask"),
     "model.finetune": ("lora", "qlora", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),
@@ -213,11 +287,15 @@ CHOICES = {
     "rft.kl.estimator": KL_ESTIMATORS,
     "rft.kl.placement": ("loss", "reward"),
     "rft.kl.reference": REFERENCES,
+    "rft.kl.schedule": ("constant", "per_task", "linear"),
+    "rft.filter.rule": ("none", "all_wrong", "all_equal", "range"),
+    "regularizer.kind": ("none", "ewc", "l2"),
 }
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
-            "rft.micro_batch_size")
+            "rft.micro_batch_size", "rft.filter.k", "rft.filter.pool_size", "regularizer.fisher_batches",
+            "replay.buffer_per_task", "analysis.probe_size")
 
 
 class ConfigError(ValueError):
@@ -259,20 +337,29 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides: {error}") from None
 
 
-def _load_yaml(path: Path) -> DictConfig:
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """The file's settings, preceded by those of the config it names as `base:` (a path relative to it), so
+    that an experiment config states only what differs from its base."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {str(path)!r} is its own base (a cycle of `base:` keys)")
     try:
         loaded = OmegaConf.load(path)
     except Exception as error:  # yaml.YAMLError and friends
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-    return loaded
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a list")
+    base = loaded.pop("base", None)
+    if base is None:
+        return [loaded]
+    return _load_yaml(path.parent / str(base), (*seen, path.resolve())) + [loaded]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
     """Schema defaults <- YAML file <- overrides, validated; interpolations resolved."""
     merged = OmegaConf.structured(Config)
-    sources = ([_load_yaml(Path(path))] if path is not None else []) + [_parse_overrides(list(overrides))]
+    sources = (_load_yaml(Path(path)) if path is not None else []) + [_parse_overrides(list(overrides))]
     for source in sources:
         try:
             merged = OmegaConf.merge(merged, source)
@@ -313,8 +400,24 @@ def _validate(cfg: DictConfig) -> None:
         if spec.scorer not in SCORERS:
             raise ConfigError(f"bad value for 'local_tasks.{name}.scorer': {spec.scorer!r}; choose one of "
                               f"{', '.join(SCORERS)}")
+    for name, spec in cfg.eval.benchmarks.items():
+        if spec.format not in BENCHMARK_FORMATS:
+            raise ConfigError(f"bad value for 'eval.benchmarks.{name}.format': {spec.format!r}; choose one of "
+                              f"{', '.join(BENCHMARK_FORMATS)}")
+    if cfg.eval.general_every < 0:
+        raise ConfigError(f"bad value for 'eval.general_every': must be >= 0, got {cfg.eval.general_every}")
+    if not 0 <= cfg.replay.fraction < 1:
+        raise ConfigError(f"bad value for 'replay.fraction': must be in [0, 1), got {cfg.replay.fraction}")
+    if cfg.regularizer.kind != "none":
+        if cfg.method != "sft":
+            raise ConfigError("regularizer.kind is for method=sft (its gradient is added before each optimizer step; "
+                              "RFT's KL term already pulls towards a reference)")
+        if cfg.regularizer.strength < 0:
+            raise ConfigError(f"bad value for 'regularizer.strength': must be >= 0, got {cfg.regularizer.strength}")
     if cfg.method == "rft":
         _validate_rft(cfg)
+    elif cfg.rft.filter.rule != "none" or cfg.rft.filter.online:
+        raise ConfigError("rft.filter selects instances by their rollouts' rewards: it needs method=rft")
     if cfg.trainer.strategy == "fsdp":
         if cfg.model.finetune == "qlora":
             raise ConfigError("model.finetune=qlora cannot be sharded with trainer.strategy=fsdp (4-bit weights); "
@@ -333,19 +436,39 @@ def _validate_rft(cfg: DictConfig) -> None:
         raise ConfigError(f"bad value for 'rft.top_p': must be in (0, 1], got {rft.top_p}")
     if rft.clip_low < 0 or rft.clip_high < 0 or rft.clip_low >= 1:
         raise ConfigError(f"rft.clip_low must be in [0, 1) and rft.clip_high >= 0, got {rft.clip_low}, {rft.clip_high}")
-    if rft.kl.coef < 0:
-        raise ConfigError(f"bad value for 'rft.kl.coef': must be >= 0, got {rft.kl.coef}")
     if rft.reward.weights is not None and not any(rft.reward.weights.values()):
         raise ConfigError("rft.reward.weights gives no component a non-zero weight")
-    if rft.kl.coef > 0 and rft.kl.estimator == "k1" and rft.kl.placement == "loss":
+    if max(kl_values(cfg)) > 0 and rft.kl.estimator == "k1" and rft.kl.placement == "loss":
         raise ConfigError("rft.kl.estimator=k1 in the loss has zero expected gradient (E[grad log p] = 0): use k1 "
                           "with rft.kl.placement=reward, or k2/k3 in the loss")
+    stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)
+    if rft.kl.schedule == "per_task" and (rft.kl.per_task is None or len(rft.kl.per_task) != stages):
+        raise ConfigError(f"rft.kl.schedule=per_task needs rft.kl.per_task with one beta per stage ({stages}), got "
+                          f"{None if rft.kl.per_task is None else list(rft.kl.per_task)}")
+    if min(kl_values(cfg)) < 0:
+        raise ConfigError("every beta of rft.kl (coef, per_task, final_coef) must be >= 0")
+    f = rft.filter
+    if not 0 <= f.low <= f.high <= 1 and f.rule == "range":
+        raise ConfigError(f"rft.filter.rule=range needs 0 <= low <= high <= 1 (rewards in [0, 1]), got {f.low}, {f.high}")
+    if f.online and rft.advantage == "remax":
+        raise ConfigError("rft.filter.online drops groups with equal rewards, but remax's baseline is the greedy "
+                          "reward, not the group's: use grpo, drgrpo or rloo")
+    if f.online and f.max_retries < 0:
+        raise ConfigError(f"bad value for 'rft.filter.max_retries': must be >= 0, got {f.max_retries}")
     if cfg.trainer.precision in ("16-mixed", "16"):
         raise ConfigError("method=rft clips gradients itself, before the float16 loss scale is removed: use "
                           "trainer.precision=bf16-mixed or 32-true")
     if cfg.trainer.accumulate_grad_batches != 1:
         raise ConfigError("method=rft steps the optimizer itself: keep trainer.accumulate_grad_batches=1 and set "
                           "rft.micro_batch_size to split a rollout batch into smaller passes")
+
+
+def kl_values(cfg: DictConfig) -> list[float]:
+    """Every beta the KL schedule can take: a reference model is loaded when any is positive."""
+    kl = cfg.rft.kl
+    if kl.schedule == "per_task":
+        return list(kl.per_task or [0.0])
+    return [kl.coef, kl.final_coef] if kl.schedule == "linear" else [kl.coef]
 
 
 def format_help() -> str:

@@ -52,11 +52,16 @@ class MixedSplit(Sequence):
 
 
 class EncodedDataset(Dataset):
-    """Examples as token ids and pixel patches; with answers as labels when `with_response` (for SFT)."""
+    """Examples as token ids and pixel patches; with answers as labels when `with_response` (for SFT).
+
+    Every item carries its position in `examples` (`index`) and the index of the task it belongs to (`task`), so
+    that a batch mixing tasks is still scored by each row's own task.
+    """
 
     def __init__(self, examples: Sequence[Example], processor: VisionTextProcessor, template: str,
-                 with_response: bool = True):
+                 with_response: bool = True, task: int = 0):
         self.examples, self.processor, self.template, self.with_response = examples, processor, template, with_response
+        self.task = task
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -66,7 +71,7 @@ class EncodedDataset(Dataset):
 
     def encode(self, example: Example, index: int) -> dict:
         prompt = self.processor.encode_prompt(render_prompt(self.template, example), example.images)
-        item = {"index": index, "example": example, "input_ids": prompt.input_ids,
+        item = {"index": index, "task": self.task, "example": example, "input_ids": prompt.input_ids,
                 "labels": [IGNORE_INDEX] * len(prompt.input_ids), "pixel_values": prompt.pixel_values,
                 "image_grid_thw": prompt.image_grid_thw}
         if self.with_response:
@@ -88,7 +93,8 @@ def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, width - n:] = torch.tensor(item["labels"])
         attention_mask[row, width - n:] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-             "index": torch.tensor([item["index"] for item in items]), "examples": [item["example"] for item in items]}
+             "index": torch.tensor([item["index"] for item in items]), "task": torch.tensor([item["task"] for item in items]),
+             "examples": [item["example"] for item in items]}
     batch["image_counts"] = torch.tensor([0 if item["image_grid_thw"] is None else len(item["image_grid_thw"])
                                           for item in items])
     pixels = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
@@ -110,21 +116,47 @@ def _put_images(out: dict, images: list[tuple[torch.Tensor, torch.Tensor]]) -> d
     return out
 
 
-def repeat_rows(batch: dict, times: int) -> dict:
-    """Every row `times` times in a row (row 0, row 0, ..., row 1, ...), its image patches with it."""
-    out = {k: v.repeat_interleave(times, 0) for k, v in batch.items()
-           if k in ("input_ids", "attention_mask", "labels", "index", "image_counts")}
-    out["examples"] = [example for example in batch["examples"] for _ in range(times)]
+ROW_TENSORS = ("input_ids", "attention_mask", "labels", "index", "task", "image_counts")
+
+
+def select_rows(batch: dict, rows: Sequence[int]) -> dict:
+    """The given rows of a collated batch (in that order, repeats allowed), their image patches with them."""
+    index = torch.tensor(list(rows), dtype=torch.long)
+    out = {k: batch[k][index.to(batch[k].device)] for k in ROW_TENSORS if k in batch}
+    if "examples" in batch:
+        out["examples"] = [batch["examples"][r] for r in rows]
     if "pixel_values" in batch:
-        _put_images(out, [row for row in row_images(batch) for _ in range(times)])
+        pieces = row_images(batch)
+        _put_images(out, [pieces[r] for r in rows])
     return out
 
 
+def repeat_rows(batch: dict, times: int) -> dict:
+    """Every row `times` times in a row (row 0, row 0, ..., row 1, ...)."""
+    return select_rows(batch, [r for r in range(len(batch["input_ids"])) for _ in range(times)])
+
+
 def slice_rows(batch: dict, start: int, stop: int) -> dict:
-    """Rows start..stop-1 of a collated batch of model inputs, with their image patches."""
-    out = {k: v[start:stop] for k, v in batch.items() if k in ("input_ids", "attention_mask", "image_counts")}
-    if "pixel_values" in batch:
-        _put_images(out, row_images(batch)[start:stop])
+    """Rows start..stop-1 of a collated batch."""
+    return select_rows(batch, range(start, min(stop, len(batch["input_ids"]))))
+
+
+def concat_rows(batches: Sequence[dict], pad_id: int) -> dict:
+    """Collated batches as one, re-padded on the left to the widest."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    out = {}
+    for key in ROW_TENSORS:
+        if key in batches[0]:
+            parts = [b[key] for b in batches]
+            if key in fill:
+                parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0), value=fill[key]) for p in parts]
+            out[key] = torch.cat(parts)
+    if "examples" in batches[0]:
+        out["examples"] = [example for b in batches for example in b["examples"]]
+    pieces = [piece for b in batches if "pixel_values" in b for piece in row_images(b)]
+    if pieces:
+        _put_images(out, pieces)
     return out
 
 

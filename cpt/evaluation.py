@@ -37,15 +37,18 @@ def shard_indices(n: int, rank: int, world: int, batch_size: int) -> tuple[list[
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str, batch_size: int,
-             max_new_tokens: int, device: torch.device) -> float:
-    """Accuracy (percent) of greedy answers on `task.eval`, over all ranks."""
+def evaluate_by_category(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str,
+                         batch_size: int, max_new_tokens: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    """Accuracy (percent) of greedy answers on `task.eval` over all ranks, and per category when the task
+    has `categories` (else an empty dict)."""
     rank, world = _distributed()
     examples: Sequence[Example] = task.eval
     dataset = EncodedDataset(examples, processor, template, with_response=False)
     collate = Collator(processor.pad_id)
     indices, weights = shard_indices(len(examples), rank, world, batch_size)
     accuracy = MeanMetric().to(device)
+    names = sorted(set(task.categories)) if task.categories else []
+    per_category = {name: MeanMetric().to(device) for name in names}
     was_training = model.training
     model.eval()
     try:
@@ -53,8 +56,21 @@ def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, templ
             chunk = [(i, examples[i]) for i in indices[start:start + batch_size]]
             batch = to_device(collate([dataset.encode(ex, i) for i, ex in chunk]), device)
             completions = generate(model, processor, batch, max_new_tokens, synced=world > 1)
-            correct = [float(task.scorer(text, ex)) for text, (_, ex) in zip(completions, chunk)]
-            accuracy.update(torch.tensor(correct, device=device), torch.tensor(weights[start:start + batch_size], device=device))
+            correct = torch.tensor([float(task.scorer(text, ex)) for text, (_, ex) in zip(completions, chunk)],
+                                   device=device)
+            weight = torch.tensor(weights[start:start + batch_size], device=device)
+            accuracy.update(correct, weight)
+            for name, metric in per_category.items():  # every rank updates every category: the sync needs it
+                in_category = torch.tensor([float(task.categories[i] == name) for i, _ in chunk], device=device)
+                metric.update(correct, weight * in_category)
     finally:
         model.train(was_training)
-    return 100.0 * accuracy.compute().item() if indices or world > 1 else float("nan")
+    if not indices and world == 1:
+        return float("nan"), {}
+    return 100.0 * accuracy.compute().item(), {name: 100.0 * m.compute().item() for name, m in per_category.items()}
+
+
+def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str, batch_size: int,
+             max_new_tokens: int, device: torch.device) -> float:
+    """Accuracy (percent) of greedy answers on `task.eval`, over all ranks."""
+    return evaluate_by_category(model, processor, task, template, batch_size, max_new_tokens, device)[0]

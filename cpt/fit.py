@@ -8,23 +8,35 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.strategies import ModelParallelStrategy
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from callbacks import MultiTaskEvaluation, TaskCheckpoint, TaskProgressBar, TaskSwitching
+from callbacks import (ExperienceReplay, ForgettingAnalysis, KLSchedule, MultiTaskEvaluation, OnlineFiltering,
+                       ParameterRegularizer, RolloutFiltering, TaskCheckpoint, TaskProgressBar, TaskSwitching)
 from cpt.config import ConfigError, save_config
 from cpt.datamodule import TaskSequenceData
 from cpt.plugins import load_object
 from cpt.presets import resolve_checkpoint
 from cpt.rft import RFTModule
 from cpt.sft import SFTModule
-from cpt.tasks import build_tasks, general_set
+from cpt.tasks import Stage, Task, build_stages, build_tasks, general_set
 
 METHODS = {"sft": SFTModule, "rft": RFTModule}
 
 
-def load_callback(path: str) -> Callback:
-    """A user callback from `package.module:Class`, constructed without arguments."""
-    callback = load_object(path, "callback")()
+def load_callback(spec) -> Callback:
+    """A user callback from `package.module:Class` (constructed without arguments) or from a mapping
+    {class: package.module:Class, <argument>: <value>, ...}."""
+    if isinstance(spec, str):
+        path, arguments = spec, {}
+    else:
+        arguments = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else dict(spec)
+        path = arguments.pop("class", None)
+        if not isinstance(path, str):
+            raise ConfigError(f"callback {arguments!r} needs `class: package.module:Class`")
+    try:
+        callback = load_object(path, "callback")(**arguments)
+    except TypeError as error:
+        raise ConfigError(f"callback {path!r} cannot be built with {arguments}: {error}") from None
     if not isinstance(callback, Callback):
         raise ConfigError(f"callback {path!r} is a {type(callback).__name__}, not a lightning Callback")
     return callback
@@ -52,6 +64,42 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     return False
 
 
+def general_benchmarks(cfg: DictConfig) -> list[Task]:
+    """The synthetic general set (if on) and the benchmarks read from local files."""
+    from cpt.benchmarks import load_benchmark
+
+    sets = [general_set(cfg)] if cfg.eval.general else []
+    for name, spec in cfg.eval.benchmarks.items():
+        sets.append(load_benchmark(name, spec.format, spec.path, spec.image_dir, spec.limit, cfg.seed))
+    return sets
+
+
+def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) -> list[Callback]:
+    """The callbacks the config's experiment sections turn on."""
+    callbacks: list[Callback] = []
+    rft = cfg.rft
+    if cfg.method == "rft":
+        kl = rft.kl
+        callbacks.append(KLSchedule(kl.schedule, kl.coef, kl.per_task, kl.final_coef,
+                                    cfg.steps_per_task * len(stages[0].tasks)))
+        f = rft.filter
+        if f.rule != "none":
+            callbacks.append(RolloutFiltering(run_dir, f.rule, f.k, f.low, f.high, f.pool_size, f.correct_threshold,
+                                              prompts_per_batch=max(1, cfg.eval.batch_size // f.k), seed=cfg.seed,
+                                              progress=cfg.trainer.enable_progress_bar))
+        if f.online:
+            callbacks.append(OnlineFiltering(run_dir, f.max_retries))
+    if cfg.replay.fraction > 0:
+        callbacks.append(ExperienceReplay(cfg.replay.fraction, cfg.replay.buffer_per_task, cfg.seed))
+    if cfg.regularizer.kind != "none":
+        r = cfg.regularizer
+        callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
+    if cfg.analysis.enabled:
+        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens,
+                                            cfg.data.template, cfg.seed))
+    return callbacks
+
+
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
@@ -59,13 +107,19 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     checkpoint = resolve_checkpoint(cfg)
     tasks = build_tasks(cfg)
-    names = [task.name for task in tasks]
+    stages = build_stages(cfg)
+    names = [stage.name for stage in stages]
     module = METHODS[cfg.method](cfg, checkpoint, tasks)
+    experiments = experiment_callbacks(cfg, run_dir, stages)
+    filtering = next((c for c in experiments if isinstance(c, RolloutFiltering)), None)
     evaluation = MultiTaskEvaluation(
         tasks, run_dir, cfg.data.template, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-        general=general_set(cfg) if cfg.eval.general else None, progress=cfg.trainer.enable_progress_bar,
+        general=general_benchmarks(cfg), progress=cfg.trainer.enable_progress_bar,
+        stages=[[tasks[k].name for k in stage.tasks] for stage in stages], general_every=cfg.eval.general_every,
+        info={"name": cfg.name or f"{cfg.method} {cfg.schedule}", "method": cfg.method, "schedule": cfg.schedule},
+        extra=lambda: {"kept_fraction": filtering.kept_fraction if filtering else None},
     )
-    callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), evaluation]
+    callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), *experiments, evaluation]
     if cfg.save_checkpoints:
         callbacks.append(TaskCheckpoint(run_dir, names))
     if cfg.trainer.enable_progress_bar:
@@ -75,7 +129,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     callbacks += [load_callback(path) for path in cfg.callbacks] + list(extra_callbacks)
     t = cfg.trainer
     trainer = L.Trainer(
-        max_epochs=len(tasks),  # one epoch per task, each exactly steps_per_task steps long
+        max_epochs=len(stages),  # one epoch per stage, each exactly steps_per_task steps per task long
         reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,  # TaskSequenceData shards itself
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
@@ -86,5 +140,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
         enable_model_summary=False,
     )
-    trainer.fit(module, datamodule=TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers))
+    data = TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers, stages)
+    trainer.fit(module, datamodule=data)
     return evaluation.summary

@@ -18,12 +18,14 @@ def _check(P: Matrix) -> None:
         raise ValueError("every row of the accuracy matrix needs one entry per task")
 
 
-def avg_acc(P: Matrix, after: int | None = None) -> float:
-    """Mean accuracy over the tasks learned so far, after task `after` (default: the last row).
-    For row 0, the base model, there are none yet: its mean over all tasks."""
+def avg_acc(P: Matrix, after: int | None = None, learned: int | None = None) -> float:
+    """Mean accuracy over the tasks learned so far in row `after` (default: the last row): the first `learned`
+    tasks (default `after`, one task per row; a multitask row has learned them all). For row 0, the base model,
+    there are none yet: its mean over all tasks."""
     _check(P)
     t = len(P) - 1 if after is None else after
-    return sum(P[t][:t]) / t if t else sum(P[0]) / len(P[0])
+    n = t if learned is None else learned
+    return sum(P[t][:n]) / n if t and n else sum(P[0]) / len(P[0])
 
 
 def forgetting(P: Matrix, after: int | None = None) -> float:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from cpt.backbone import DTYPES, load_backbone, shard_backbone
 from cpt.processor import VisionTextProcessor
-from cpt.tasks import Task
+from cpt.tasks import Task, build_stages
 
 
 def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: float):
@@ -33,7 +33,8 @@ class CPTModule(L.LightningModule):
     """Holds the Qwen2.5-VL backbone and the task sequence; subclasses define `training_step`.
 
     The backbone is built in `configure_model`, so that under FSDP each rank loads it and shards it at once.
-    `task_index` is the position in the task sequence, kept current by the TaskSwitching callback.
+    `task_index` is the position in the sequence of stages (one task each, or all tasks under multitask), kept
+    current by the TaskSwitching callback.
     """
 
     trains_on_answers = True  # whether training batches carry the target answers (SFT) or prompts only (RFT)
@@ -42,6 +43,7 @@ class CPTModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.tasks = list(tasks)
+        self.stages = build_stages(cfg)
         self.checkpoint = Path(checkpoint)
         self.processor = VisionTextProcessor.from_pretrained(checkpoint, cfg.model.min_pixels, cfg.model.max_pixels)
         self.backbone: torch.nn.Module | None = None
@@ -61,13 +63,13 @@ class CPTModule(L.LightningModule):
             shard_backbone(backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
         return backbone
 
-    def optimizer_steps_per_task(self) -> int:
-        return self.cfg.steps_per_task
+    def optimizer_steps_per_stage(self) -> int:
+        return self.cfg.steps_per_task * len(self.stages[0].tasks)  # every stage has as many tasks
 
     def configure_optimizers(self):
         optim = self.cfg.optim
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-        schedule = per_task_schedule(self.optimizer_steps_per_task(), optim.warmup_ratio, optim.min_lr_ratio)
+        schedule = per_task_schedule(self.optimizer_steps_per_stage(), optim.warmup_ratio, optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -16,22 +16,34 @@ MATRIX_PNG = "accuracy_matrix.png"
 
 
 def summarize(tasks: list[str], rows: list[list[float]], general: list[float | None],
-              chance: list[float | None]) -> dict:
-    """results.json's content from the rows evaluated so far (row 0 = base model)."""
+              chance: list[float | None], stages: list[list[str]] | None = None,
+              benchmarks: dict[str, list[dict | None]] | None = None, **info) -> dict:
+    """results.json's content from the rows evaluated so far (row 0 = base model, row s = after stage s).
+
+    Sequential runs (one task per stage) get FM and BWT; a multitask run (one stage) has no earlier task to forget,
+    so they are null. `info` adds fields as they are (name, method, schedule, wall_time_s, kept_fraction).
+    """
+    stages = stages if stages is not None else [[t] for t in tasks]
+    sequential = all(len(stage) == 1 for stage in stages)
+    seen = [0]  # tasks trained after each row, in sequence order
+    for stage in stages:
+        seen.append(seen[-1] + len(stage))
     per_row = {"avg_acc": [], "fm": [], "bwt": []}
     for t in range(len(rows)):
-        per_row["avg_acc"].append(avg_acc(rows, t))
-        per_row["fm"].append(forgetting(rows, t))
-        per_row["bwt"].append(backward_transfer(rows, t))
-    complete = len(rows) == len(tasks) + 1
+        per_row["avg_acc"].append(avg_acc(rows, t, seen[t]))
+        per_row["fm"].append(forgetting(rows, t) if sequential else None)
+        per_row["bwt"].append(backward_transfer(rows, t) if sequential else None)
     return {
+        **info,
         "tasks": tasks,
+        "stages": stages,
         "accuracy_matrix": rows,
-        "complete": complete,
+        "complete": len(rows) == len(stages) + 1,
         "avg_acc": per_row["avg_acc"][-1],
         "fm": per_row["fm"][-1],
         "bwt": per_row["bwt"][-1],
         "general": general,
+        "benchmarks": benchmarks or {},
         "chance": chance,
         "per_row": per_row,
     }
@@ -46,7 +58,7 @@ def write_results(run_dir: Path, summary: dict) -> None:
         writer = csv.writer(f)
         writer.writerow(["after", *summary["tasks"], "general"])
         for t, row in enumerate(summary["accuracy_matrix"]):
-            label = "base" if t == 0 else summary["tasks"][t - 1]
+            label = "base" if t == 0 else stage_label(summary, t)
             general = summary["general"][t] if t < len(summary["general"]) else None
             writer.writerow([label, *(f"{v:.2f}" for v in row), "" if general is None else f"{general:.2f}"])
     plot_accuracy_matrix(summary, run_dir / MATRIX_PNG)
@@ -64,7 +76,7 @@ def plot_accuracy_matrix(summary: dict, path: Path) -> None:
     if any(g is not None for g in general):  # the general set as a last column, set apart by a white line
         columns.append("general")
         rows = [[*row, math.nan if g is None else g] for row, g in zip(rows, general)]
-    labels = ["base"] + [f"after {i + 1}: {name}" for i, name in enumerate(tasks[: len(rows) - 1])]
+    labels = ["base"] + [f"after {t}: {stage_label(summary, t)}" for t in range(1, len(rows))]
     fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 3, 0.55 * len(rows) + 2))
     image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for t, row in enumerate(rows):
@@ -77,11 +89,23 @@ def plot_accuracy_matrix(summary: dict, path: Path) -> None:
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels)
     ax.set_xlabel("evaluated on")
-    ax.set_title(f"Accuracy (%)   AvgAcc {summary['avg_acc']:.1f}   FM {summary['fm']:.1f}   BWT {summary['bwt']:.1f}")
+    ax.set_title(f"Accuracy (%)   {headline(summary)}")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def stage_label(summary: dict, row: int) -> str:
+    """What row `row` (>= 1) of the matrix comes after: the stage's task, or `multitask`."""
+    stage = summary.get("stages", [[t] for t in summary["tasks"]])[row - 1]
+    return stage[0] if len(stage) == 1 else "multitask"
+
+
+def headline(summary: dict) -> str:
+    parts = [f"AvgAcc {summary['avg_acc']:.1f}"]
+    parts += [f"{key.upper()} {summary[key]:.1f}" for key in ("fm", "bwt") if summary[key] is not None]
+    return "   ".join(parts)
 
 
 def format_table(summary: dict) -> str:
@@ -90,7 +114,7 @@ def format_table(summary: dict) -> str:
     head = f"{'after':<14}" + "".join(f"{t:>{width}}" for t in tasks) + f"{'general':>{width}}{'AvgAcc':>{width}}"
     lines = [head, "-" * len(head)]
     for t, row in enumerate(rows):
-        label = "base" if t == 0 else f"{t}:{tasks[t - 1]}"
+        label = "base" if t == 0 else f"{t}:{stage_label(summary, t)}"
         general = summary["general"][t] if t < len(summary["general"]) else None
         cells = "".join(f"{v:>{width}.1f}" for v in row)
         g = f"{general:>{width}.1f}" if general is not None and not math.isnan(general) else f"{'-':>{width}}"
@@ -98,6 +122,8 @@ def format_table(summary: dict) -> str:
     if summary["chance"] and any(c is not None for c in summary["chance"]):
         lines.append(f"{'chance':<14}" + "".join(f"{c:>{width}.1f}" if c is not None else f"{'-':>{width}}"
                                                  for c in summary["chance"]))
-    lines.append(f"AvgAcc {summary['avg_acc']:.1f}   FM {summary['fm']:.1f}   BWT {summary['bwt']:.1f}"
-                 + ("" if summary["complete"] else "   (incomplete run)"))
+    for name, scores in summary.get("benchmarks", {}).items():
+        if name != "general" and any(scores):
+            lines.append(f"{name}: " + "  ".join("-" if s is None else f"{s['accuracy']:.1f}" for s in scores))
+    lines.append(headline(summary) + ("" if summary["complete"] else "   (incomplete run)"))
     return "\n".join(lines)

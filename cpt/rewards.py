@@ -90,9 +90,11 @@ class Rewards:
                         "; further failures are only counted (reward/errors)" if self.errors_total == 5 else "")
         return None
 
-    def __call__(self, completions: Sequence[str], examples: Sequence[Example], scorer: Scorer,
+    def __call__(self, completions: Sequence[str], examples: Sequence[Example], scorer: Scorer | Sequence[Scorer],
                  template: str) -> ScoredRollouts:
-        scored = [self._score_one(c, e, scorer, template) for c, e in zip(completions, examples)]
+        """Scores each completion; `scorer` is one for all, or one per completion (a batch mixing tasks)."""
+        scorers = [scorer] * len(completions) if callable(scorer) else list(scorer)
+        scored = [self._score_one(c, e, f, template) for c, e, f in zip(completions, examples, scorers)]
         self.calls += 1
         succeeded = [s for s in scored if s is not None]
         if self.calls == 1 and scored and not succeeded:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cpt.advantages import group_advantages
+from cpt.config import kl_values
 from cpt.data import model_inputs, repeat_rows, slice_rows
 from cpt.generation import Sampling, generate_ids
 from cpt.module import CPTModule
@@ -37,6 +38,13 @@ def completion_mask(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch
     is_eos = (ids == eos_id).long()
     before_first_eos = (is_eos.cumsum(1) - is_eos) == 0
     return before_first_eos, is_eos.sum(1) == 0
+
+
+def completion_inputs(prompts: dict, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Model inputs of prompts followed by their completions (tokens after the first end-of-turn masked out)."""
+    return {**model_inputs(prompts), "image_counts": prompts["image_counts"],
+            "input_ids": torch.cat([prompts["input_ids"], ids], 1),
+            "attention_mask": torch.cat([prompts["attention_mask"], mask.long()], 1)}
 
 
 def token_log_probs(model: nn.Module, inputs: dict, completion_ids: torch.Tensor, temperature: float,
@@ -62,21 +70,34 @@ class RFTModule(CPTModule):
         super().__init__(cfg, checkpoint, tasks)
         self.automatic_optimization = False  # several optimizer steps per rollout batch (rft.epochs)
         self.rewards = Rewards.from_config(cfg.rft.reward)
-        self.kl_coef = cfg.rft.kl.coef  # a callback may change it between tasks or steps
+        self.kl_coef = kl_values(cfg)[0]  # callbacks/kl_schedule.py sets it per stage or step
         self.reference: Reference | None = None
+        # callbacks/online_filter.py installs itself here: it swaps groups whose rewards are all equal for fresh ones
+        self.group_filter = None
+        self.timing: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}  # the latest step's metrics, for callbacks
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.cfg.rft.kl.coef > 0 and self.reference is None:
+        if max(kl_values(self.cfg)) > 0 and self.reference is None:
             self.reference = Reference(self.backbone, self.cfg.rft.kl.reference,
                                        build_copy=lambda: self.build_backbone(self.cfg.model))
 
-    def optimizer_steps_per_task(self) -> int:
-        return self.cfg.steps_per_task * self.cfg.rft.epochs
+    def optimizer_steps_per_stage(self) -> int:
+        return super().optimizer_steps_per_stage() * self.cfg.rft.epochs
 
     def on_train_epoch_start(self) -> None:
         if self.reference is not None:
             self.reference.start_task(self.backbone)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the time spent inside to this step's `time/<phase>`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[phase] = self.timing.get(phase, 0.0) + time.perf_counter() - start
 
     @contextmanager
     def evaluating(self) -> Iterator[None]:
@@ -91,14 +112,24 @@ class RFTModule(CPTModule):
     def sample(self, prompts: dict, greedy: bool = False) -> torch.Tensor:
         """Completion ids: sampled rollouts, or the greedy ones (ReMax's baseline)."""
         rft = self.cfg.rft
-        with self.evaluating():
+        with self.evaluating(), self.timed("generate"):
             return generate_ids(self.backbone, self.processor, prompts, rft.max_new_tokens,
                                 synced=self.trainer.world_size > 1,
                                 sampling=None if greedy else Sampling(rft.temperature, rft.top_p))
 
-    def score(self, ids: torch.Tensor, examples: list, task: Task) -> ScoredRollouts:
-        texts = [self.processor.decode(row) for row in ids]
-        return self.rewards(texts, examples, task.scorer, self.cfg.data.template)
+    def score(self, ids: torch.Tensor, batch: dict) -> ScoredRollouts:
+        """Rewards of completions `ids` of the batch's rows, each by its own task's scorer."""
+        with self.timed("score"):
+            texts = [self.processor.decode(row) for row in ids]
+            scorers = [self.tasks[int(t)].scorer for t in batch["task"]]
+            return self.rewards(texts, batch["examples"], scorers, self.cfg.data.template)
+
+    def rollouts(self, batch: dict, group_size: int | None = None) -> tuple[dict, torch.Tensor, ScoredRollouts]:
+        """Each prompt repeated G times (a group stays together on this rank), the sampled completions, their
+        rewards."""
+        prompts = repeat_rows(batch, group_size or self.cfg.rft.group_size)
+        ids = self.sample(prompts)
+        return prompts, ids, self.score(ids, prompts)
 
     def log_probs(self, model: nn.Module, inputs: dict, ids: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of all rollouts without gradient, in micro-batches."""
@@ -107,27 +138,22 @@ class RFTModule(CPTModule):
                                           self.cfg.rft.temperature)[0] for i in range(0, len(ids), size)])
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        rft, task = self.cfg.rft, self.tasks[self.task_index]
+        rft = self.cfg.rft
         beta = self.kl_coef if self.reference is not None else 0.0
-        start = time.perf_counter()
+        self.timing = {"generate": 0.0, "score": 0.0}
 
-        # 1. rollouts: G per prompt, the group of a prompt kept together on this rank
-        prompts = repeat_rows(batch, rft.group_size)
-        ids = self.sample(prompts)
-        greedy_ids = self.sample(batch, greedy=True) if rft.advantage == "remax" else None
-        generated = time.perf_counter()
-
-        # 2. rewards
-        scored = self.score(ids, prompts["examples"], task)
-        greedy = self.score(greedy_ids, batch["examples"], task) if greedy_ids is not None else None
+        # 1-2. rollouts and their rewards (ReMax also decodes greedily for its baseline)
+        prompts, ids, scored = self.rollouts(batch)
+        sampled, filter_stats = scored, {}  # reward metrics describe the batch as drawn, before any filtering
+        if self.group_filter is not None:
+            prompts, ids, scored, filter_stats = self.group_filter.select(self, prompts, ids, scored)
+        greedy = self.score(self.sample(batch, greedy=True), batch) if rft.advantage == "remax" else None
         scored_at = time.perf_counter()
 
         mask, truncated = completion_mask(ids, self.processor.eos_id)
         counted = (mask & ~truncated.unsqueeze(1)) if rft.mask_truncated else mask
         counted = counted.float()
-        inputs = {**model_inputs(prompts), "image_counts": prompts["image_counts"],
-                  "input_ids": torch.cat([prompts["input_ids"], ids], 1),
-                  "attention_mask": torch.cat([prompts["attention_mask"], mask.long()], 1)}
+        inputs = completion_inputs(prompts, ids, mask)
 
         # 3. old and reference log-probs, advantages
         with self.evaluating():
@@ -147,22 +173,27 @@ class RFTModule(CPTModule):
         stats = self.update(inputs, ids, counted, advantages, old_logp, ref_logp, beta)
         done = time.perf_counter()
 
-        groups = scored.total.view(-1, rft.group_size)
+        groups = sampled.total.view(-1, rft.group_size)
         metrics = {
-            "reward/total": scored.total.mean(), "reward/total_std": scored.total.std() if len(ids) > 1 else 0.0,
-            "reward/errors": float(scored.errors + (greedy.errors if greedy is not None else 0)),
+            "reward/total": sampled.total.mean(),
+            "reward/total_std": sampled.total.std() if len(sampled.total) > 1 else 0.0,
+            "reward/errors": float(sampled.errors + (greedy.errors if greedy is not None else 0)),
             "rollout/all_equal_groups": (groups.max(1).values == groups.min(1).values).float().mean(),
+            # Var[reward] within a prompt's group: what scales the policy gradient (see callbacks/analysis.py).
+            "reward/group_var": groups.var(1, unbiased=False).mean(),
             "rollout/completion_length": mask.sum(1).float().mean(), "rollout/truncated": truncated.float().mean(),
-            "time/generate": generated - start, "time/score": scored_at - generated, "time/update": done - scored_at,
-            "train/task": float(self.task_index + 1), **stats,
+            "time/generate": self.timing["generate"], "time/score": self.timing["score"],
+            "time/update": done - scored_at,
+            "train/task": float(self.task_index + 1), **stats, **filter_stats,
         }
-        for name, values in scored.components.items():
+        for name, values in sampled.components.items():
             metrics[f"reward/{name}"] = values.mean()
             metrics[f"reward/{name}_std"] = values.std() if len(values) > 1 else 0.0
         if greedy is not None:
             metrics["reward/greedy"] = greedy.total.mean()
-        self.log("reward", scored.total.mean(), prog_bar=True, batch_size=len(ids), logger=False)
-        self.log_dict({k: float(v) for k, v in metrics.items()}, batch_size=len(ids),
+        self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        self.log("reward", sampled.total.mean(), prog_bar=True, batch_size=len(ids), logger=False)
+        self.log_dict(self.last_metrics, batch_size=len(ids),
                       sync_dist=self.trainer.world_size > 1)
 
     def update(self, inputs: dict, ids: torch.Tensor, counted: torch.Tensor, advantages: torch.Tensor,

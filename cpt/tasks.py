@@ -20,6 +20,7 @@ class Task:
     eval: Sequence[Example]
     scorer: Scorer
     chance: float | None = None  # accuracy of guessing, percent, where known
+    categories: Sequence[str] | None = None  # per eval example (e.g. MMMU subject), for per-category accuracy
 
 
 def synthetic_task(name: str, cfg: DictConfig) -> Task:
@@ -41,6 +42,21 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
     """The configured sequence, in order."""
     return [local_task(name, cfg.local_tasks[name]) if name in cfg.local_tasks else synthetic_task(name, cfg)
             for name in cfg.tasks]
+
+
+@dataclass
+class Stage:
+    """One training stage of the run: the tasks (indices into the task list) whose data it trains on."""
+
+    name: str
+    tasks: list[int]
+
+
+def build_stages(cfg: DictConfig) -> list[Stage]:
+    """sequential: one stage per task, in order; multitask: one stage mixing every task (the upper bound)."""
+    if cfg.schedule == "multitask":
+        return [Stage("multitask", list(range(len(cfg.tasks))))]
+    return [Stage(name, [k]) for k, name in enumerate(cfg.tasks)]
 
 
 def general_set(cfg: DictConfig) -> Task:

@@ -73,5 +73,5 @@ def test_cli_typo_exits_2_naming_the_key():
 def test_cli_help_lists_fields(capsys):
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "steps_per_task" in out and "model.finetune" in out and "Optimizer steps spent on each task." in out
+    assert "steps_per_task" in out and "model.finetune" in out and "Training steps spent on each task" in out
     assert main(["nonsense"]) == 2

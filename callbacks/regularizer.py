@@ -1,0 +1,207 @@
+"""Pulls the weights towards those of the previous stage: EWC (weighted by a diagonal Fisher) or plain L2.
+
+The continual-learning baseline the study compares RFT with: SFT that is penalised for moving away from what
+earlier tasks taught it. The penalty is
+
+    (strength / 2) * sum_i F_i * (theta_i - theta*_i)^2        (F = 1 for kind="l2")
+
+over the trainable parameters, with theta* the weights at the end of the previous stage.
+
+When its hooks fire:
+- `on_train_epoch_end` (the end of a stage, except the last): stores theta*, a detached copy of every trainable
+  parameter; for "ewc" it also estimates the diagonal Fisher on that stage's training batches and adds it to the
+  Fisher of the stages before, so the penalty protects every earlier task, not only the last one ("online" EWC
+  with one anchor and a summed Fisher).
+- `on_before_optimizer_step` (every optimizer step of later stages): adds the penalty's gradient,
+  strength * F * (theta - theta*), to each trainable parameter's gradient and logs the penalty as
+  `train/reg_penalty`. This hook, unlike `on_after_backward`, sees the gradient once per optimizer step, after
+  gradient accumulation and after fp16 loss scaling is undone, so the penalty counts once and at its true
+  scale. Gradient clipping (trainer.gradient_clip_val) applies to the sum. During the first stage there is
+  no anchor yet and nothing happens.
+
+The Fisher of each stage is normalised to mean 1 over the trainable parameters before it is added: the squared
+gradient of a batch's mean loss depends on the batch size, the loss scale and the model, and `strength`
+should not. So after k stages the Fisher has mean k, and `strength` weighs EWC and L2 alike on average; EWC
+only shifts the pull onto the parameters that mattered for earlier tasks.
+
+Memory: one copy of the trainable parameters (theta*), plus one more for "ewc" (the Fisher), in the
+parameters' dtype and placement (sharded under FSDP). Both are in `state_dict`, so a resumed run continues.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from itertools import islice
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from cpt.data import to_device
+from cpt.sft import sft_loss
+
+KINDS = ("ewc", "l2")
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded (DTensor) tensor; a plain tensor as it is. Elementwise arithmetic between
+    a parameter, its gradient and copies of the parameter is the same on every rank's part."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def total(parts: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The sum over (parameter, sum over this rank's part of it) pairs: the parts of sharded parameters are added
+    up over ranks (one all-reduce); a plain parameter is whole on every rank and counts once."""
+    sharded, whole = [], []
+    for param, value in parts:
+        (sharded if isinstance(param, DTensor) else whole).append(value.float())
+    result = torch.zeros(())
+    if sharded:  # every rank holds the same parameters, so every rank takes part in this all-reduce
+        shards = torch.stack(sharded).sum()
+        if _distributed():
+            dist.all_reduce(shards)
+        result = shards
+    if whole:
+        result = result.to(whole[0].device) + torch.stack(whole).sum()
+    return result
+
+
+def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable[[nn.Module, dict], torch.Tensor]
+                    ) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of the trainable parameters: the squared gradient of each batch's loss, averaged
+    over the batches (one backward per batch, not per example).
+
+    The model runs in eval mode (no dropout) and is put back in the mode it was in; gradients are cleared
+    before and after, so the training step that follows starts clean.
+    """
+    params = trainable_parameters(model)
+    fisher = {name: torch.zeros_like(param) for name, param in params.items()}
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            for name, param in params.items():
+                if param.grad is not None:
+                    local(fisher[name]).add_(local(param.grad).detach() ** 2)
+            count += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("diagonal_fisher got no batches; the Fisher needs at least one")
+    return {name: value / count for name, value in fisher.items()}
+
+
+def normalised(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The Fisher divided by its mean over all trainable parameters (over all ranks' shards)."""
+    mass = total((params[name], local(value).sum()) for name, value in fisher.items())
+    numel = sum(params[name].numel() for name in fisher)  # a DTensor's numel is its global size
+    mean = mass.item() / numel
+    if not mean > 0:
+        raise ValueError("the Fisher is zero on every trainable parameter: the loss had no gradient on the stage's "
+                         "batches, so EWC has nothing to weigh by; use kind='l2'")
+    return {name: value / mean for name, value in fisher.items()}
+
+
+def penalty_gradient(theta: torch.Tensor, anchor: torch.Tensor, strength: float,
+                     fisher: torch.Tensor | None = None) -> torch.Tensor:
+    """strength * F * (theta - theta*), the gradient of (strength/2) * sum F (theta - theta*)^2; F = 1 if None."""
+    drift = theta - anchor
+    return strength * (drift if fisher is None else fisher * drift)
+
+
+class ParameterRegularizer(Callback):
+    """EWC or L2 pull towards the previous stage's weights; see the module docstring for when and how."""
+
+    def __init__(self, kind: str = "ewc", strength: float = 1.0, fisher_batches: int = 16):
+        # strength 1: with the Fisher normalised to mean 1, the penalty's gradient is on average the drift
+        # theta - theta* itself. On the tiny model at the default lr a weight drifts by about 2e-3 (rms) in 20 steps
+        # and more in a 100-step stage, while its loss gradient is about 3e-3: the pull is of the size of the
+        # learning signal. Raise it (10-1000) to hold the weights tighter, lower it to let them go.
+        # fisher_batches 16: 256 examples at the default batch size, cheap beside a 100-step stage; a stage
+        # with fewer batches gives all of them.
+        if kind not in KINDS:
+            raise ValueError(f"regularizer kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"regularizer strength must be a finite number >= 0, got {strength!r}")
+        if isinstance(fisher_batches, bool) or not isinstance(fisher_batches, int) or fisher_batches < 1:
+            raise ValueError(f"fisher_batches must be a positive integer, got {fisher_batches!r}")
+        self.kind, self.strength, self.fisher_batches = kind, float(strength), fisher_batches
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.fisher: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.kind == "ewc" and not pl_module.trains_on_answers:
+            raise ValueError("the EWC Fisher is estimated from the SFT loss on the answers, and this method's "
+                             "batches carry prompts only; use kind='l2'")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # no later stage to hold to this one
+        params = trainable_parameters(pl_module.backbone)
+        self.anchor = {name: param.detach().clone() for name, param in params.items()}
+        if self.kind == "ewc":
+            stage = normalised(self.estimate_fisher(trainer, pl_module), params)
+            self.fisher = {name: self.fisher[name] + value if name in self.fisher else value
+                           for name, value in stage.items()}
+
+    def estimate_fisher(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        loader = trainer.datamodule.train_loader(trainer.current_epoch, trainer.global_rank)
+
+        def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+            with trainer.precision_plugin.forward_context():
+                return sft_loss(model, to_device(batch, pl_module.device))
+
+        # Drawing batches takes a seed from the global generator; forking it keeps training's random stream (and
+        # so a run with strength 0) the same as without the regularizer.
+        with torch.random.fork_rng(devices=[]):
+            fisher = diagonal_fisher(pl_module.backbone, islice(loader, self.fisher_batches), loss)
+        if _distributed():
+            # A whole (unsharded) parameter's gradient above was this rank's alone (DDP syncs only inside the
+            # training step): average, so that every replica adds the same penalty and they stay equal.
+            params = trainable_parameters(pl_module.backbone)
+            for name, value in fisher.items():
+                if not isinstance(params[name], DTensor):
+                    dist.all_reduce(value)
+                    value /= dist.get_world_size()
+        return fisher
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if not self.anchor:
+            return
+        parts = []
+        for name, param in trainable_parameters(pl_module.backbone).items():
+            fisher = local(self.fisher[name]) if self.kind == "ewc" else None
+            theta, anchor = local(param.detach()), local(self.anchor[name])
+            gradient = penalty_gradient(theta, anchor, self.strength, fisher)
+            # A parameter without a gradient is skipped by the optimizer this step, so it does not drift either.
+            if param.grad is not None:
+                local(param.grad).add_(gradient)
+            parts.append((param, 0.5 * (gradient * (theta - anchor)).sum()))
+        pl_module.log("train/reg_penalty", total(parts), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "anchor": self.anchor, "fisher": self.fisher}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict["kind"] != self.kind:
+            raise ValueError(f"the checkpoint's regularizer is {state_dict['kind']!r}, this run's is {self.kind!r}; "
+                             "resume with the same regularizer.kind")
+        self.anchor, self.fisher = dict(state_dict["anchor"]), dict(state_dict["fisher"])

@@ -27,7 +27,6 @@ the checkpoint (a stage resumed midway measures its update from the resume point
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from cpt.data import Collator, EncodedDataset, to_device
 from cpt.generation import Sampling, generate_ids
 from cpt.policy_loss import kl_estimate
 from cpt.prompts import TEMPLATES
+from cpt.results import write_json
 from cpt.rft import completion_inputs, completion_mask, token_log_probs
 from cpt.tasks import Task
 
@@ -212,12 +212,9 @@ class ForgettingAnalysis(Callback):
     # --- output -----------------------------------------------------------------------------------------------
 
     def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
                    "max_new_tokens": self.max_new_tokens, "template": self.template, "stages": self.stages}
-        tmp = self.run_dir / "analysis.json.tmp"
-        tmp.write_text(json.dumps(content, indent=2))
-        tmp.replace(self.run_dir / "analysis.json")  # a run that stops keeps a whole file
+        write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")
 
 

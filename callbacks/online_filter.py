@@ -12,7 +12,6 @@ of every stage.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +20,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from cpt.data import concat_rows, select_rows, to_device
+from cpt.results import write_json
 from cpt.rewards import ScoredRollouts
 
 
@@ -131,7 +131,4 @@ class OnlineFiltering(Callback):
             self.write()
 
     def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "filtering_online.json.tmp"
-        tmp.write_text(json.dumps({"max_retries": self.max_retries, "stages": self.totals}, indent=2))
-        tmp.replace(self.run_dir / "filtering_online.json")
+        write_json(self.run_dir / "filtering_online.json", {"max_retries": self.max_retries, "stages": self.totals})

@@ -18,7 +18,6 @@ all candidates and the record says so (`fallback`).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from cpt.data import Collator, EncodedDataset, to_device
 from cpt.evaluation import shard_indices
+from cpt.results import write_json
 
 log = logging.getLogger(__name__)
 RULES = ("all_wrong", "all_equal", "range")
@@ -152,6 +152,4 @@ class RolloutFiltering(Callback):
         summary = {"rule": self.rule, "k": self.k, "low": self.low, "high": self.high,
                    "correct_threshold": self.correct_threshold, "kept_fraction": self.kept_fraction,
                    "stages": self.records}
-        tmp = self.run_dir / "filtering.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.run_dir / "filtering.json")
+        write_json(self.run_dir / "filtering.json", summary)

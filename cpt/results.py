@@ -49,11 +49,16 @@ def summarize(tasks: list[str], rows: list[list[float]], general: list[float | N
     }
 
 
+def write_json(path: Path, content: dict) -> None:
+    """Writes through a temporary file and a rename: a run that stops never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    tmp.replace(path)
+
+
 def write_results(run_dir: Path, summary: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "results.json")  # never a half-written results.json
+    write_json(run_dir / "results.json", summary)
     with open(run_dir / "accuracy_matrix.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["after", *summary["tasks"], "general"])

@@ -42,7 +42,6 @@ from cpt.backbone import reshard
 from cpt.data import Collator, EncodedDataset, to_device
 from cpt.generation import Sampling, generate_ids
 from cpt.policy_loss import kl_estimate
-from cpt.prompts import TEMPLATES
 from cpt.results import write_json
 from cpt.rft import completion_inputs, completion_mask, token_log_probs
 from cpt.tasks import Task
@@ -83,18 +82,16 @@ class Probe:
 
 class ForgettingAnalysis(Callback):
     def __init__(self, run_dir: str | Path, probe_size: int = 16, max_new_tokens: int = 16,
-                 template: str = "direct", seed: int = 0):
+                 seed: int = 0):
         if probe_size < 1:
             raise ValueError(f"probe_size is {probe_size}; the KL to the base needs at least 1 prompt per task")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens is {max_new_tokens}; probe completions need at least 1 token")
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown prompt template {template!r}; use the run's data.template "
-                             f"({', '.join(TEMPLATES)})")
         self.run_dir = Path(run_dir)
-        self.probe_size, self.max_new_tokens, self.template, self.seed = probe_size, max_new_tokens, template, seed
+        self.probe_size, self.max_new_tokens, self.seed = probe_size, max_new_tokens, seed
         self.stages: list[dict] = []
         self.probes: dict[str, Probe] = {}
+        self.templates: dict[str, str] = {}  # each task's prompt template, which its probes use
         self.restored_probes: dict[str, dict[str, torch.Tensor]] = {}  # the base's samples, from a checkpoint
         self.start: dict[str, torch.Tensor] = {}  # trainable parameters (local shards) as the stage began
         self.reward_var_sum, self.reward_var_steps = 0.0, 0
@@ -118,6 +115,7 @@ class ForgettingAnalysis(Callback):
             raise ValueError(f"ForgettingAnalysis probes the tasks of a CPT module (pl_module.tasks); "
                              f"{type(pl_module).__name__} has none")
         self.probes = {task.name: self.make_probe(trainer, pl_module, task) for task in pl_module.tasks}
+        self.templates = {task.name: task.template for task in pl_module.tasks}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         reshard(pl_module.backbone)  # read the shards, not a gathered copy FSDP2 left behind
@@ -148,7 +146,7 @@ class ForgettingAnalysis(Callback):
     def make_probe(self, trainer: L.Trainer, pl_module: L.LightningModule, task: Task) -> Probe:
         """The task's probe prompts and a base completion for each: sampled now, or the checkpoint's."""
         examples = [task.eval[i] for i in range(min(self.probe_size, len(task.eval)))]
-        dataset = EncodedDataset(examples, pl_module.processor, self.template, with_response=False)
+        dataset = EncodedDataset(examples, pl_module.processor, task.template, with_response=False)
         prompts = to_device(Collator(pl_module.processor.pad_id)([dataset[i] for i in range(len(examples))]),
                             pl_module.device)
         restored = self.restored_probes.get(task.name)
@@ -213,7 +211,7 @@ class ForgettingAnalysis(Callback):
 
     def write(self) -> None:
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
-                   "max_new_tokens": self.max_new_tokens, "template": self.template, "stages": self.stages}
+                   "max_new_tokens": self.max_new_tokens, "templates": self.templates, "stages": self.stages}
         write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")
 

@@ -24,14 +24,14 @@ from cpt.tasks import Task
 
 
 class MultiTaskEvaluation(Callback):
-    def __init__(self, tasks: list[Task], run_dir: str | Path, template: str, batch_size: int = 64,
+    def __init__(self, tasks: list[Task], run_dir: str | Path, batch_size: int = 64,
                  max_new_tokens: int = 12, general: list[Task] | Task | None = None, progress: bool = True,
                  stages: list[list[str]] | None = None, general_every: int = 1, info: dict | None = None,
                  extra: Callable[[], dict] | None = None):
         self.tasks = tasks
         self.benchmarks = [general] if isinstance(general, Task) else list(general or [])
         self.run_dir = Path(run_dir)
-        self.template, self.batch_size, self.max_new_tokens, self.progress = template, batch_size, max_new_tokens, progress
+        self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
         self.stages = stages if stages is not None else [[t.name] for t in tasks]
         self.general_every = general_every
         self.info, self.extra = dict(info or {}), extra  # static fields of results.json, and fields from callbacks
@@ -74,7 +74,7 @@ class MultiTaskEvaluation(Callback):
                    disable=not (self.progress and trainer.is_global_zero))
         scores = {}
         for task in bar:
-            scores[task.name] = evaluate_by_category(pl_module.backbone, pl_module.processor, task, self.template,
+            scores[task.name] = evaluate_by_category(pl_module.backbone, pl_module.processor, task,
                                                      self.batch_size, self.max_new_tokens, pl_module.device)
         self.rows.append([scores[t.name][0] for t in self.tasks])
         self.wall_time_s = round(time.perf_counter() - self.started, 1)  # from fit start to this row's end

@@ -112,7 +112,7 @@ class RolloutFiltering(Callback):
                  stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards, right), each (len(pool), k), over all ranks: each rank rolls out its share of the pool."""
         task = data.tasks[task_index]
-        dataset = EncodedDataset(task.train, pl_module.processor, data.cfg.data.template, with_response=False,
+        dataset = EncodedDataset(task.train, pl_module.processor, task.template, with_response=False,
                                  task=task_index)
         collate = Collator(pl_module.processor.pad_id)
         rank, world = trainer.global_rank, trainer.world_size

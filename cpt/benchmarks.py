@@ -33,17 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cpt.data import _open_image, read_rows
 from cpt.examples import Example, choice_letter
 from cpt.scoring import SCORERS, multiple_choice, numeric
+from cpt.tables import find_sources, open_image, read_source
 from cpt.tasks import Task
 
 log = logging.getLogger(__name__)
 
 BENCHMARK_FORMATS = ("mmmu", "mmlu_pro")
 EVAL_SPLIT = {"mmmu": "validation", "mmlu_pro": "test"}
-DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
-SPLIT_FILE = re.compile(r"(train|dev|validation|test)(-\d+-of-\d+)?")  # the Hub's names: test-00000-of-00001
 MMMU_COLUMNS = ("id", "question", "options", "answer", "question_type")
 MMMU_ID = re.compile(r"[A-Za-z]+_(.+)_\d+")  # <split>_<Subject>_<number>
 MMMU_IMAGES = [f"image_{k}" for k in range(1, 8)]
@@ -74,7 +72,7 @@ class BenchmarkSplit(Sequence):
 
     def __getitem__(self, index: int) -> Example:
         question = self.questions[index]
-        images = [_open_image(value, question.image_dir, question.where) for value in question.images]
+        images = [open_image(value, question.image_dir, question.where) for value in question.images]
         return replace(question.example, images=images)
 
 
@@ -89,15 +87,15 @@ def load_benchmark(name: str, format: str, path: str | Path, image_dir: str | Pa
     if not path.exists():
         raise FileNotFoundError(f"benchmark {name!r}: {path} does not exist")
     split, to_question = EVAL_SPLIT[format], mmmu_question if format == "mmmu" else mmlu_pro_question
-    sources = _sources(path, split)
+    sources = find_sources(path, split)
     if not sources:
-        raise ValueError(f"benchmark {name!r}: {path} holds no {split} data: no .parquet, .json or .jsonl file, "
-                         "nor a datasets directory (files named for another split, e.g. dev-00000-of-00001.parquet, "
+        raise ValueError(f"benchmark {name!r}: {path} holds no {split} data: no .parquet, .arrow, .json or .jsonl "
+                         "file, nor a datasets directory (files named for another split, e.g. dev-00000-of-00001.parquet, "
                          "are skipped)")
     questions = []
     for source in sources:
         rows_dir = Path(image_dir).expanduser() if image_dir else (source if source.is_dir() else source.parent)
-        for number, row in enumerate(_rows(source, split)):
+        for number, row in enumerate(read_source(source, split)):
             where = _where(source, number, row)
             questions.append(Question(*to_question(row, where), image_dir=rows_dir, where=where))
     if not questions:
@@ -112,51 +110,7 @@ def load_benchmark(name: str, format: str, path: str | Path, image_dir: str | Pa
                 categories=[q.category for q in questions])
 
 
-# --- finding and reading the files ------------------------------------------------------------------------
-
-
-def _is_datasets_dir(path: Path) -> bool:
-    return (path / "state.json").exists() or (path / "dataset_dict.json").exists()
-
-
-def _sources(path: Path, split: str) -> list[Path]:
-    """The files and `datasets` directories to read under `path`, in a fixed order (the subset depends on it)."""
-    if path.is_file() or _is_datasets_dir(path):
-        return [path]
-    found = []
-    for child in sorted(path.iterdir()):
-        if child.name.startswith("."):  # e.g. the Hub client's .cache
-            continue
-        if child.is_dir():
-            found += _sources(child, split)
-        elif child.suffix.lower() in DATA_SUFFIXES:
-            named = SPLIT_FILE.fullmatch(child.name[: -len(child.suffix)])
-            if named is None or named.group(1) == split:
-                found.append(child)
-    return found
-
-
-def _rows(source: Path, split: str) -> list[dict]:
-    """Rows with images left as stored, so that a corrupt one fails with its row id and not inside the reader."""
-    if source.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(source))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{source} holds the splits {', '.join(loaded)} but not {split!r}, the one this "
-                                 "benchmark is evaluated on; point to the directory of the split you want")
-            loaded = loaded[split]
-        return loaded.with_format("arrow")[:].to_pylist()
-    if source.suffix.lower() == ".parquet":
-        import pyarrow
-        import pyarrow.parquet
-
-        try:
-            return pyarrow.parquet.read_table(source).to_pylist()
-        except pyarrow.ArrowException as error:
-            raise ValueError(f"{source}: not a readable parquet file ({error})") from None
-    return read_rows(source)
+# --- reading the files -----------------------------------------------------------------------------------
 
 
 def _where(source: Path, number: int, row: dict) -> str:

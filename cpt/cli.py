@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cpt.config import RUN_TIME_ENV, ConfigError, format_help, load_config
+from cpt.tables import DataError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
@@ -19,10 +20,11 @@ commands:
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
   bench     bench rft: time our RFT step against TRL's GRPOTrainer on the same model and prompts
   compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
+  data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows
 """
 
 
-def _split(args: list[str]) -> tuple[Path | None, list[str]]:
+def split_config_args(args: list[str]) -> tuple[Path | None, list[str]]:
     """An optional leading YAML path, then key=value overrides; no path means configs/default.yaml."""
     if args and "=" not in args[0]:
         return Path(args[0]), args[1:]
@@ -32,7 +34,7 @@ def _split(args: list[str]) -> tuple[Path | None, list[str]]:
 def fit(args: list[str]) -> int:
     from cpt.fit import run
 
-    cfg = load_config(*_split(args))
+    cfg = load_config(*split_config_args(args))
     try:
         run(cfg)
     except FloatingPointError as error:
@@ -44,7 +46,7 @@ def fit(args: list[str]) -> int:
 def inspect(args: list[str]) -> int:
     from cpt.sizing import describe_backbone, format_description
 
-    cfg = load_config(*_split(args))
+    cfg = load_config(*split_config_args(args))
     print(format_description(cfg.model.name_or_path, describe_backbone(cfg)))
     return 0
 
@@ -61,9 +63,15 @@ def compare(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare}
+def data(args: list[str]) -> int:
+    from cpt.datacheck import main
+
+    return main(args)
+
+
+COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare, "data": data}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
-OWN_HELP = ("bench", "compare")
+OWN_HELP = ("bench", "compare", "data")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
     try:
         return COMMANDS[command](args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from cpt.adapters import SCHEMAS
 from cpt.advantages import ESTIMATORS
 from cpt.benchmarks import BENCHMARK_FORMATS
 from cpt.policy_loss import AGGREGATIONS, KL_ESTIMATORS
@@ -94,13 +95,27 @@ class OptimConfig:
 
 @dataclass
 class LocalTaskConfig:
-    train: str = doc("Training rows in the EasyR1 format (problem, answer, images, optional choices): "
-                     "a .json/.jsonl/.parquet file or a `datasets` directory.")
-    eval: str = doc("Evaluation rows, same format.")
-    scorer: str = doc("exact | multiple_choice | numeric | yes_no | vqa (soft accuracy over the reference answers) | "
-                      "iou (box overlap).", "exact")
-    image_dir: Optional[str] = doc("Directory relative image paths are resolved against; null = the file's "
-                                   "directory.", None)
+    format: str = doc("The rows' public schema: " + " | ".join(SCHEMAS) + " (see README, Real data).", "easyr1")
+    path: Optional[str] = doc("The dataset's directory as downloaded (its splits are found by name), or one file; "
+                              "train and eval, when given, replace it for their split.", None)
+    train: Optional[str] = doc("Training rows: a .parquet/.arrow/.json/.jsonl file, a `datasets` directory, or a "
+                               "directory holding them; null = path.", None)
+    eval: Optional[str] = doc("Evaluation rows, the same way; null = path.", None)
+    train_split: str = doc("The split trained on, where a directory holds several.", "train")
+    eval_split: Optional[str] = doc("The split evaluated on; null = the format's (the one with public answers: "
+                                    "test, or validation for TextVQA and VizWiz, testdev for GQA).", None)
+    images: Optional[str] = doc("gqa: the images, kept apart from the questions: a directory of <imageId>.jpg or "
+                                "the *_images tables.", None)
+    image_dir: Optional[str] = doc("Directory relative image paths are resolved against; null = the directory of "
+                                   "the file the row is in.", None)
+    scorer: Optional[str] = doc("exact | multiple_choice | numeric | yes_no | vqa (soft accuracy over the human "
+                                "answers) | iou (box overlap) | geometry (choice letter or value) | count (number "
+                                "or attribute); null = the format's.", None)
+    template: Optional[str] = doc("Prompt template of this task (direct | cot); null = data.template.", None)
+    train_size: Optional[int] = doc("Train on a seeded random subset of this many rows; null = all.", None)
+    eval_size: Optional[int] = doc("Evaluate on a seeded random subset of this many rows; null = all.", None)
+    max_pixels: Optional[int] = doc("Scale larger images down to this many pixels (aspect kept) before the "
+                                    "processor; null = as stored.", None)
 
 
 @dataclass
@@ -113,6 +128,8 @@ class DataConfig:
     train_size: int = doc("Training examples per synthetic task.", 4000)
     eval_size: int = doc("Evaluation examples per synthetic task.", 64)
     general_size: int = doc("Examples in the synthetic general-knowledge set.", 128)
+    check_rows: bool = doc("Before training, read every selected row of the local tasks (images decoded) and leave "
+                           "out those that cannot be used, listed in data_check.json.", True)
 
 
 @dataclass
@@ -397,9 +414,7 @@ def _validate(cfg: DictConfig) -> None:
     if len(set(cfg.tasks)) != len(cfg.tasks):
         raise ConfigError("`tasks` names a task twice; each task appears once in a sequence")
     for name, spec in cfg.local_tasks.items():
-        if spec.scorer not in SCORERS:
-            raise ConfigError(f"bad value for 'local_tasks.{name}.scorer': {spec.scorer!r}; choose one of "
-                              f"{', '.join(SCORERS)}")
+        _validate_local_task(name, spec)
     for name, spec in cfg.eval.benchmarks.items():
         if spec.format not in BENCHMARK_FORMATS:
             raise ConfigError(f"bad value for 'eval.benchmarks.{name}.format': {spec.format!r}; choose one of "
@@ -426,6 +441,20 @@ def _validate(cfg: DictConfig) -> None:
         if not ((isinstance(devices, int) and devices > 0) or (OmegaConf.is_list(devices) and len(devices) > 0)):
             raise ConfigError(f"trainer.strategy=fsdp needs trainer.devices as a positive number or a list of "
                               f"device ids, got {devices!r}")
+
+
+def _validate_local_task(name: str, spec: DictConfig) -> None:
+    for key, allowed in (("format", SCHEMAS), ("scorer", SCORERS), ("template", TEMPLATES)):
+        if spec[key] is not None and spec[key] not in allowed:
+            raise ConfigError(f"bad value for 'local_tasks.{name}.{key}': {spec[key]!r}; choose one of "
+                              f"{', '.join(allowed)}")
+    for key in ("train_size", "eval_size", "max_pixels"):
+        if spec[key] is not None and spec[key] <= 0:
+            raise ConfigError(f"bad value for 'local_tasks.{name}.{key}': must be positive or null, got {spec[key]}")
+    for split in ("train", "eval"):
+        if spec[split] is None and spec.path is None:
+            raise ConfigError(f"local_tasks.{name} needs `path` (the dataset's directory) or both `train` and "
+                              f"`eval`; {split} has neither")
 
 
 def _validate_rft(cfg: DictConfig) -> None:

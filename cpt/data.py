@@ -1,14 +1,10 @@
-"""From examples to batches: lazy synthetic data, EasyR1-format files, encoding and collation."""
+"""From examples to batches: lazy synthetic data, encoding and collation."""
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from cpt.examples import Example
@@ -180,91 +176,3 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         return collate(items, self.pad_id)
-
-
-# --- local files in the EasyR1 row format ------------------------------------------------------------------
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a .json (list), .jsonl, .parquet file or a `datasets` directory saved with save_to_disk."""
-    if not path.exists():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ValueError(f"{path} holds several splits ({', '.join(loaded)}); point to one split's directory")
-        return list(loaded)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        return rows
-    if suffix == ".json":
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of rows")
-        return rows
-    if suffix == ".parquet":
-        import datasets
-
-        return list(datasets.Dataset.from_parquet(str(path)))
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or a datasets directory")
-
-
-def _open_image(value, image_dir: Path, where: str) -> Image.Image:
-    try:
-        if isinstance(value, Image.Image):
-            return value.convert("RGB")
-        if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray)):
-            return Image.open(io.BytesIO(value)).convert("RGB")
-        path = Path(value)
-        return Image.open(path if path.is_absolute() else image_dir / path).convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{where}: cannot read image {str(value)[:80]!r}: {error}") from None
-
-
-def row_to_example(row: dict, image_dir: Path, where: str) -> Example:
-    missing = [key for key in ("problem", "answer") if key not in row]
-    if missing:
-        raise ValueError(f"{where}: row lacks {', '.join(missing)} (EasyR1 rows have problem, answer, images)")
-    images = row.get("images") or []
-    if not isinstance(images, list):
-        images = [images]
-    question = str(row["problem"]).replace("<image>", "").strip()  # our template places the images itself
-    answer = row["answer"]
-    aliases = [str(a) for a in answer[1:]] if isinstance(answer, list) else []
-    answer = str(answer[0]) if isinstance(answer, list) else str(answer)
-    return Example(question, answer, [_open_image(im, image_dir, where) for im in images],
-                   choices=row.get("choices") or None, aliases=aliases, rationale=str(row.get("rationale") or ""))
-
-
-class LocalSplit(Sequence):
-    """An EasyR1-format file; images are decoded on access, so a corrupt one fails with its row number."""
-
-    def __init__(self, path: str | Path, image_dir: str | Path | None = None):
-        self.path = Path(path).expanduser()
-        self.rows = read_rows(self.path)
-        self.image_dir = Path(image_dir).expanduser() if image_dir else self.path.parent
-        if not self.rows:
-            raise ValueError(f"{self.path} has no rows")
-        for number, row in enumerate(self.rows):
-            if "problem" not in row or "answer" not in row:
-                row_to_example(row, self.image_dir, f"{self.path} row {number}")  # raises with the reason
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> Example:
-        return row_to_example(self.rows[index], self.image_dir, f"{self.path} row {index}")

@@ -79,7 +79,8 @@ class TaskSequenceData(L.LightningDataModule):
         return train if kept is None else Subset(train, kept)
 
     def encoded(self, task_index: int, examples: Sequence[Example]) -> EncodedDataset:
-        return EncodedDataset(examples, self.processor, self.cfg.data.template, self.with_response, task=task_index)
+        template = self.tasks[task_index].template
+        return EncodedDataset(examples, self.processor, template, self.with_response, task=task_index)
 
     def stage_dataset(self, stage: int) -> ConcatDataset:
         return ConcatDataset([self.encoded(k, self.instances(k)) for k in self.stages[stage].tasks])

@@ -37,13 +37,13 @@ def shard_indices(n: int, rank: int, world: int, batch_size: int) -> tuple[list[
 
 
 @torch.no_grad()
-def evaluate_by_category(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str,
-                         batch_size: int, max_new_tokens: int, device: torch.device) -> tuple[float, dict[str, float]]:
-    """Accuracy (percent) of greedy answers on `task.eval` over all ranks, and per category when the task
-    has `categories` (else an empty dict)."""
+def evaluate_by_category(model: nn.Module, processor: VisionTextProcessor, task: Task, batch_size: int,
+                         max_new_tokens: int, device: torch.device) -> tuple[float, dict[str, float]]:
+    """Accuracy (percent) of greedy answers on `task.eval` (prompted with the task's template) over all ranks, and
+    per category when the task has `categories` (else an empty dict)."""
     rank, world = _distributed()
     examples: Sequence[Example] = task.eval
-    dataset = EncodedDataset(examples, processor, template, with_response=False)
+    dataset = EncodedDataset(examples, processor, task.template, with_response=False)
     collate = Collator(processor.pad_id)
     indices, weights = shard_indices(len(examples), rank, world, batch_size)
     accuracy = MeanMetric().to(device)
@@ -68,9 +68,3 @@ def evaluate_by_category(model: nn.Module, processor: VisionTextProcessor, task:
     if not indices and world == 1:
         return float("nan"), {}
     return 100.0 * accuracy.compute().item(), {name: 100.0 * m.compute().item() for name, m in per_category.items()}
-
-
-def evaluate(model: nn.Module, processor: VisionTextProcessor, task: Task, template: str, batch_size: int,
-             max_new_tokens: int, device: torch.device) -> float:
-    """Accuracy (percent) of greedy answers on `task.eval`, over all ranks."""
-    return evaluate_by_category(model, processor, task, template, batch_size, max_new_tokens, device)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks import (ExperienceReplay, ForgettingAnalysis, KLSchedule, MultiTaskEvaluation, OnlineFiltering,
                        ParameterRegularizer, RolloutFiltering, TaskCheckpoint, TaskProgressBar, TaskSwitching)
 from cpt.config import ConfigError, save_config
+from cpt.datacheck import leave_out_bad_rows
 from cpt.datamodule import TaskSequenceData
 from cpt.plugins import load_object
 from cpt.presets import resolve_checkpoint
@@ -95,25 +97,27 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
         r = cfg.regularizer
         callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
     if cfg.analysis.enabled:
-        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens,
-                                            cfg.data.template, cfg.seed))
+        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens, cfg.seed))
     return callbacks
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
+    tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
     save_config(cfg, run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.data.check_rows:
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))  # set in processes Lightning launches
+        leave_out_bad_rows(tasks, run_dir if rank == 0 else None, progress=cfg.trainer.enable_progress_bar)
     checkpoint = resolve_checkpoint(cfg)
-    tasks = build_tasks(cfg)
     stages = build_stages(cfg)
     names = [stage.name for stage in stages]
     module = METHODS[cfg.method](cfg, checkpoint, tasks)
     experiments = experiment_callbacks(cfg, run_dir, stages)
     filtering = next((c for c in experiments if isinstance(c, RolloutFiltering)), None)
     evaluation = MultiTaskEvaluation(
-        tasks, run_dir, cfg.data.template, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+        tasks, run_dir, cfg.eval.batch_size, cfg.eval.max_new_tokens,
         general=general_benchmarks(cfg), progress=cfg.trainer.enable_progress_bar,
         stages=[[tasks[k].name for k in stage.tasks] for stage in stages], general_every=cfg.eval.general_every,
         info={"name": cfg.name or f"{cfg.method} {cfg.schedule}", "method": cfg.method, "schedule": cfg.schedule},

@@ -91,10 +91,12 @@ class Rewards:
         return None
 
     def __call__(self, completions: Sequence[str], examples: Sequence[Example], scorer: Scorer | Sequence[Scorer],
-                 template: str) -> ScoredRollouts:
-        """Scores each completion; `scorer` is one for all, or one per completion (a batch mixing tasks)."""
+                 template: str | Sequence[str]) -> ScoredRollouts:
+        """Scores each completion; `scorer` and `template` are one for all, or one per completion (a batch mixing
+        tasks)."""
         scorers = [scorer] * len(completions) if callable(scorer) else list(scorer)
-        scored = [self._score_one(c, e, f, template) for c, e, f in zip(completions, examples, scorers)]
+        templates = [template] * len(completions) if isinstance(template, str) else list(template)
+        scored = [self._score_one(c, e, f, t) for c, e, f, t in zip(completions, examples, scorers, templates)]
         self.calls += 1
         succeeded = [s for s in scored if s is not None]
         if self.calls == 1 and scored and not succeeded:

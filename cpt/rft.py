@@ -121,8 +121,8 @@ class RFTModule(CPTModule):
         """Rewards of completions `ids` of the batch's rows, each by its own task's scorer."""
         with self.timed("score"):
             texts = [self.processor.decode(row) for row in ids]
-            scorers = [self.tasks[int(t)].scorer for t in batch["task"]]
-            return self.rewards(texts, batch["examples"], scorers, self.cfg.data.template)
+            tasks = [self.tasks[int(t)] for t in batch["task"]]
+            return self.rewards(texts, batch["examples"], [t.scorer for t in tasks], [t.template for t in tasks])
 
     def rollouts(self, batch: dict, group_size: int | None = None) -> tuple[dict, torch.Tensor, ScoredRollouts]:
         """Each prompt repeated G times (a group stays together on this rank), the sampled completions, their

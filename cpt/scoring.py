@@ -7,7 +7,9 @@ metric and the accuracy part of the RFT reward, so the two never disagree.
 
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import re
 from collections.abc import Callable
 
@@ -149,6 +151,73 @@ def box_iou(completion: str, example: Example) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def math_value(text: str) -> float | None:
+    """The value of a plain number or a small LaTeX expression ('2\\sqrt{3}', '\\frac{7}{2}', '3\\pi', '60^\\circ');
+    None when it is not one. Geometry3K's answers are written like this."""
+    plain = _to_number(text)
+    if plain is not None:
+        return plain
+    expr = text.strip().strip("$").replace(" ", "")
+    expr = re.sub(r"\^\{?\\circ\}?|°|\\degree", "", expr)
+    expr = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", expr)
+    expr = re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", expr)
+    expr = re.sub(r"\\sqrt(\d+)", r"sqrt(\1)", expr)
+    expr = expr.replace("\\pi", "pi").replace("\\cdot", "*").replace("\\times", "*").replace("^", "**")
+    expr = expr.replace("{", "(").replace("}", ")")
+    expr = re.sub(r"(\d|\))(?=sqrt|pi|\()", r"\1*", expr)  # implicit products: 2sqrt(3), 3pi, 2(1+x)
+    if not re.fullmatch(r"[\d.+\-*/()a-z]*", expr) or not expr:
+        return None
+    try:
+        result = _evaluate(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.Pow: operator.pow}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """Numbers, + - * / **, sqrt() and pi; nothing else (the text comes from a model)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.Name) and node.id == "pi":
+        return math.pi
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError("exponent too large")
+        return float(_OPERATORS[type(node.op)](left, right))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sqrt" and len(node.args) == 1:
+        return math.sqrt(_evaluate(node.args[0]))
+    raise ValueError("not an arithmetic expression")
+
+
+def geometry(completion: str, example: Example) -> float:
+    """Geometry3K: the choice letter (or text) when the problem has choices; otherwise the same value as the
+    answer, as a number or a LaTeX expression (rel. tolerance 1e-4), or else the same normalised text."""
+    if example.choices:
+        return multiple_choice(completion, example)
+    said, gold = math_value(extract_answer(completion)), math_value(example.answer)
+    if said is None or gold is None:
+        return exact(completion, example)
+    return float(math.isclose(said, gold, rel_tol=1e-4, abs_tol=1e-9))
+
+
+def count(completion: str, example: Example) -> float:
+    """Super-CLEVR: a count is right as digits or a number word ('3', 'three', '3 objects'); an attribute
+    ('red', 'large', 'yes') by normalised exact match."""
+    gold = _to_number(example.answer)
+    if gold is None:
+        return exact(completion, example)
+    words = vqa_normalize(extract_answer(completion)).split()
+    return float(bool(words) and _to_number(words[0]) == gold)
+
+
 SCORERS: dict[str, Scorer] = {
     "exact": exact,
     "multiple_choice": multiple_choice,
@@ -156,4 +225,6 @@ SCORERS: dict[str, Scorer] = {
     "yes_no": yes_no,
     "vqa": vqa_soft,
     "iou": box_iou,
+    "geometry": geometry,
+    "count": count,
 }

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cpt.data import LocalSplit, SyntheticSplit
+from cpt.adapters import SCHEMAS
+from cpt.data import SyntheticSplit
 from cpt.examples import Example
+from cpt.local_data import open_split
 from cpt.scoring import SCORERS, Scorer
 from cpt.synthetic import GENERAL_NAME, chance_accuracy
+from cpt.tables import DataError, ImagesById
 
 
 @dataclass
@@ -21,6 +25,7 @@ class Task:
     scorer: Scorer
     chance: float | None = None  # accuracy of guessing, percent, where known
     categories: Sequence[str] | None = None  # per eval example (e.g. MMMU subject), for per-category accuracy
+    template: str = "direct"  # the prompt template it is trained and evaluated with
 
 
 def synthetic_task(name: str, cfg: DictConfig) -> Task:
@@ -31,16 +36,36 @@ def synthetic_task(name: str, cfg: DictConfig) -> Task:
         eval=SyntheticSplit(name, "eval", data.eval_size, cfg.seed, data.image_size),
         scorer=SCORERS["exact"],
         chance=chance_accuracy(name),
+        template=data.template,
     )
 
 
-def local_task(name: str, spec: DictConfig) -> Task:
-    return Task(name, LocalSplit(spec.train, spec.image_dir), LocalSplit(spec.eval, spec.image_dir), SCORERS[spec.scorer])
+def local_task(name: str, spec: DictConfig, cfg: DictConfig) -> Task:
+    """The task as configured under local_tasks.<name>, read through its format's adapter; DataError naming the
+    task when it cannot be used (a missing file or column, an empty split)."""
+    schema = SCHEMAS[spec.format]
+    images_by_id = None
+    if spec.format == "gqa":
+        if not spec.images:
+            raise DataError(f"task {name!r}: GQA keeps its images apart from the questions; set "
+                            f"local_tasks.{name}.images to the images directory or the *_images tables")
+        images_by_id = ImagesById(spec.images)
+    image_dir = Path(spec.image_dir).expanduser() if spec.image_dir else None
+    splits = []
+    for split, path, split_name, size in (("train", spec.train or spec.path, spec.train_split, spec.train_size),
+                                          ("eval", spec.eval or spec.path, spec.eval_split or schema.eval_split,
+                                           spec.eval_size)):
+        if path is None:
+            raise DataError(f"task {name!r}: set local_tasks.{name}.path (a directory holding the dataset's splits) "
+                            f"or local_tasks.{name}.{split}")
+        splits.append(open_split(name, split, Path(path).expanduser(), split_name, schema, size, cfg.seed, image_dir,
+                                 images_by_id, spec.max_pixels))
+    return Task(name, *splits, SCORERS[spec.scorer or schema.scorer], template=spec.template or cfg.data.template)
 
 
 def build_tasks(cfg: DictConfig) -> list[Task]:
     """The configured sequence, in order."""
-    return [local_task(name, cfg.local_tasks[name]) if name in cfg.local_tasks else synthetic_task(name, cfg)
+    return [local_task(name, cfg.local_tasks[name], cfg) if name in cfg.local_tasks else synthetic_task(name, cfg)
             for name in cfg.tasks]
 
 
@@ -66,5 +91,6 @@ def general_set(cfg: DictConfig) -> Task:
     """
     data = cfg.data
     held_out = SyntheticSplit(GENERAL_NAME, "eval", data.general_size, cfg.foundation.seed, data.image_size)
-    return Task(GENERAL_NAME, train=(), eval=held_out, scorer=SCORERS["multiple_choice"], chance=None)
+    return Task(GENERAL_NAME, train=(), eval=held_out, scorer=SCORERS["multiple_choice"], chance=None,
+                template=data.template)
 

@@ -57,8 +57,6 @@ def test_parameter_names_map_to_module_groups():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(ValueError, match="unknown prompt template 'cott'.*direct"):
-        ForgettingAnalysis("run", template="cott")
     with pytest.raises(ValueError, match="probe_size is 0"):
         ForgettingAnalysis("run", probe_size=0)
 

@@ -5,9 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cpt.data import IGNORE_INDEX, EncodedDataset, LocalSplit, SyntheticSplit, collate
+from cpt.adapters import SCHEMAS
+from cpt.data import IGNORE_INDEX, EncodedDataset, SyntheticSplit, collate
 from cpt.examples import Example
+from cpt.local_data import open_split
 from cpt.synthetic import ANSWER_SPACES, TASKS, make_example
+from cpt.tables import DataError
 from cpt.tokenizer import IMAGE_PAD
 
 
@@ -83,6 +86,10 @@ def _png_bytes(colour):
     return buffer.getvalue()
 
 
+def easyr1_rows(path):
+    return open_split("mine", "train", path, "train", SCHEMAS["easyr1"], size=None, seed=0)
+
+
 def test_easyr1_rows_from_json_jsonl_parquet_and_datasets_dir(tmp_path):
     import datasets
 
@@ -95,30 +102,31 @@ def test_easyr1_rows_from_json_jsonl_parquet_and_datasets_dir(tmp_path):
     datasets.Dataset.from_list(with_bytes).to_parquet(str(tmp_path / "rows.parquet"))
     datasets.Dataset.from_list(with_bytes).save_to_disk(str(tmp_path / "ds"))
     for name in ("rows.json", "rows.jsonl"):
-        split = LocalSplit(tmp_path / name)
+        split = easyr1_rows(tmp_path / name)
         assert len(split) == 2
         first, second = split[0], split[1]
         assert first.question == "What colour?" and first.answer == "green"
         assert first.images[0].getpixel((0, 0)) == (0, 128, 0)
         assert second.choices == ["x", "y"] and second.images == []
     for name in ("rows.parquet", "ds"):
-        example = LocalSplit(tmp_path / name)[0]
+        example = easyr1_rows(tmp_path / name)[0]
         assert example.answer == "red" and example.images[0].getpixel((3, 3)) == (255, 0, 0)
 
 
 def test_bad_local_data_is_reported(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        LocalSplit(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="task 'mine', train: .*nope.jsonl does not exist"):
+        easyr1_rows(tmp_path / "nope.jsonl")
     (tmp_path / "broken.jsonl").write_text('{"problem": "a", "answer": "b"}\n{not json\n')
-    with pytest.raises(ValueError, match="broken.jsonl:2: not valid JSON"):
-        LocalSplit(tmp_path / "broken.jsonl")
+    with pytest.raises(DataError, match="broken.jsonl:2: not valid JSON"):
+        easyr1_rows(tmp_path / "broken.jsonl")
     (tmp_path / "noanswer.json").write_text(json.dumps([{"problem": "a"}]))
-    with pytest.raises(ValueError, match="row 0: row lacks answer"):
-        LocalSplit(tmp_path / "noanswer.json")
+    with pytest.raises(DataError, match="task 'mine', train: .*noanswer.json' lacks column 'answer'; EasyR1 rows have "
+                                        "problem, answer"):
+        easyr1_rows(tmp_path / "noanswer.json")
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.json").write_text(json.dumps([{"problem": "a", "answer": "b", "images": ["corrupt.png"]}]))
-    split = LocalSplit(tmp_path / "corrupt.json")
-    with pytest.raises(ValueError, match="corrupt.json row 0: cannot read image"):
+    split = easyr1_rows(tmp_path / "corrupt.json")
+    with pytest.raises(DataError, match="task 'mine', train row 0: .*cannot read image 'corrupt.png'"):
         split[0]
 
 

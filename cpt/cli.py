@@ -20,6 +20,7 @@ commands:
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
   bench     bench rft: time our RFT step against TRL's GRPOTrainer on the same model and prompts
   compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
+  smc       smc complete INPUT OUTPUT | smc bench: similarity matrix completion (SMCNN, SMCNmF)
   data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows
 """
 
@@ -63,15 +64,21 @@ def compare(args: list[str]) -> int:
     return main(args)
 
 
+def smc(args: list[str]) -> int:
+    from cpt.smc.cli import main
+
+    return main(args)
+
+
 def data(args: list[str]) -> int:
     from cpt.datacheck import main
 
     return main(args)
 
 
-COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare, "data": data}
+COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare, "data": data, "smc": smc}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
-OWN_HELP = ("bench", "compare", "data")
+OWN_HELP = ("bench", "compare", "data", "smc")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,175 @@
+"""SMCNN and SMCNmF: a positive semi-definite, low-rank similarity matrix S = V V^T fitted to an estimate S0.
+
+    SMCNN:   min_V  ||P(V V^T - S0)||_F^2 + lam * ||V||_F^2
+    SMCNmF:  min_V  ||P(V V^T - S0)||_F^2 + lam * (||V||_F^2 - alpha * ||V V^T||_F)
+
+P keeps the observed entries of S0 (all of them when S0 has no NaN). S = V V^T is PSD by construction, and
+||V||_F^2 = tr(S) is S's nuclear norm, so the first regularizer is the nuclear norm without an SVD. The second
+subtracts the Frobenius norm (||V V^T||_F = ||V^T V||_F, a k x k product): nuclear minus Frobenius is a tighter,
+nonconvex surrogate of the rank that shrinks the large eigenvalues less. For a fully observed S0 the SMCNN optimum
+is S0's eigenvalues shrunk by lam / 2 and clipped at 0, so lam / 2 is a noise threshold: by default it is the
+magnitude of S0's most negative eigenvalue, which a PSD truth plus noise owes to the noise alone (a Lanczos
+estimate of one eigenvalue, before the iterations).
+
+Every iteration costs matrix products only, O(n^2 k): without a mask the loss and gradient come from S0 V and
+k x k products (n^2 k); with one, from the n x n residual on the observed entries. V starts from a Nystrom
+sketch of S0 and L-BFGS (torch.optim.LBFGS, strong Wolfe line search) minimises the objective until its relative
+change falls below `tol`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from cpt.smc.similarity import SimilarityInputError
+
+METHODS = ("smcnn", "smcnmf")
+DEFAULT_MAX_RANK = 128
+SPARSE_MISSING = 0.02  # share of missing entries up to which the unmasked path with a sparse correction is used
+
+
+@dataclass
+class Completion:
+    S: torch.Tensor  # the completed similarity, n x n, symmetric PSD
+    V: torch.Tensor  # its factor, S = V V^T
+    lam: float
+    rank: int  # columns of V
+    effective_rank: int  # eigenvalues of V^T V above 1e-6 of the largest
+    iterations: int
+    converged: bool
+    seconds: float
+    objective: list[float] = field(default_factory=list)  # per evaluation, relative to ||P(S0)||_F^2
+
+
+def check_similarity(S0: torch.Tensor) -> torch.Tensor:
+    """The mask of observed entries; SimilarityInputError for what cannot be completed."""
+    if S0.dim() != 2 or S0.shape[0] != S0.shape[1]:
+        raise SimilarityInputError(f"a similarity matrix is square, got shape {tuple(S0.shape)}")
+    if S0.shape[0] < 2:
+        raise SimilarityInputError("a similarity matrix needs at least 2 samples")
+    observed = ~torch.isnan(S0)
+    if not observed.any():
+        raise SimilarityInputError("every entry of the similarity matrix is missing (NaN)")
+    if torch.isinf(S0).any():
+        raise SimilarityInputError("the similarity matrix holds infinite values; only NaN marks a missing entry")
+    if not torch.equal(observed, observed.T):
+        raise SimilarityInputError("the pattern of missing entries is not symmetric: S[i, j] and S[j, i] must be "
+                                   "both observed or both missing")
+    both = observed
+    if not torch.allclose(torch.where(both, S0, 0), torch.where(both, S0.T, 0), atol=1e-5, rtol=1e-4):
+        raise SimilarityInputError("the similarity matrix is not symmetric (S[i, j] != S[j, i])")
+    empty = (~observed.any(1)).nonzero().flatten()
+    if len(empty):
+        raise SimilarityInputError(f"{len(empty)} row(s) have no observed entry, e.g. row {int(empty[0])}: "
+                                   "nothing ties that sample to the others")
+    return observed
+
+
+def most_negative_eigenvalue(S: torch.Tensor, seed: int = 0) -> float:
+    """The smallest eigenvalue of a symmetric matrix, by Lanczos iterations (matrix-vector products only)."""
+    import numpy as np
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    n = S.shape[0]
+    operator = LinearOperator((n, n), dtype=np.float64,
+                              matvec=lambda x: (S @ torch.as_tensor(x, dtype=S.dtype, device=S.device)
+                                                .reshape(n, -1)).double().cpu().numpy())
+    start = np.random.default_rng(seed).standard_normal(n)
+    try:
+        value = eigsh(operator, k=1, which="SA", tol=1e-3, v0=start, maxiter=max(300, n // 10),
+                      return_eigenvectors=False)[0]
+    except ArpackNoConvergence as partial:
+        value = partial.eigenvalues[0] if len(partial.eigenvalues) else 0.0
+    return float(value)
+
+
+def nystrom_factor(S0: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
+    """V with V V^T = Y C^+ Y^T, Y = S0 G, C = G^T Y (G Gaussian, n x rank): a one-pass sketch of S0's leading
+    PSD part. The k x k C is decomposed, not S0."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    G = torch.randn(S0.shape[0], rank, generator=generator, dtype=S0.dtype).to(S0.device)
+    Y = S0 @ G
+    C = G.T @ Y
+    w, U = torch.linalg.eigh((C + C.T) / 2)
+    keep = w > w.abs().max() * 1e-8
+    return (Y @ U[:, keep]) / w[keep].sqrt()
+
+
+def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, lam: float | None = None,
+             alpha: float = 1.0, unit_diagonal: bool = True, max_iter: int = 500, tol: float = 1e-7,
+             seed: int = 0) -> Completion:
+    """The completed similarity of S0 (NaN = missing entry). rank = columns of V (default min(n, 128); the
+    regularizer leaves unused ones near zero); lam = regularizer weight (default twice the magnitude of S0's
+    most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. unit_diagonal rescales the result
+    to S_ij / sqrt(S_ii S_jj), as a cosine similarity is (still PSD: D^-1/2 S D^-1/2); the shrinkage otherwise
+    leaves the diagonal below 1."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1] (the regularizer stays >= 0), got {alpha}")
+    observed = check_similarity(S0)
+    started = time.perf_counter()
+    n = S0.shape[0]
+    target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device))
+    missing = (~observed).nonzero(as_tuple=True)
+    # Few missing entries: the full residual's loss and gradient, less those entries' terms (a sparse correction).
+    # Many: the residual on the observed entries, an n x n product per evaluation.
+    dense_mask = len(missing[0]) > SPARSE_MISSING * n * n
+    weight = observed.to(S0.dtype) if dense_mask else None
+    rank = min(n, rank or DEFAULT_MAX_RANK)
+    if lam is None:
+        lam = 2 * max(-most_negative_eigenvalue(target, seed), 0.0)
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    scale = float((target * target).sum())  # the objective is reported relative to ||P(S0)||^2
+
+    V = nystrom_factor(target, rank, seed)
+    if V.shape[1] < rank:  # a sketch of lower rank: pad with small random columns so every column can grow
+        generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+        pad = 1e-3 * torch.randn(n, rank - V.shape[1], generator=generator, dtype=S0.dtype).to(S0.device)
+        V = torch.cat([V, pad], 1)
+    V = V.clone().requires_grad_(True)
+    history: list[float] = []
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():
+            gram = V.T @ V
+            if dense_mask:
+                residual = weight * (V @ V.T - target)
+                loss = (residual * residual).sum()
+                grad = 4 * (residual @ V)
+            else:  # ||V V^T - S0||^2 = ||V^T V||^2 - 2 tr(V^T S0 V) + ||S0||^2, no n x n residual
+                product = target @ V
+                loss = (gram * gram).sum() - 2 * (V * product).sum() + scale
+                grad = 4 * (V @ gram - product)
+                if len(missing[0]):  # the missing entries (target 0 there) leave the fit: - sum (v_i . v_j)^2
+                    rows, cols = missing
+                    dots = (V[rows] * V[cols]).sum(1)
+                    loss = loss - (dots * dots).sum()
+                    grad = grad.index_add(0, rows, dots[:, None] * V[cols], alpha=-4)
+            loss = loss + lam * (V * V).sum()
+            grad = grad + 2 * lam * V
+            if method == "smcnmf":
+                frobenius = gram.norm()
+                if frobenius > 0:
+                    loss = loss - lam * alpha * frobenius
+                    grad = grad - 2 * lam * alpha * (V @ gram) / frobenius
+            V.grad = grad / scale
+            history.append(float(loss) / scale)
+            return loss / scale
+
+    optimizer = torch.optim.LBFGS([V], lr=1, max_iter=max_iter, max_eval=max_iter * 2, tolerance_grad=1e-10,
+                                  tolerance_change=tol, history_size=20, line_search_fn="strong_wolfe")
+    optimizer.step(closure)
+    iterations = optimizer.state[V]["n_iter"]
+    V = V.detach()
+    if unit_diagonal:
+        V = V / V.norm(dim=1, keepdim=True).clamp_min(torch.finfo(V.dtype).tiny)
+    S = V @ V.T
+    spectrum = torch.linalg.eigvalsh(V.T @ V)  # k x k, after the iterations: only to report the rank reached
+    effective = int((spectrum > spectrum.max() * 1e-6).sum()) if spectrum.max() > 0 else 0
+    return Completion(S, V, lam, rank, effective, iterations, iterations < max_iter, time.perf_counter() - started,
+                      history)

@@ -45,6 +45,7 @@ class Schema:
     eval_split: str  # the split with public answers the benchmark reports on
     parse: Callable[[dict], tuple[Example, list]]  # -> (example without images, its images as stored)
     skip_files: tuple[str, ...] = ()  # files in the release that hold no rows
+    needs_image: bool = True  # a row without an image is a problem (ScienceQA and EasyR1 rows may have none)
 
 
 def value(row: dict, names: str):
@@ -87,7 +88,8 @@ def consensus(answers: list[str]) -> tuple[str, list[str]]:
 def easyr1(row: dict) -> tuple[Example, list]:
     answer = value(row, "answer")
     aliases = [str(a) for a in answer[1:]] if isinstance(answer, list) else []
-    answer = str(answer[0] if isinstance(answer, list) and answer else answer or "").strip()
+    answer = answer[0] if isinstance(answer, list) and answer else answer
+    answer = "" if answer is None or answer == [] else str(answer).strip()
     if not answer:
         raise RowProblem("empty answer")
     return (Example(strip_image_tags(text(row, "problem")), answer, choices=row.get("choices") or None,
@@ -113,7 +115,7 @@ def human_answers(stored) -> list[str]:
     """TextVQA's ten strings, or VizWiz's original [{answer, answer_confidence}, ...]."""
     if not isinstance(stored, list):
         raise RowProblem(f"answers {str(stored)[:60]!r} is not a list")
-    answers = [str(a["answer"] if isinstance(a, dict) else a).strip() for a in stored]
+    answers = [str((a.get("answer") if isinstance(a, dict) else a) or "").strip() for a in stored]
     answers = [a for a in answers if a]
     if not answers:
         raise RowProblem("empty answers")
@@ -181,9 +183,9 @@ def superclevr(row: dict) -> tuple[Example, list]:
 
 
 SCHEMAS: dict[str, Schema] = {
-    "easyr1": Schema("EasyR1", ("problem", "answer"), "exact", "test", easyr1),
+    "easyr1": Schema("EasyR1", ("problem", "answer"), "exact", "test", easyr1, needs_image=False),
     "scienceqa": Schema("ScienceQA", ("question", "choices", "answer", "image"), "multiple_choice", "test",
-                        scienceqa),
+                        scienceqa, needs_image=False),
     "textvqa": Schema("TextVQA", ("question", "answers", "image|image_id"), "vqa", "validation", vqa),
     "vizwiz": Schema("VizWiz", ("question", "answers", "image"), "vqa", "validation", vizwiz),
     "geometry3k": Schema("Geometry3K", ("problem|problem_text", "answer"), "geometry", "test", geometry3k,

@@ -60,10 +60,13 @@ class TaskReport:
     kind: str  # the format, "synthetic", or the benchmark's format
     splits: dict[str, SplitReport] = field(default_factory=dict)
     error: str | None = None  # why the task cannot be used at all
+    drops_bad_rows: bool = True  # fit leaves bad rows of local tasks out; a bad benchmark row stops its evaluation
 
     @property
     def usable(self) -> bool:
-        return self.error is None and all(s.usable > 0 for s in self.splits.values() if s.selected or s.rows)
+        if self.error is not None or not all(s.usable > 0 for s in self.splits.values() if s.selected or s.rows):
+            return False
+        return self.drops_bad_rows or not any(s.problems for s in self.splits.values())
 
 
 def check_split(task: str, split_name: str, split: Sequence[Example], progress: bool = False) -> SplitReport:
@@ -108,7 +111,7 @@ def check_config(cfg: DictConfig, progress: bool = True) -> list[TaskReport]:
                              for split in ("train", "eval")}
         reports.append(report)
     for name, spec in cfg.eval.benchmarks.items():
-        report = TaskReport(name, spec.format)
+        report = TaskReport(name, spec.format, drops_bad_rows=False)
         try:
             benchmark = load_benchmark(name, spec.format, spec.path, spec.image_dir, spec.limit, cfg.seed)
         except (ValueError, FileNotFoundError) as error:
@@ -167,7 +170,8 @@ def format_report(reports: list[TaskReport]) -> str:
             lines.append(f"\n{report.name}: cannot be used: {report.error}")
         problems = [p for s in report.splits.values() for p in s.problems]
         if problems:
-            lines.append(f"\n{report.name}: {len(problems)} row(s) with problems, left out by fit:")
+            consequence = "left out by fit" if report.drops_bad_rows else "fix them: fit stops at the first evaluation"
+            lines.append(f"\n{report.name}: {len(problems)} row(s) with problems, {consequence}:")
             lines += [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
             if len(problems) > SHOWN_PROBLEMS:
                 lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more (--out FILE writes them all)")
@@ -189,11 +193,14 @@ def main(args: list[str]) -> int:
     if args and args[0] in ("-h", "--help"):
         parser.print_help()
         return 0
-    if not args or args[0] != "check":
+    if not args:
+        parser.print_usage(sys.stderr)
+        return 2
+    if args[0] != "check":
         print(f"error: unknown data command {' '.join(args[:1])!r}\n", file=sys.stderr)
         parser.print_usage(sys.stderr)
         return 2
-    options = parser.parse_args(args[1:])
+    options = parser.parse_intermixed_args(args[1:])
     cfg = load_config(*split_config_args(options.args))
     reports = check_config(cfg)
     print(format_report(reports))

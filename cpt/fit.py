@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -72,7 +73,8 @@ def general_benchmarks(cfg: DictConfig) -> list[Task]:
 
     sets = [general_set(cfg)] if cfg.eval.general else []
     for name, spec in cfg.eval.benchmarks.items():
-        sets.append(load_benchmark(name, spec.format, spec.path, spec.image_dir, spec.limit, cfg.seed))
+        benchmark = load_benchmark(name, spec.format, spec.path, spec.image_dir, spec.limit, cfg.seed)
+        sets.append(replace(benchmark, template=cfg.data.template))  # asked the way the run's tasks are
     return sets
 
 
@@ -108,8 +110,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.data.check_rows:
-        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))  # set in processes Lightning launches
-        leave_out_bad_rows(tasks, run_dir if rank == 0 else None, progress=cfg.trainer.enable_progress_bar)
+        first = rank_zero_only.rank == 0  # every process checks (same rows, same result); one writes and shows it
+        leave_out_bad_rows(tasks, run_dir if first else None, progress=cfg.trainer.enable_progress_bar and first)
     checkpoint = resolve_checkpoint(cfg)
     stages = build_stages(cfg)
     names = [stage.name for stage in stages]

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from cpt.adapters import MissingImage, RowProblem, Schema
 from cpt.examples import Example
-from cpt.tables import ROW_DIR, DataError, ImagesById, cap_pixels, open_image, read_rows
+from cpt.tables import ROW_DIR, DataError, ImagesById, cap_pixels, find_sources, open_image, read_rows
 
 ID_COLUMNS = ("id", "question_id", "question_index", "pid")
 
@@ -51,6 +51,7 @@ class LocalSplit(Sequence):
         self.task, self.split, self.rows, self.schema = task, split, rows, schema
         self.indices = list(indices)
         self.image_dir, self.images_by_id, self.max_pixels = image_dir, images_by_id, max_pixels
+        self.sources: list[Path] = []  # the files and directories the rows come from
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -61,6 +62,8 @@ class LocalSplit(Sequence):
             return self.load(row)
         except (RowProblem, DataError) as error:
             raise DataError(str(self.problem(row, str(error)))) from None
+        except Exception as error:
+            raise DataError(str(self.problem(row, f"{type(error).__name__}: {error}"))) from error
 
     def problem(self, row: int, message: str) -> Problem:
         return Problem(self.task, self.split, row, self.row_id(row), message)
@@ -73,6 +76,8 @@ class LocalSplit(Sequence):
     def load(self, row: int) -> Example:
         stored = self.rows[row]
         example, images = self.schema.parse(stored)
+        if self.schema.needs_image and not images:
+            raise RowProblem(f"no image ({self.schema.title} questions are about one)")
         image_dir = self.image_dir or Path(stored.get(ROW_DIR, "."))
         opened = []
         for number, image in enumerate(images, 1):
@@ -97,6 +102,8 @@ class LocalSplit(Sequence):
                     visit(example)
             except (RowProblem, DataError) as error:
                 found.append(self.problem(row, str(error)))
+            except Exception as error:  # a row the schema did not foresee: reported, not a crash mid-check
+                found.append(self.problem(row, f"{type(error).__name__}: {error}"))
         return found
 
     def drop(self, rows: set[int]) -> None:
@@ -115,15 +122,18 @@ def open_split(task: str, split: str, path: Path, split_name: str, schema: Schem
                image_dir: Path | None = None, images_by_id: ImagesById | None = None,
                max_pixels: int | None = None) -> LocalSplit:
     """`size` seeded rows of the split `split_name` found under `path` (a file is read whatever its name)."""
-    rows = _read(task, split, path, split_name, schema)
-    return LocalSplit(task, split, rows, schema, select(len(rows), size, seed, task, split), image_dir, images_by_id,
-                      max_pixels)
+    rows, sources = _read(task, split, path, split_name, schema)
+    opened = LocalSplit(task, split, rows, schema, select(len(rows), size, seed, task, split), image_dir,
+                        images_by_id, max_pixels)
+    opened.sources = sources
+    return opened
 
 
-def _read(task: str, role: str, path: Path, split: str, schema: Schema) -> Sequence[dict]:
+def _read(task: str, role: str, path: Path, split: str, schema: Schema) -> tuple[Sequence[dict], list[Path]]:
     """The rows of `split` under `path`, for the task's `role` (train or eval); DataError if unusable."""
     try:
         rows = read_rows(path, None if path.is_file() else split, schema.skip_files)
+        sources = find_sources(path, None if path.is_file() else split, schema.skip_files)
     except (DataError, FileNotFoundError) as error:
         raise DataError(f"task {task!r}, {role}: {error}") from None
     where = f"task {task!r}, {role}: {str(path)!r}" + ("" if path.is_file() else f" (split {split!r})")
@@ -134,4 +144,4 @@ def _read(task: str, role: str, path: Path, split: str, schema: Schema) -> Seque
         if not any(name in columns for name in needed.split("|")):
             raise DataError(f"{where} lacks column {needed.replace('|', ' or ')!r}; {schema.title} rows have "
                             f"{', '.join(schema.columns)} (found: {', '.join(c for c in columns if c != ROW_DIR)})")
-    return rows
+    return rows, sources

@@ -158,6 +158,8 @@ def math_value(text: str) -> float | None:
     if plain is not None:
         return plain
     expr = text.strip().strip("$").replace(" ", "")
+    if len(expr) > 200:  # a model's answer, not a formula worth evaluating (and no deep recursion)
+        return None
     expr = re.sub(r"\^\{?\\circ\}?|°|\\degree", "", expr)
     expr = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)", expr)
     expr = re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", expr)
@@ -169,7 +171,7 @@ def math_value(text: str) -> float | None:
         return None
     try:
         result = _evaluate(ast.parse(expr, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError, MemoryError):
         return None
     return result if math.isfinite(result) else None
 

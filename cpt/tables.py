@@ -1,13 +1,14 @@
 """Rows read from local files, in whatever layout a dataset was downloaded in, with their images left undecoded.
 
 A source is a .parquet, .arrow, .json or .jsonl file, or a `datasets` directory written by save_to_disk. A
-directory holding sources is searched recursively, and a split is picked out of it by name: the Hub's files
-(`validation-00000-of-00001.parquet`), files named for the split (`test.jsonl`, `val.json`) and sub-directories
-named for it (`train/`) belong to that split; files and folders not named for any split belong to every split.
-`val` and `validation` name the same split.
+directory holding sources is searched recursively, and a split is picked out of it by name: a file or folder with
+a split name as a word of its name belongs to that split (`validation-00000-of-00001.parquet`,
+`train_balanced_questions.json`, `TextVQA_0.5.1_val.json`, `train/`); the others belong to every split. `val`
+and `validation` name the same split. Metadata files (`dataset_info.json`, `state.json`) are not rows.
 
 Tables (parquet, arrow, `datasets` directories) are read through `datasets`, memory-mapped, so a large table is
-not held in memory; a row is read when it is asked for. Images stay as stored ({"bytes", "path"} dicts, bytes or
+not held in memory; a row is read when it is asked for. A parquet file is converted once into the `datasets`
+cache ($HF_DATASETS_CACHE): a copy on disk, reused by later runs. Images stay as stored ({"bytes", "path"} dicts, bytes or
 paths) until `open_image` decodes one, so that a corrupt image fails with its row's id and not inside a reader.
 """
 
@@ -25,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 TABLE_SUFFIXES = (".parquet", ".arrow")
 ROW_SUFFIXES = (".json", ".jsonl")
 SPLIT_NAMES = ("train", "dev", "val", "validation", "test", "testdev")
-SPLIT_NAME = re.compile(r"(?P<split>[a-z]+)(-\d+-of-\d+)?")  # test-00000-of-00001, train, val
+METADATA_FILES = ("dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json")
 ROW_DIR = "__dir__"  # added to every row: the directory of its file, where relative image paths point by default
 
 
@@ -39,9 +40,9 @@ def same_split(a: str, b: str) -> bool:
 
 
 def split_of(name: str) -> str | None:
-    """The split a file or folder name belongs to, or None when it names none."""
-    match = SPLIT_NAME.fullmatch(name.lower())
-    return match.group("split") if match and match.group("split") in SPLIT_NAMES else None
+    """The split a file or folder name belongs to, or None when it names none: a split name as a word of it
+    (test-00000-of-00001, train_balanced_questions, TextVQA_0.5.1_val)."""
+    return next((word for word in re.split(r"[-_.\s]", name.lower()) if word in SPLIT_NAMES), None)
 
 
 def is_datasets_dir(path: Path) -> bool:
@@ -50,12 +51,12 @@ def is_datasets_dir(path: Path) -> bool:
 
 def find_sources(path: Path, split: str | None, skip: tuple[str, ...] = ()) -> list[Path]:
     """The sources under `path` that hold `split` (all of them when None), in a fixed order; files named in `skip`
-    are left out."""
+    and the metadata files of `datasets` and the Hub are left out."""
     if path.is_file() or is_datasets_dir(path):
         return [path]
     found = []
     for child in sorted(path.iterdir()):
-        if child.name.startswith(".") or child.name in skip:  # e.g. the Hub client's .cache
+        if child.name.startswith(".") or child.name in skip or child.name in METADATA_FILES:  # e.g. the Hub's .cache
             continue
         named = split_of(child.stem if child.is_file() else child.name)
         if split is not None and named is not None and not same_split(named, split):
@@ -155,9 +156,12 @@ def _read_jsonl(source: Path) -> list[dict]:
     for number, line in enumerate(source.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{source}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{source}:{number}: a row must be a JSON object, not {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

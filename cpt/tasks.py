@@ -60,6 +60,12 @@ def local_task(name: str, spec: DictConfig, cfg: DictConfig) -> Task:
                             f"or local_tasks.{name}.{split}")
         splits.append(open_split(name, split, Path(path).expanduser(), split_name, schema, size, cfg.seed, image_dir,
                                  images_by_id, spec.max_pixels))
+    by_split = any((source / "dataset_dict.json").exists() for source in splits[0].sources)  # splits inside
+    if not (spec.train and spec.eval) and splits[0].sources == splits[1].sources and not by_split:
+        raise DataError(f"task {name!r}: training and evaluation would read the same data "
+                        f"({', '.join(str(s) for s in splits[0].sources[:2])}); no file or folder under "
+                        f"{spec.path!r} is named for the {spec.train_split!r} or the evaluation split. Set "
+                        f"local_tasks.{name}.train and local_tasks.{name}.eval")
     return Task(name, *splits, SCORERS[spec.scorer or schema.scorer], template=spec.template or cfg.data.template)
 
 

@@ -144,8 +144,8 @@ def superclevr(root: Path, name: str = "superclevr") -> list[str]:
     # The release has one questions file; README's recipe splits it by image into train.jsonl and test.jsonl.
     for split, part in (("train", questions[:4]), ("test", questions[4:])):
         (root / f"{split}.jsonl").write_text("\n".join(json.dumps(q) for q in part))
-    return [f"local_tasks.{name}.format=superclevr", f"local_tasks.{name}.path={path}",
-            f"local_tasks.{name}.image_dir={root / 'images'}"]
+    return [f"local_tasks.{name}.format=superclevr", f"local_tasks.{name}.train={root / 'train.jsonl'}",
+            f"local_tasks.{name}.eval={root / 'test.jsonl'}", f"local_tasks.{name}.image_dir={root / 'images'}"]
 
 
 WRITERS = {"scienceqa": scienceqa, "textvqa": textvqa, "vizwiz": vizwiz, "geometry3k": geometry3k, "gqa": gqa,

@@ -14,10 +14,10 @@ from cpt.adapters import SCHEMAS, consensus, geometry3k, human_answers  # noqa: 
 from cpt.cli import main  # noqa: E402
 from cpt.config import ConfigError, load_config  # noqa: E402
 from cpt.examples import Example  # noqa: E402
-from cpt.local_data import open_split  # noqa: E402
 from cpt.prompts import render_prompt  # noqa: E402
 from cpt.scoring import count, geometry, math_value, vqa_soft  # noqa: E402
-from cpt.tables import ImagesById, find_sources, read_rows  # noqa: E402
+from cpt.local_data import open_split  # noqa: E402
+from cpt.tables import DataError, ImagesById, find_sources, read_rows  # noqa: E402
 from cpt.tasks import build_tasks  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def test_every_schema_gives_prompts_answers_images_and_its_scorer(copies):
     # (train rows, eval rows): the eval split is each format's own (ScienceQA test, TextVQA validation, ...)
     sizes = {name: (len(t.train), len(t.eval)) for name, t in tasks.items()}
     assert sizes == {"scienceqa": (6, 4), "textvqa": (6, 4), "vizwiz": (4, 3), "geometry3k": (4, 3), "gqa": (5, 3),
-                     "pathvqa": (4, 4), "superclevr": (6, 6)}
+                     "pathvqa": (4, 4), "superclevr": (4, 2)}
     assert {n: t.scorer.__name__ for n, t in tasks.items()} == {
         "scienceqa": "multiple_choice", "textvqa": "vqa_soft", "vizwiz": "vqa_soft", "geometry3k": "geometry",
         "gqa": "exact", "pathvqa": "yes_no", "superclevr": "count"}
@@ -71,7 +71,7 @@ def test_every_schema_gives_prompts_answers_images_and_its_scorer(copies):
     assert (path[0].answer, path[1].answer) == ("fibrosis", "yes")
     assert tasks["pathvqa"].scorer("Yes, it is.", path[1]) == 1.0 and tasks["pathvqa"].scorer("no", path[1]) == 0.0
 
-    clevr = tasks["superclevr"].eval
+    clevr = tasks["superclevr"].train
     assert [clevr[i].answer for i in range(3)] == ["3", "red", "yes"]
     assert [count(c, clevr[0]) for c in ("\\boxed{three}", "\\boxed{3}", "\\boxed{4}")] == [1.0, 1.0, 0.0]
     assert count("\\boxed{Red}", clevr[1]) == 1.0 and clevr[0].images[0].size == (32, 24)
@@ -115,6 +115,11 @@ def test_split_layouts_and_image_stores(tmp_path):
     names = lambda split: [p.relative_to(tmp_path).as_posix() for p in find_sources(tmp_path, split)]  # noqa: E731
     assert names("train") == ["notes.json", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     assert names("validation") == ["notes.json", "val.json", "validation/rows.jsonl"]  # val = validation
+    from cpt.tables import split_of
+
+    assert [split_of(n) for n in ("train-00000-of-00001-1028f23e", "testdev_balanced_questions",
+                                  "TextVQA_0.5.1_val", "superCLEVR_questions_30k", "contest")] == [
+        "train", "testdev", "val", None, None]
     gqa = tmp_path / "gqa.json"  # GQA's own release: questions keyed by id
     gqa.write_text(json.dumps({"201": {"imageId": "n1", "question": "q?", "answer": "no"}}))
     assert read_rows(gqa)[0]["id"] == "201" and read_rows(gqa)[0]["imageId"] == "n1"
@@ -149,6 +154,23 @@ def test_sizes_pixel_caps_and_template_per_task(copies, processor):
     data = TaskSequenceData(cfg, tasks, processor, with_response=True)
     cot, direct = (processor.decode(data.encoded(k, tasks[k].train)[0]["input_ids"]) for k in (0, 1))
     assert "<think>" in cot and "<think>" not in direct
+
+
+def test_rows_a_schema_did_not_foresee_are_problems_not_crashes(tmp_path):
+    from cpt.adapters import easyr1
+
+    assert easyr1({"problem": "1 - 1?", "answer": 0})[0].answer == "0"  # a falsy answer is still an answer
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"question": "q", "answers": [{"answer_confidence": "yes"}], "image": "a.png"},  # no answer key
+            {"question": "q", "answers": ["x"] * 10, "image": None}]  # VizWiz questions are about an image
+    (tmp_path / "val.json").write_text(json.dumps(rows))
+    split = open_split("viz", "eval", tmp_path / "val.json", "validation", SCHEMAS["vizwiz"], None, 0)
+    assert [(p.row, p.message) for p in split.problems()] == [(0, "empty answers"),
+                                                               (1, "no image (VizWiz questions are about one)")]
+    one_file = ["tasks=[viz]", "local_tasks.viz.format=vizwiz", f"local_tasks.viz.path={tmp_path / 'val.json'}"]
+    with pytest.raises(DataError, match="training and evaluation would read the same data"):
+        build_tasks(load_config(None, one_file))
+    assert math_value("1+" * 300 + "1") is None  # too long to be an answer worth evaluating
 
 
 def test_bad_config_values_are_named():

@@ -164,6 +164,8 @@ def main(args: list[str]) -> int:
     parser.add_argument("--dmc-max-n", type=int, default=20000, help="largest n DMC is timed at (O(n^3))")
     parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
     options = parser.parse_args(args)
+    if options.seeds < 1:
+        parser.error("--seeds must be at least 1")
     options.out.mkdir(parents=True, exist_ok=True)
     accuracy = accuracy_rows(options.ratios, range(options.seeds), options.datasets)
     print("Relative error / Recall@10 (mean over seeds; lower error is better)\n")

@@ -90,7 +90,7 @@ def main(args: list[str]) -> int:
             from cpt.smc.bench import main as bench
 
             return bench(rest)
-    except SimilarityInputError as error:
+    except (SimilarityInputError, ValueError) as error:  # bad input or a bad option (rank, lam, alpha)
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"error: unknown smc command {command!r}\n\n{USAGE}", file=sys.stderr)

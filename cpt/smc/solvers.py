@@ -111,6 +111,8 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1] (the regularizer stays >= 0), got {alpha}")
     observed = check_similarity(S0)
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be a positive number of columns, got {rank}")
     started = time.perf_counter()
     n = S0.shape[0]
     target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device))
@@ -125,6 +127,8 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
     scale = float((target * target).sum())  # the objective is reported relative to ||P(S0)||^2
+    if scale == 0:
+        raise SimilarityInputError("every observed entry of the similarity matrix is 0: there is nothing to complete")
 
     V = nystrom_factor(target, rank, seed)
     if V.shape[1] < rank:  # a sketch of lower rank: pad with small random columns so every column can grow
@@ -165,11 +169,12 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
                                   tolerance_change=tol, history_size=20, line_search_fn="strong_wolfe")
     optimizer.step(closure)
     iterations = optimizer.state[V]["n_iter"]
+    converged = iterations < max_iter and optimizer.state[V]["func_evals"] < max_iter * 2
     V = V.detach()
     if unit_diagonal:
         V = V / V.norm(dim=1, keepdim=True).clamp_min(torch.finfo(V.dtype).tiny)
     S = V @ V.T
     spectrum = torch.linalg.eigvalsh(V.T @ V)  # k x k, after the iterations: only to report the rank reached
     effective = int((spectrum > spectrum.max() * 1e-6).sum()) if spectrum.max() > 0 else 0
-    return Completion(S, V, lam, rank, effective, iterations, iterations < max_iter, time.perf_counter() - started,
+    return Completion(S, V, lam, rank, effective, iterations, converged, time.perf_counter() - started,
                       history)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from cpt.adapters import MissingImage, RowProblem, Schema
 from cpt.examples import Example
-from cpt.tables import ROW_DIR, DataError, ImagesById, cap_pixels, find_sources, open_image, read_rows
+from cpt.tables import ROW_DIR, DataError, ImagesById, cap_pixels, open_image, read_split
 
 ID_COLUMNS = ("id", "question_id", "question_index", "pid")
 
@@ -47,11 +47,12 @@ class LocalSplit(Sequence):
     ones (in order)."""
 
     def __init__(self, task: str, split: str, rows: Sequence[dict], schema: Schema, indices: Sequence[int],
-                 image_dir: Path | None = None, images_by_id: ImagesById | None = None, max_pixels: int | None = None):
+                 image_dir: Path | None = None, images_by_id: ImagesById | None = None, max_pixels: int | None = None,
+                 sources: Sequence[Path] = ()):
         self.task, self.split, self.rows, self.schema = task, split, rows, schema
         self.indices = list(indices)
         self.image_dir, self.images_by_id, self.max_pixels = image_dir, images_by_id, max_pixels
-        self.sources: list[Path] = []  # the files and directories the rows come from
+        self.sources = list(sources)  # the files and directories the rows come from
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -123,17 +124,14 @@ def open_split(task: str, split: str, path: Path, split_name: str, schema: Schem
                max_pixels: int | None = None) -> LocalSplit:
     """`size` seeded rows of the split `split_name` found under `path` (a file is read whatever its name)."""
     rows, sources = _read(task, split, path, split_name, schema)
-    opened = LocalSplit(task, split, rows, schema, select(len(rows), size, seed, task, split), image_dir,
-                        images_by_id, max_pixels)
-    opened.sources = sources
-    return opened
+    return LocalSplit(task, split, rows, schema, select(len(rows), size, seed, task, split), image_dir,
+                      images_by_id, max_pixels, sources)
 
 
 def _read(task: str, role: str, path: Path, split: str, schema: Schema) -> tuple[Sequence[dict], list[Path]]:
     """The rows of `split` under `path`, for the task's `role` (train or eval); DataError if unusable."""
     try:
-        rows = read_rows(path, None if path.is_file() else split, schema.skip_files)
-        sources = find_sources(path, None if path.is_file() else split, schema.skip_files)
+        rows, sources = read_split(path, None if path.is_file() else split, schema.skip_files)
     except (DataError, FileNotFoundError) as error:
         raise DataError(f"task {task!r}, {role}: {error}") from None
     where = f"task {task!r}, {role}: {str(path)!r}" + ("" if path.is_file() else f" (split {split!r})")

@@ -109,8 +109,9 @@ def read_source(source: Path, split: str | None = None) -> Sequence[dict]:
                     "datasets directory")
 
 
-def read_rows(path: Path, split: str | None = None, skip: tuple[str, ...] = ()) -> Sequence[dict]:
-    """Every row of `split` under `path` (a source or a directory of them), in a fixed order."""
+def read_split(path: Path, split: str | None = None, skip: tuple[str, ...] = ()) -> tuple[Sequence[dict], list[Path]]:
+    """Every row of `split` under `path` (a source or a directory of them), in a fixed order, and the sources they
+    come from."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
@@ -119,7 +120,7 @@ def read_rows(path: Path, split: str | None = None, skip: tuple[str, ...] = ()) 
         raise DataError(f"{path} holds no {split or ''} data: no .parquet, .arrow, .json or .jsonl file, nor a "
                         "datasets directory" + (" (files named for another split are skipped)" if split else ""))
     parts = [read_source(source, split) for source in sources]
-    return parts[0] if len(parts) == 1 else ConcatRows(parts)
+    return (parts[0] if len(parts) == 1 else ConcatRows(parts)), sources
 
 
 class ConcatRows(Sequence):
@@ -229,9 +230,11 @@ class ImagesById:
             raise FileNotFoundError(f"image store {str(self.path)!r} does not exist")
         self.tables, self.index = [], {}
         for source in find_sources(self.path, None) if self.path.is_dir() else [self.path]:
-            if source.suffix.lower() in ROW_SUFFIXES or not _has_columns(source, ("id", "image")):
+            if source.suffix.lower() in ROW_SUFFIXES or not _parquet_may_have(source, ("id", "image")):
                 continue
             rows = read_source(source)
+            if not all(column in rows.columns for column in ("id", "image")):
+                continue
             table = len(self.tables)
             self.tables.append(rows)
             for row, image_id in enumerate(rows.dataset.data.column("id").to_pylist()):
@@ -249,11 +252,11 @@ class ImagesById:
         raise KeyError(image_id)
 
 
-def _has_columns(source: Path, columns: tuple[str, ...]) -> bool:
-    """Whether a table has the columns, read from its schema alone where the format allows."""
-    if source.suffix.lower() == ".parquet":
-        import pyarrow.parquet
+def _parquet_may_have(source: Path, columns: tuple[str, ...]) -> bool:
+    """False for a parquet file whose schema lacks one of the columns (so it is not converted for nothing);
+    True for anything else, which is checked once read."""
+    if source.suffix.lower() != ".parquet":
+        return True
+    import pyarrow.parquet
 
-        return all(c in pyarrow.parquet.read_schema(source).names for c in columns)
-    rows = read_source(source)
-    return all(c in rows.columns for c in columns)
+    return all(c in pyarrow.parquet.read_schema(source).names for c in columns)

@@ -17,7 +17,7 @@ from cpt.examples import Example  # noqa: E402
 from cpt.prompts import render_prompt  # noqa: E402
 from cpt.scoring import count, geometry, math_value, vqa_soft  # noqa: E402
 from cpt.local_data import open_split  # noqa: E402
-from cpt.tables import DataError, ImagesById, find_sources, read_rows  # noqa: E402
+from cpt.tables import DataError, ImagesById, find_sources, read_split  # noqa: E402
 from cpt.tasks import build_tasks  # noqa: E402
 
 
@@ -122,11 +122,12 @@ def test_split_layouts_and_image_stores(tmp_path):
         "train", "testdev", "val", None, None]
     gqa = tmp_path / "gqa.json"  # GQA's own release: questions keyed by id
     gqa.write_text(json.dumps({"201": {"imageId": "n1", "question": "q?", "answer": "no"}}))
-    assert read_rows(gqa)[0]["id"] == "201" and read_rows(gqa)[0]["imageId"] == "n1"
+    rows, sources = read_split(gqa)
+    assert rows[0]["id"] == "201" and rows[0]["imageId"] == "n1" and sources == [gqa]
     textvqa = tmp_path / "TextVQA_0.5.1_val.json"
     textvqa.write_text(json.dumps({"dataset_name": "textvqa", "data": [{"question": "q", "answers": ["a"] * 10,
                                                                         "image_id": "abc"}]}))
-    example, images = SCHEMAS["textvqa"].parse(read_rows(textvqa)[0])
+    example, images = SCHEMAS["textvqa"].parse(read_split(textvqa)[0][0])
     assert images == ["abc.jpg"] and example.answer == "a"
     (tmp_path / "images").mkdir()
     Image.new("RGB", (4, 4), "blue").save(tmp_path / "images" / "n1.jpg")

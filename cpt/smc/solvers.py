@@ -58,8 +58,7 @@ def check_similarity(S0: torch.Tensor) -> torch.Tensor:
     if not torch.equal(observed, observed.T):
         raise SimilarityInputError("the pattern of missing entries is not symmetric: S[i, j] and S[j, i] must be "
                                    "both observed or both missing")
-    both = observed
-    if not torch.allclose(torch.where(both, S0, 0), torch.where(both, S0.T, 0), atol=1e-5, rtol=1e-4):
+    if not torch.allclose(torch.where(observed, S0, 0), torch.where(observed, S0.T, 0), atol=1e-5, rtol=1e-4):
         raise SimilarityInputError("the similarity matrix is not symmetric (S[i, j] != S[j, i])")
     empty = (~observed.any(1)).nonzero().flatten()
     if len(empty):

@@ -11,7 +11,7 @@ from cpt.cli import main
 from cpt.smc import complete, cosine, observed_cosine
 from cpt.smc.baselines import dmc, impute_mean, observed_or_zero
 from cpt.smc.bench import missing_at_random, synthetic
-from cpt.smc.metrics import recall_at_k, relative_error
+from cpt.smc.metrics import recall_at_k, relative_error, spectral_floor
 from cpt.smc.similarity import SimilarityInputError
 
 NAN = float("nan")
@@ -129,6 +129,22 @@ def test_baselines_and_metrics_by_hand():
     assert recall_at_k(truth, truth, 1) == 1.0 and recall_at_k(guess, truth, 1) == pytest.approx(3 / 4)
 
 
+def test_spectral_floor_by_hand_and_as_a_bound():
+    # S0's eigenvectors are (1, 1)/sqrt 2 and (1, -1)/sqrt 2 whatever its off-diagonal entry; a truth that shares
+    # them is reached exactly, diag(1, 0) gets 1/2 on each: || I/2 - diag(1, 0) || / || diag(1, 0) || = sqrt(1/2).
+    S0 = torch.tensor([[1.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
+    assert spectral_floor(S0, torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)) == pytest.approx(0, abs=1e-12)
+    assert spectral_floor(S0, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)) == pytest.approx(0.5 ** 0.5)
+    # Fully observed, SMCNN's optimum keeps S0's eigenvectors: no rank or lam gets below the floor.
+    truth = cosine(synthetic(150, features=20, rank=4, ratio=0.0, seed=4).double())
+    S0 = observed_cosine(synthetic(150, features=20, rank=4, ratio=0.4, seed=4).double())
+    assert not S0.isnan().any()  # every pair shares a feature: the unmasked fit
+    floor = spectral_floor(S0, truth)
+    assert 0 < floor < relative_error(S0, truth)
+    for rank, lam in ((2, 0.0), (4, 1.0), (20, 4.0)):
+        assert relative_error(complete(S0, rank=rank, lam=lam, unit_diagonal=False).S, truth) >= floor
+
+
 def test_complete_command(tmp_path, capsys):
     X = missing_at_random(torch.randn(60, 5, dtype=torch.float64), 0.3, seed=0).numpy()
     np.savetxt(tmp_path / "data.csv", X, delimiter=",")  # NaN written as "nan"
@@ -149,8 +165,12 @@ def test_bench_writes_tables_and_plot(tmp_path, capsys):
                  "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert sorted({r["method"] for r in rows["accuracy"]}) == sorted(
-        ["S0", "DMC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF"])
+        ["S0", "DMC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF", "floor"])
+    error = {r["method"]: r["error"] for r in rows["accuracy"]}
+    # SMCNN's default fit keeps S0's eigenvectors: no further from the floor than its unit-diagonal rescale moves it
+    assert error["floor"] < error["S0"] and error["SMCNN"] > 0.95 * error["floor"]
     assert {r["method"] for r in rows["timing"]} == {"S0 (shared)", "SMCNN", "SMCNmF", "DMC"}
     assert (out / "smc_bench.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "| wine | 0.5 |" in printed and "| 300 |" in printed
+    assert f"| {error['floor']:.3f} |" in printed  # the floor's column, last

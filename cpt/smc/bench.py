@@ -2,7 +2,9 @@
 
 Accuracy: scikit-learn's wine (178 x 13), breast cancer (569 x 30) and digits (1797 x 64), standardised, with
 entries missing completely at random at each ratio and seed. A sample left with no observed value gets one
-random feature back, so that every method sees the same samples. Truth: the cosine of the complete data.
+random feature back, so that every method sees the same samples. Truth: the cosine of the complete data. Next to the methods, the spectral floor: the least error of any matrix
+with S0's eigenvectors (found with the truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on
+that S0 can go below but for their unit-diagonal rescale.
 Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 20,000; S0 is built once and shared,
 so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch and the iterations;
 DMC: the eigendecomposition).
@@ -20,13 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero
-from cpt.smc.metrics import recall_at_k, relative_error
+from cpt.smc.metrics import recall_at_k, relative_error, spectral_floor
 from cpt.smc.similarity import cosine, observed_cosine
 from cpt.smc.solvers import complete
 
 DATASETS = ("wine", "breast_cancer", "digits")
 METHODS = ("S0", "DMC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
 OURS = ("SMCNN", "SMCNmF")
+FLOOR = "floor"  # not a method: it needs the truth
 
 
 def load(name: str) -> torch.Tensor:
@@ -71,6 +74,8 @@ def accuracy_rows(ratios, seeds, datasets=DATASETS, progress: bool = True) -> li
             rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": method,
                          "error": relative_error(S, truth), "recall10": recall_at_k(S, truth, 10),
                          "seconds": seconds})
+        rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR,
+                     "error": spectral_floor(S0, truth)})
     return rows
 
 
@@ -99,18 +104,24 @@ def timing_rows(sizes, dmc_max_n: int, progress: bool = True) -> list[dict]:
     return rows
 
 
+def mean_over_seeds(rows: list[dict], name: str, ratio: float, method: str, key: str = "error") -> float:
+    return statistics.mean(r[key] for r in rows if (r["dataset"], r["ratio"], r["method"]) == (name, ratio, method))
+
+
 def accuracy_table(rows: list[dict]) -> str:
-    """Mean relative error and Recall@10 over seeds, a row per dataset and ratio; the best error in bold."""
-    lines = ["| dataset | missing | " + " | ".join(METHODS) + " |", "|---|---|" + "---:|" * len(METHODS)]
+    """Mean relative error / Recall@10 over seeds, a row per dataset and ratio; the best error in bold. The
+    spectral floor, when measured, in the last column."""
+    floor = any(r["method"] == FLOOR for r in rows)
+    lines = ["| dataset | missing | " + " | ".join(METHODS) + (" | S0 spectral floor |" if floor else " |"),
+             "|---|---|" + "---:|" * (len(METHODS) + floor)]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         for ratio in dict.fromkeys(r["ratio"] for r in rows if r["dataset"] == name):
-            cells = {}
-            for method in METHODS:
-                picked = [r for r in rows if (r["dataset"], r["ratio"], r["method"]) == (name, ratio, method)]
-                cells[method] = (statistics.mean(r["error"] for r in picked),
-                                 statistics.mean(r["recall10"] for r in picked))
+            cells = {method: (mean_over_seeds(rows, name, ratio, method),
+                              mean_over_seeds(rows, name, ratio, method, "recall10")) for method in METHODS}
             best = min(error for error, _ in cells.values())
             shown = [(f"**{e:.3f}**" if e == best else f"{e:.3f}") + f" / {r:.2f}" for e, r in cells.values()]
+            if floor:
+                shown.append(f"{mean_over_seeds(rows, name, ratio, FLOOR):.3f}")
             lines.append(f"| {name} | {ratio:.1f} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -137,18 +148,24 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     for ax, name in zip(axes, names):
         ratios = sorted({r["ratio"] for r in accuracy if r["dataset"] == name})
         for method in METHODS:
-            means = [statistics.mean(r["error"] for r in accuracy if (r["dataset"], r["ratio"], r["method"]) ==
-                                     (name, ratio, method)) for ratio in ratios]
+            means = [mean_over_seeds(accuracy, name, ratio, method) for ratio in ratios]
             ax.plot(ratios, means, marker="o", linewidth=2.2 if method in OURS else 1.2,
                     linestyle="-" if method in OURS else "--", label=method)
+        if any(r["method"] == FLOOR for r in accuracy):
+            ax.plot(ratios, [mean_over_seeds(accuracy, name, ratio, FLOOR) for ratio in ratios], color="grey",
+                    linestyle=":", linewidth=2, label="S0 spectral floor")
         ax.set(title=name, xlabel="missing ratio", ylabel="relative error", xticks=ratios)
     ax = axes[-1]
     for method in dict.fromkeys(r["method"] for r in timing):
         points = [(r["n"], r["seconds"]) for r in timing if r["method"] == method]
         ax.plot(*zip(*points), marker="o", label=method)
-    ax.set(title="time against n (rank-5 data, 50% missing)", xlabel="n", ylabel="seconds", xscale="log",
-           yscale="log")
-    ax.legend(fontsize=8)
+    if timing:
+        ax.set(title="time against n (rank-5 data, 50% missing)", xlabel="n", ylabel="seconds", xscale="log",
+               yscale="log")
+        ax.legend(fontsize=8)
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no timing sweep (--sizes)", ha="center", va="center", transform=ax.transAxes)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)

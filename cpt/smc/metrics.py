@@ -1,4 +1,5 @@
-"""How close a completed similarity is to the one of the complete data."""
+"""How close a completed similarity is to the one of the complete data, and how close any completion of S0 that
+keeps S0's eigenvectors could get."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def recall_at_k(S: torch.Tensor, truth: torch.Tensor, k: int = 10) -> float:
     true = truth.masked_fill(eye, -torch.inf).topk(k, dim=1).indices
     hits = (ranked.unsqueeze(2) == true.unsqueeze(1)).any(2).sum(1)
     return float(hits.double().mean() / k)
+
+
+def spectral_floor(S0: torch.Tensor, truth: torch.Tensor) -> float:
+    """The least relative error of any matrix with S0's eigenvectors (missing entries read as 0): each eigenvalue
+    is set to u^T truth u, its Frobenius-optimal value, which needs the truth. Fitting V V^T to a fully observed
+    S0 under a unitarily invariant regularizer (SMCNN, SMCNmF) only reweights S0's eigenvectors, so this bounds
+    what such a completion can reach on that S0 however its rank and lam are tuned. A diagnostic, O(n^3)."""
+    _, U = torch.linalg.eigh(torch.nan_to_num(S0, nan=0.0))
+    best = ((U.T @ truth) * U.T).sum(1)  # u_i^T truth u_i, >= 0 for a PSD truth
+    return relative_error((U * best) @ U.T, truth)

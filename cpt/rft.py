@@ -225,10 +225,7 @@ class RFTModule(CPTModule):
                     if epoch == 0:
                         sums["kl"] += (kl.detach() * m).sum()
                 loss = aggregate(per_token, m, rft.loss_aggregation, denominator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"RFT loss is {loss.item()} at step {self.global_step} (task {self.task_index + 1}); lower "
-                        "optim.lr or use model.dtype=float32. Results of finished tasks are in the run directory.")
+                self.check_finite_loss(loss, "RFT")
                 self.manual_backward(loss)
                 sums["loss"] += loss.detach() / rft.epochs
                 sums["clip_low"] += (low * m).sum() / rft.epochs

@@ -21,11 +21,7 @@ def sft_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class SFTModule(CPTModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = sft_loss(self.backbone, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"SFT loss is {loss.item()} at step {self.global_step} (task {self.task_index + 1}); "
-                "lower optim.lr or use model.dtype=float32. Results of finished tasks are in the run directory."
-            )
+        self.check_finite_loss(loss, "SFT")
         size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/task", float(self.task_index + 1), batch_size=size)

@@ -48,11 +48,20 @@ class MultiTaskEvaluation(Callback):
         return summarize([t.name for t in self.tasks], self.rows, [g and g["accuracy"] for g in general],
                          [t.chance for t in self.tasks], self.stages, self.benchmark_rows, **info)
 
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "benchmark_rows": self.benchmark_rows, "wall_time_s": self.wall_time_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows, self.benchmark_rows = list(state["rows"]), dict(state["benchmark_rows"])
+        self.wall_time_s = state["wall_time_s"]
+        self.started = time.perf_counter() - self.wall_time_s  # wall time counts the run before it stopped
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() - self.wall_time_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.evaluate_row(trainer, pl_module)
+        if not self.rows:  # a resumed run has the rows of the stages it finished
+            self.evaluate_row(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate_row(trainer, pl_module)

@@ -64,6 +64,12 @@ class OnlineFiltering(Callback):
         self.refill = None
         self.totals: list[dict] = []
 
+    def state_dict(self) -> dict:
+        return {"totals": self.totals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.totals = list(state["totals"])
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "group_filter"):
             raise ValueError(f"OnlineFiltering filters RFT rollout groups; {type(pl_module).__name__} has none")

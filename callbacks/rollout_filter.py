@@ -49,12 +49,13 @@ def drop_reason(rewards: torch.Tensor, right: torch.Tensor, rule: str, low: floa
 class RolloutFiltering(Callback):
     def __init__(self, run_dir: str | Path, rule: str = "all_equal", k: int = 8, low: float = 0.01, high: float = 0.99,
                  pool_size: int | None = 512, correct_threshold: float = 0.5, prompts_per_batch: int = 8,
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, progress: bool = True, resuming: bool = False):
         if rule not in RULES:
             raise ValueError(f"filter rule {rule!r} is not one of {', '.join(RULES)}")
         self.run_dir, self.rule, self.k, self.low, self.high = Path(run_dir), rule, k, low, high
         self.pool_size, self.correct_threshold, self.prompts_per_batch = pool_size, correct_threshold, prompts_per_batch
         self.seed, self.progress = seed, progress
+        self.resuming = resuming  # the first stage of a resumed run was filtered before it stopped
         self.records: list[dict] = []
 
     @property
@@ -72,7 +73,8 @@ class RolloutFiltering(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "rollouts"):
             raise ValueError(f"RolloutFiltering samples rollouts with an RFT module; {type(pl_module).__name__} has none")
-        self.filter_stage(trainer, pl_module, 0)
+        if not self.resuming:  # a resumed run's kept instances come with its checkpoint (the data module's state)
+            self.filter_stage(trainer, pl_module, 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch + 1 < len(trainer.datamodule.stages):

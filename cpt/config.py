@@ -277,7 +277,10 @@ class Config:
     callbacks: list[Any] = doc("Extra callbacks, added to the built-in ones: an import path "
                                "(`package.module:Class`, built without arguments) or a mapping {class: "
                                "package.module:Class, <argument>: <value>, ...}.", factory=list)
-    save_checkpoints: bool = doc("Save the adapters (or full weights) after each task.", True)
+    save_checkpoints: bool = doc("Save the adapters (or full weights) after each task, and the training state "
+                                 "a stopped run resumes from (checkpoints/last.ckpt).", True)
+    resume: bool = doc("Continue the run in output_dir after its last finished stage, from checkpoints/last.ckpt: "
+                       "`python -m cpt fit <run dir>/config.yaml resume=true`.", False)
     model: ModelConfig = doc("The Qwen2.5-VL backbone.", factory=ModelConfig)
     foundation: FoundationConfig = doc("The `tiny` preset's toy pre-training.", factory=FoundationConfig)
     optim: OptimConfig = doc("Optimizer and per-task schedule.", factory=OptimConfig)

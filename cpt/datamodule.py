@@ -72,6 +72,12 @@ class TaskSequenceData(L.LightningDataModule):
         self.kept: dict[int, list[int]] = {}  # task index -> training instances kept by the rollout filter
         self.replay: ReplaySource | None = None
 
+    def state_dict(self) -> dict:
+        return {"kept": self.kept}  # a resumed stage draws from the instances its filter kept
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept = {int(k): list(v) for k, v in state["kept"].items()}
+
     def instances(self, task_index: int) -> Sequence[Example]:
         """The training examples a task draws from: all of them, or those the rollout filter kept."""
         train = self.tasks[task_index].train

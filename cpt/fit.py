@@ -19,6 +19,7 @@ from cpt.datacheck import leave_out_bad_rows
 from cpt.datamodule import TaskSequenceData
 from cpt.plugins import load_object
 from cpt.presets import resolve_checkpoint
+from cpt.resume import resume_checkpoint
 from cpt.rft import RFTModule
 from cpt.sft import SFTModule
 from cpt.tasks import Stage, Task, build_stages, build_tasks, general_set
@@ -90,7 +91,7 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
         if f.rule != "none":
             callbacks.append(RolloutFiltering(run_dir, f.rule, f.k, f.low, f.high, f.pool_size, f.correct_threshold,
                                               prompts_per_batch=max(1, cfg.eval.batch_size // f.k), seed=cfg.seed,
-                                              progress=cfg.trainer.enable_progress_bar))
+                                              progress=cfg.trainer.enable_progress_bar, resuming=cfg.resume))
         if f.online:
             callbacks.append(OnlineFiltering(run_dir, f.max_retries))
     if cfg.replay.fraction > 0:
@@ -107,6 +108,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
+    resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
     save_config(cfg, run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.data.check_rows:
@@ -143,9 +145,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
-        enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
+        enable_checkpointing=cfg.save_checkpoints, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
         enable_model_summary=False,
     )
     data = TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers, stages)
-    trainer.fit(module, datamodule=data)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     return evaluation.summary

@@ -46,6 +46,7 @@ class CPTModule(L.LightningModule):
     """
 
     trains_on_answers = True  # whether training batches carry the target answers (SFT) or prompts only (RFT)
+    strict_loading = False  # checkpoints hold the trainable weights only; the frozen ones come from the base
 
     def __init__(self, cfg: DictConfig, checkpoint: Path, tasks: Sequence[Task] = ()):
         super().__init__()
@@ -70,6 +71,16 @@ class CPTModule(L.LightningModule):
             dtype = DTYPES[model_cfg.dtype]
             shard_backbone(backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
         return backbone
+
+    # --- the training state a stopped run resumes from (checkpoints/last.ckpt) ------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # LoRA/QLoRA or a frozen vision tower: the frozen weights are the base checkpoint's, no need to save them.
+        # Under FSDP each process writes its own shards, and the distributed loader wants every key back.
+        if getattr(self, "device_mesh", None) is not None:
+            return
+        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def check_finite_loss(self, loss: torch.Tensor, method: str) -> None:
         """Stops the run on a NaN or infinite loss. The ranks first agree whether any of them has one, so they

@@ -145,8 +145,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None,
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
-        enable_checkpointing=cfg.save_checkpoints, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir,
-        enable_model_summary=False,
+        enable_checkpointing=cfg.save_checkpoints,  # TaskCheckpoint is Lightning's checkpoint callback then
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir, enable_model_summary=False,
     )
     data = TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers, stages)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)

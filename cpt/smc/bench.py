@@ -2,9 +2,10 @@
 
 Accuracy: scikit-learn's wine (178 x 13), breast cancer (569 x 30) and digits (1797 x 64), standardised, with
 entries missing completely at random at each ratio and seed. A sample left with no observed value gets one
-random feature back, so that every method sees the same samples. Truth: the cosine of the complete data. Next to the methods, the spectral floor: the least error of any matrix
-with S0's eigenvectors (found with the truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on
-that S0 can go below but for their unit-diagonal rescale.
+random feature back, so that every method sees the same samples. Truth: the cosine of the complete data.
+Next to the methods, the spectral floor: the least error of any matrix with S0's eigenvectors (found with the
+truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on that S0 can go below but for their
+unit-diagonal rescale.
 Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 20,000; S0 is built once and shared,
 so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch and the iterations;
 DMC: the eigendecomposition).

@@ -2,9 +2,9 @@
 
 Writes `<run_dir>/checkpoints/<k>-<task>/` in the save_pretrained layout, loadable with peft or transformers, and
 `<run_dir>/checkpoints/last.ckpt`: Lightning's checkpoint of the finished stage (trainable weights, optimizer,
-schedule, loop position, every callback's state, the data module's kept instances). `resume=true` continues from
-it. It is a `Checkpoint`, so Lightning runs it after the other callbacks: the stage's evaluation row and the
-next stage's filtering are in it.
+schedule, loop position, every callback's state, the data module's kept instances and random generators).
+`resume=true` continues from it. It is a `Checkpoint`, so Lightning runs it after the other callbacks: the
+stage's evaluation row and the next stage's filtering are in it.
 """
 
 from __future__ import annotations

@@ -8,10 +8,12 @@ kept (`kept`), and experience replay (`replay`) puts a share of earlier tasks' e
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
@@ -20,6 +22,25 @@ from cpt.data import Collator, EncodedDataset
 from cpt.examples import Example
 from cpt.processor import VisionTextProcessor
 from cpt.tasks import Stage, Task, build_stages
+
+
+def random_state() -> dict:
+    """This process's random generators, in types `torch.load(weights_only=True)` reads."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Subset(Sequence):
@@ -71,12 +92,20 @@ class TaskSequenceData(L.LightningDataModule):
         self.stages = stages if stages is not None else build_stages(cfg)
         self.kept: dict[int, list[int]] = {}  # task index -> training instances kept by the rollout filter
         self.replay: ReplaySource | None = None
+        self.restored_random_state: list[dict] | None = None  # per process, from a checkpoint
 
     def state_dict(self) -> dict:
-        return {"kept": self.kept}  # a resumed stage draws from the instances its filter kept
+        # A resumed stage draws from the instances its filter kept, and each process's generators continue from
+        # where they were as the stage ended (rollout sampling, dropout).
+        states = [random_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, random_state())
+        return {"kept": self.kept, "random_state": states}
 
     def load_state_dict(self, state: dict) -> None:
         self.kept = {int(k): list(v) for k, v in state["kept"].items()}
+        self.restored_random_state = state.get("random_state")
 
     def instances(self, task_index: int) -> Sequence[Example]:
         """The training examples a task draws from: all of them, or those the rollout filter kept."""
@@ -112,5 +141,9 @@ class TaskSequenceData(L.LightningDataModule):
                           collate_fn=Collator(self.processor.pad_id), persistent_workers=False)
 
     def train_dataloader(self) -> DataLoader:
+        if self.restored_random_state is not None:
+            # The stage's loader is built at the point where the uninterrupted run saved its generators.
+            set_random_state(self.restored_random_state[self.trainer.global_rank])
+            self.restored_random_state = None
         # The trainer's epoch counter is the position in the sequence of stages.
         return self.train_loader(self.trainer.current_epoch, self.trainer.global_rank)

@@ -56,23 +56,34 @@ def test_nonfinite_loss_stops_every_process_and_the_run_resumes(tmp_path, quick_
     assert resumed["wall_time_s"] > 0
 
 
-def test_rft_resumes_after_a_crash_with_the_same_rollouts(tmp_path, quick_cfg, foundation_dir):
-    """The generators are restored with the stage: the resumed run samples the rollouts the uninterrupted run did."""
-    args = [*quick_cfg, "tasks=[colour,count]", "steps_per_task=2", "data.eval_size=4", "eval.general=false",
-            "method=rft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6"]
+@pytest.mark.parametrize("case", [
+    # The generators are restored with the stage: the resumed run samples the rollouts the uninterrupted one did.
+    ["method=rft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6", "tasks=[colour,count]"],
+    # EWC's Fisher and anchor, and the analysis probes, come back: the same penalty, the same analysis.json.
+    ["regularizer.kind=ewc", "regularizer.strength=1000", "analysis.enabled=true", "tasks=[colour,count,shape]"],
+], ids=["rft", "ewc-analysis"])
+def test_resumes_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundation_dir, case):
+    args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=false", *case]
+    last = len(case[-1].split(","))
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert fit([*args, f"output_dir={whole}"]).returncode == 0
-    proc = fit([*args, f"output_dir={stopped}", "callbacks=[tests.poison_batch:CrashAtTask]"])
-    assert proc.returncode == 1 and "simulated crash at the start of task 2" in proc.stderr
+    crash = f"callbacks=[{{class: 'tests.poison_batch:CrashAtTask', task: {last}}}]"
+    proc = fit([*args, f"output_dir={stopped}", crash])
+    assert proc.returncode == 1 and f"simulated crash at the start of task {last}" in proc.stderr
     assert fit([str(stopped / "config.yaml"), "resume=true", "callbacks=[]"]).returncode == 0
 
-    def task_two(run_dir: Path) -> list[dict]:  # every logged figure of task 2's steps but the timings
+    def last_task(run_dir: Path) -> list[dict]:  # every logged figure of the last task's steps but the timings
         rows = csv.DictReader(open(run_dir / "logs" / "metrics.csv"))
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows if r.get("train/task") == "2.0"]
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows
+                if r.get("train/task") == f"{last}.0"]
 
-    expected = task_two(whole)
-    assert len(expected) == 2 and all(r["policy/entropy"] and r["rollout/completion_length"] for r in expected)
-    assert task_two(stopped) == expected
+    expected = last_task(whole)
+    assert len(expected) == 2 and last_task(stopped) == expected
+    if "method=rft" in case:
+        assert all(r["policy/entropy"] and r["rollout/completion_length"] for r in expected)
+    else:
+        assert float(expected[-1]["train/reg_penalty"]) > 0
+        assert json.loads((stopped / "analysis.json").read_text()) == json.loads((whole / "analysis.json").read_text())
 
 
 def test_resume_errors_are_named(tmp_path, quick_cfg, capsys):

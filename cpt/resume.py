@@ -3,8 +3,8 @@
 The run saved `checkpoints/last.ckpt` after each stage (callbacks/task_checkpoint.py). `resume=true` hands it to
 `Trainer.fit`, which restores the weights, optimizer, schedule, loop position and callback states; the results
 rows, filter decisions and random generators come back with them (the data module restores the generators as
-it builds the next stage's loader, where the uninterrupted run saved them). A resumed run must be the run that stopped, so its config has to
-match the saved one except for keys that do not change what is trained.
+it builds the next stage's loader, where the uninterrupted run saved them). A resumed run must be the run that
+stopped, so its config has to match the saved one except for keys that do not change what is trained.
 """
 
 from __future__ import annotations

@@ -96,4 +96,5 @@ def test_resume_errors_are_named(tmp_path, quick_cfg, capsys):
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert main(["fit", str(run_dir / "config.yaml"), "resume=true", "steps_per_task=5", "logger=none"]) == 2
     err = capsys.readouterr().err
-    assert f"differ from {run_dir / 'config.yaml'}: steps_per_task." in err and f"python -m cpt fit {run_dir / 'config.yaml'} resume=true" in err
+    saved = run_dir / "config.yaml"
+    assert f"differ from {saved}: steps_per_task." in err and f"python -m cpt fit {saved} resume=true" in err

@@ -133,7 +133,8 @@ def test_spectral_floor_by_hand_and_as_a_bound():
     # S0's eigenvectors are (1, 1)/sqrt 2 and (1, -1)/sqrt 2 whatever its off-diagonal entry; a truth that shares
     # them is reached exactly, diag(1, 0) gets 1/2 on each: || I/2 - diag(1, 0) || / || diag(1, 0) || = sqrt(1/2).
     S0 = torch.tensor([[1.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
-    assert spectral_floor(S0, torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)) == pytest.approx(0, abs=1e-12)
+    shared = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    assert spectral_floor(S0, shared) == pytest.approx(0, abs=1e-12)
     assert spectral_floor(S0, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)) == pytest.approx(0.5 ** 0.5)
     # Fully observed, SMCNN's optimum keeps S0's eigenvectors: no rank or lam gets below the floor.
     truth = cosine(synthetic(150, features=20, rank=4, ratio=0.0, seed=4).double())

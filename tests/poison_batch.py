@@ -5,6 +5,8 @@ from lightning.pytorch.callbacks import Callback
 
 
 class PoisonBatch(Callback):
+    """From the given task on, the last process's images are NaN."""
+
     def __init__(self, task: int = 2):
         self.task = task
 

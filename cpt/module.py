@@ -29,14 +29,6 @@ def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: fl
     return multiplier
 
 
-def ranks_with_nonfinite(value: torch.Tensor) -> int:
-    """How many processes hold a NaN or infinite `value` (this one alone when not distributed)."""
-    bad = (~torch.isfinite(value.detach())).any().to(torch.int32).reshape(1)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(bad)
-    return int(bad.item())
-
-
 class CPTModule(L.LightningModule):
     """Holds the Qwen2.5-VL backbone and the task sequence; subclasses define `training_step`.
 
@@ -85,7 +77,7 @@ class CPTModule(L.LightningModule):
     def check_finite_loss(self, loss: torch.Tensor, method: str) -> None:
         """Stops the run on a NaN or infinite loss. The ranks first agree whether any of them has one, so they
         stop together: a rank raising alone would leave the others waiting in the next collective."""
-        bad = ranks_with_nonfinite(loss)
+        bad = int(self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum"))
         if bad:
             world = self.trainer.world_size
             value = (f"not finite on {bad} of {world} processes (this one: {loss.item()})" if world > 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from cpt.smc.baselines import observed_or_zero
+
 
 def relative_error(S: torch.Tensor, truth: torch.Tensor) -> float:
     """||S - truth||_F / ||truth||_F."""
@@ -28,6 +30,6 @@ def spectral_floor(S0: torch.Tensor, truth: torch.Tensor) -> float:
     is set to u^T truth u, its Frobenius-optimal value, which needs the truth. Fitting V V^T to a fully observed
     S0 under a unitarily invariant regularizer (SMCNN, SMCNmF) only reweights S0's eigenvectors, so this bounds
     what such a completion can reach on that S0 however its rank and lam are tuned. A diagnostic, O(n^3)."""
-    _, U = torch.linalg.eigh(torch.nan_to_num(S0, nan=0.0))
+    _, U = torch.linalg.eigh(observed_or_zero(S0))
     best = ((U.T @ truth) * U.T).sum(1)  # u_i^T truth u_i, >= 0 for a PSD truth
     return relative_error((U * best) @ U.T, truth)

@@ -6,7 +6,7 @@ Hooks (every rank runs them; only rank 0 writes):
                        completion per prompt from the base model (temperature 1, seeded) and keeps the base
                        log-probabilities of its tokens;
   on_train_epoch_start copies the trainable parameters (the local shards under FSDP);
-  on_train_batch_end   collects `reward/group_var` from `pl_module.last_metrics` (RFT: the mean within-group
+  on_train_batch_end   collects `reward/group_var` from `pl_module.step_metrics` (RFT: the mean within-group
                        reward variance, which scales the policy gradient; SFT has none);
   on_train_epoch_end   measures the stage and writes `analysis.json` and `analysis.png` to the run directory, and
                        logs `analysis/...` metrics.
@@ -38,13 +38,15 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from cpt.backbone import reshard
-from cpt.data import Collator, EncodedDataset, to_device
-from cpt.generation import Sampling, generate_ids
-from cpt.policy_loss import kl_estimate
-from cpt.results import write_json
-from cpt.rft import completion_inputs, completion_mask, token_log_probs
-from cpt.tasks import Task
+from cpt.data.batches import Collator, EncodedDataset
+from cpt.data.tasks import Task
+from cpt.eval.results import write_json
+from cpt.methods.base import CPTModule
+from cpt.model.backbone import local_part, reshard
+from cpt.model.generation import Sampling, generate_ids
+from cpt.rl.log_probs import token_log_probs
+from cpt.rl.policy_loss import kl_estimate
+from cpt.rl.rollouts import Rollouts
 
 GROUPS = ("vision", "attention", "mlp", "embeddings_head", "other")
 KL_UNIT = ("nats per completion: k3 estimate of KL(base || current) summed over the tokens of a completion "
@@ -65,18 +67,11 @@ def module_group(name: str) -> str:
     return "other"
 
 
-def local(param: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a parameter: its shard under FSDP, the whole tensor otherwise."""
-    return param.to_local() if isinstance(param, DTensor) else param
-
-
 @dataclass
 class Probe:
-    """A task's probe prompts with one base completion each, ready for a forward pass."""
+    """A task's probe prompts with one completion each, sampled from the base (not scored)."""
 
-    inputs: dict  # prompt followed by completion, as the backbone takes them
-    ids: torch.Tensor  # (prompts, tokens) completion token ids
-    counted: torch.Tensor  # (prompts, tokens) 1.0 on each completion's tokens up to its end-of-turn token
+    rollouts: Rollouts
     base_logp: torch.Tensor  # (prompts, tokens) log p_base of each completion token
 
 
@@ -99,7 +94,8 @@ class ForgettingAnalysis(Callback):
     # --- state for a resumed run ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        probes = {name: {"ids": p.ids.cpu(), "base_logp": p.base_logp.cpu()} for name, p in self.probes.items()}
+        probes = {name: {"ids": p.rollouts.completion_ids.cpu(), "base_logp": p.base_logp.cpu()}
+                  for name, p in self.probes.items()}
         return {"stages": self.stages, "probes": probes, "reward_var_sum": self.reward_var_sum,
                 "reward_var_steps": self.reward_var_steps}
 
@@ -111,7 +107,7 @@ class ForgettingAnalysis(Callback):
     # --- hooks ------------------------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not getattr(pl_module, "tasks", None):
+        if not isinstance(pl_module, CPTModule) or not pl_module.tasks:
             raise ValueError(f"ForgettingAnalysis probes the tasks of a CPT module (pl_module.tasks); "
                              f"{type(pl_module).__name__} has none")
         self.probes = {task.name: self.make_probe(trainer, pl_module, task) for task in pl_module.tasks}
@@ -119,12 +115,12 @@ class ForgettingAnalysis(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         reshard(pl_module.backbone)  # read the shards, not a gathered copy FSDP2 left behind
-        self.start = {name: local(p).detach().clone() for name, p in pl_module.backbone.named_parameters()
+        self.start = {name: local_part(p).detach().clone() for name, p in pl_module.backbone.named_parameters()
                       if p.requires_grad}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        value = getattr(pl_module, "last_metrics", {}).get("reward/group_var")
+        value = pl_module.step_metrics.get("reward/group_var")
         if value is not None:
             self.reward_var_sum += float(value)
             self.reward_var_steps += 1
@@ -147,8 +143,8 @@ class ForgettingAnalysis(Callback):
         """The task's probe prompts and a base completion for each: sampled now, or the checkpoint's."""
         examples = [task.eval[i] for i in range(min(self.probe_size, len(task.eval)))]
         dataset = EncodedDataset(examples, pl_module.processor, task.template, with_response=False)
-        prompts = to_device(Collator(pl_module.processor.pad_id)([dataset[i] for i in range(len(examples))]),
-                            pl_module.device)
+        collate = Collator(pl_module.processor.pad_id)
+        prompts = collate([dataset[i] for i in range(len(examples))]).to(pl_module.device)
         restored = self.restored_probes.get(task.name)
         model = pl_module.backbone
         with probing(model):
@@ -161,20 +157,21 @@ class ForgettingAnalysis(Callback):
                                        synced=trainer.world_size > 1, sampling=Sampling(temperature=PROBE_TEMPERATURE))
             else:
                 ids = restored["ids"].to(pl_module.device)
-            mask, _ = completion_mask(ids, pl_module.processor.eos_id)
-            inputs = completion_inputs(prompts, ids, mask)
-            base_logp = (token_log_probs(model, inputs, ids, PROBE_TEMPERATURE)[0] if restored is None
-                         else restored["base_logp"].to(pl_module.device))
-            return Probe(inputs, ids, mask.float(), base_logp)
+            rollouts = Rollouts.sampled(prompts, ids, pl_module.processor.eos_id, group_size=1)
+            base_logp = (token_log_probs(model, rollouts.model_inputs(), ids, PROBE_TEMPERATURE)[0]
+                         if restored is None else restored["base_logp"].to(pl_module.device))
+            return Probe(rollouts, base_logp)
 
     def kl_to_base(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Per task, the mean over probe prompts of the completion's summed per-token k3 KL(base || current)."""
         kl = {}
         with probing(pl_module.backbone):
             for name, probe in self.probes.items():
-                current = token_log_probs(pl_module.backbone, probe.inputs, probe.ids, PROBE_TEMPERATURE)[0]
+                rollouts = probe.rollouts
+                current = token_log_probs(pl_module.backbone, rollouts.model_inputs(), rollouts.completion_ids,
+                                          PROBE_TEMPERATURE)[0]
                 # Samples come from the base, so the base plays the policy in Schulman's estimator.
-                per_token = kl_estimate(probe.base_logp, current, "k3") * probe.counted
+                per_token = kl_estimate(probe.base_logp, current, "k3") * rollouts.mask.float()
                 kl[name] = float(per_token.sum(1).mean())
         return kl
 
@@ -193,7 +190,7 @@ class ForgettingAnalysis(Callback):
             if name in self.start:
                 sharded |= isinstance(param, DTensor)
                 start, column = self.start[name].float(), groups.index(module_group(name))
-                sums[0, column] += (local(param).detach().float() - start).square().sum(dtype=torch.float64)
+                sums[0, column] += (local_part(param).detach().float() - start).square().sum(dtype=torch.float64)
                 sums[1, column] += start.square().sum(dtype=torch.float64)
         if sharded:  # each rank summed its own shards
             sums = trainer.strategy.reduce(sums, reduce_op="sum")

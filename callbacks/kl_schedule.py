@@ -1,4 +1,4 @@
-"""The KL ablation: sets the RFT module's beta (`pl_module.kl_coef`) before every training step.
+"""The KL ablation: sets the RFT module's beta (`RFTModule.set_kl_coef`) before every training step.
 
 `constant` keeps `coef`; `per_task` uses `per_task[k]` during stage k (0 turns the term off there); `linear` goes
 from `coef` at a stage's first step to `final_coef` at its last. The reference the KL is measured against
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+
+from cpt.methods.rft import RFTModule
 
 SCHEDULES = ("constant", "per_task", "linear")
 
@@ -36,11 +38,11 @@ class KLSchedule(Callback):
         return self.coef
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "kl_coef"):
+        if not isinstance(pl_module, RFTModule):
             raise ValueError(f"KLSchedule sets the KL weight of an RFT module; {type(pl_module).__name__} has none")
         if self.schedule == "per_task" and len(self.per_task) < trainer.max_epochs:
             raise ValueError(f"the per_task KL schedule has {len(self.per_task)} betas for {trainer.max_epochs} stages")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        pl_module.kl_coef = self.coef_at(trainer.current_epoch, batch_idx)
+        pl_module.set_kl_coef(self.coef_at(trainer.current_epoch, batch_idx))
         pl_module.log("policy/kl_coef", pl_module.kl_coef, batch_size=1)

@@ -36,13 +36,13 @@ from itertools import islice
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import Strategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from cpt.data import to_device
-from cpt.sft import sft_loss
+from cpt.methods.sft import sft_loss
+from cpt.model.backbone import local_part
 
 KINDS = ("ewc", "l2")
 
@@ -51,28 +51,16 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
 
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a sharded (DTensor) tensor; a plain tensor as it is. Elementwise arithmetic between
-    a parameter, its gradient and copies of the parameter is the same on every rank's part."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def total(parts: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def total(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], strategy: Strategy) -> torch.Tensor:
     """The sum over (parameter, sum over this rank's part of it) pairs: the parts of sharded parameters are added
-    up over ranks (one all-reduce); a plain parameter is whole on every rank and counts once."""
+    up over ranks (one reduction); a plain parameter is whole on every rank and counts once. Elementwise
+    arithmetic between a parameter, its gradient and copies of the parameter is the same on every rank's part."""
     sharded, whole = [], []
     for param, value in parts:
         (sharded if isinstance(param, DTensor) else whole).append(value.float())
     result = torch.zeros(())
-    if sharded:  # every rank holds the same parameters, so every rank takes part in this all-reduce
-        shards = torch.stack(sharded).sum()
-        if _distributed():
-            dist.all_reduce(shards)
-        result = shards
+    if sharded:  # every rank holds the same parameters, so every rank takes part in this reduction
+        result = strategy.reduce(torch.stack(sharded).sum(), reduce_op="sum")
     if whole:
         result = result.to(whole[0].device) + torch.stack(whole).sum()
     return result
@@ -97,7 +85,7 @@ def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable
             loss_fn(model, batch).backward()
             for name, param in params.items():
                 if param.grad is not None:
-                    local(fisher[name]).add_(local(param.grad).detach() ** 2)
+                    local_part(fisher[name]).add_(local_part(param.grad).detach() ** 2)
             count += 1
     finally:
         model.zero_grad(set_to_none=True)
@@ -107,9 +95,10 @@ def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable
     return {name: value / count for name, value in fisher.items()}
 
 
-def normalised(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+def normalised(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
+               strategy: Strategy) -> dict[str, torch.Tensor]:
     """The Fisher divided by its mean over all trainable parameters (over all ranks' shards)."""
-    mass = total((params[name], local(value).sum()) for name, value in fisher.items())
+    mass = total(((params[name], local_part(value).sum()) for name, value in fisher.items()), strategy)
     numel = sum(params[name].numel() for name in fisher)  # a DTensor's numel is its global size
     mean = mass.item() / numel
     if not mean > 0:
@@ -157,30 +146,26 @@ class ParameterRegularizer(Callback):
         params = trainable_parameters(pl_module.backbone)
         self.anchor = {name: param.detach().clone() for name, param in params.items()}
         if self.kind == "ewc":
-            stage = normalised(self.estimate_fisher(trainer, pl_module), params)
+            stage = normalised(self.estimate_fisher(trainer, pl_module), params, trainer.strategy)
             self.fisher = {name: self.fisher[name] + value if name in self.fisher else value
                            for name, value in stage.items()}
 
     def estimate_fisher(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         loader = trainer.datamodule.train_loader(trainer.current_epoch, trainer.global_rank)
 
-        def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+        def loss(model: nn.Module, batch) -> torch.Tensor:
             with trainer.precision_plugin.forward_context():
-                return sft_loss(model, to_device(batch, pl_module.device))
+                return sft_loss(model, batch.to(pl_module.device))
 
         # Drawing batches takes a seed from the global generator; forking it keeps training's random stream (and
         # so a run with strength 0) the same as without the regularizer.
         with torch.random.fork_rng(devices=[]):
             fisher = diagonal_fisher(pl_module.backbone, islice(loader, self.fisher_batches), loss)
-        if _distributed():
-            # A whole (unsharded) parameter's gradient above was this rank's alone (DDP syncs only inside the
-            # training step): average, so that every replica adds the same penalty and they stay equal.
-            params = trainable_parameters(pl_module.backbone)
-            for name, value in fisher.items():
-                if not isinstance(params[name], DTensor):
-                    dist.all_reduce(value)
-                    value /= dist.get_world_size()
-        return fisher
+        # A whole (unsharded) parameter's gradient above was this rank's alone (DDP syncs only inside the training
+        # step): average over the ranks, so that every replica adds the same penalty and they stay equal.
+        params = trainable_parameters(pl_module.backbone)
+        return {name: value if isinstance(params[name], DTensor) else trainer.strategy.reduce(value, reduce_op="mean")
+                for name, value in fisher.items()}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -188,14 +173,14 @@ class ParameterRegularizer(Callback):
             return
         parts = []
         for name, param in trainable_parameters(pl_module.backbone).items():
-            fisher = local(self.fisher[name]) if self.kind == "ewc" else None
-            theta, anchor = local(param.detach()), local(self.anchor[name])
+            fisher = local_part(self.fisher[name]) if self.kind == "ewc" else None
+            theta, anchor = local_part(param.detach()), local_part(self.anchor[name])
             gradient = penalty_gradient(theta, anchor, self.strength, fisher)
             # A parameter without a gradient is skipped by the optimizer this step, so it does not drift either.
             if param.grad is not None:
-                local(param.grad).add_(gradient)
+                local_part(param.grad).add_(gradient)
             parts.append((param, 0.5 * (gradient * (theta - anchor)).sum()))
-        pl_module.log("train/reg_penalty", total(parts), on_step=True, on_epoch=False)
+        pl_module.log("train/reg_penalty", total(parts, trainer.strategy), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "anchor": self.anchor, "fisher": self.fisher}

@@ -1,8 +1,9 @@
 """Experience replay for continual training: a share of every training batch comes from earlier tasks.
 
-At setup it registers with the data module, which, from the second stage on, fills `round(fraction * batch)` rows
-of each batch from a buffer of `buffer_per_task` examples per finished task (a subset fixed by the seed and the
-task), and the rest from the current stage. Each row keeps its own task, so RFT scores it with that task's scorer.
+At setup it adds itself to the data module as an extra source (`TaskSequenceData.add_source`): from the second
+stage on, `round(fraction * batch)` rows of each batch are drawn from a buffer of `buffer_per_task` examples per
+finished task (a subset fixed by the seed and the task), and the rest from the current stage. Each row keeps its
+own task, so RFT scores it with that task's scorer.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from cpt.datamodule import Subset, TaskSequenceData
-from cpt.examples import Example
+from cpt.data.datamodule import Subset, TaskSequenceData
+from cpt.data.examples import Example
 
 
 class ExperienceReplay(Callback):
@@ -29,12 +30,9 @@ class ExperienceReplay(Callback):
         data = trainer.datamodule
         if not isinstance(data, TaskSequenceData):
             raise ValueError("ExperienceReplay draws from a TaskSequenceData; the trainer has none")
-        if round(self.fraction * data.cfg.data.batch_size) == 0:
-            raise ValueError(f"replay fraction {self.fraction} of a batch of {data.cfg.data.batch_size} is no row; "
-                             "raise replay.fraction or data.batch_size")
-        data.replay = self
+        data.add_source(self)
 
-    def buffer(self, data: TaskSequenceData, stage: int) -> list[tuple[int, Sequence[Example]]]:
+    def examples(self, data: TaskSequenceData, stage: int) -> list[tuple[int, Sequence[Example]]]:
         """(task, examples) kept of every task trained before `stage`."""
         earlier = [k for s in data.stages[:stage] for k in s.tasks]
         kept = []

@@ -9,10 +9,10 @@ A rollout is right when its `accuracy` reward component (the total reward if the
 `correct_threshold`.
 
 Hooks: on_fit_start filters the first stage's tasks, on_train_epoch_end the next stage's (with the policy as the
-finished stage left it), before the data module builds that stage's loader. The kept instances go to
-`datamodule.kept`. Writes `filtering.json` (per task: candidates, kept, dropped by reason) and
-`filtering/<stage>-<task>.csv` (every candidate's rewards and decision). If a rule keeps nothing, the task trains on
-all candidates and the record says so (`fallback`).
+finished stage left it), before the data module builds that stage's loader. The kept instances go to the data
+module (`TaskSequenceData.keep_instances`); the rollouts come from `RFTModule.roll_out`. Writes `filtering.json`
+(per task: candidates, kept, dropped by reason) and `filtering/<stage>-<task>.csv` (every candidate's rewards and
+decision). If a rule keeps nothing, the task trains on all candidates and the record says so (`fallback`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm.auto import tqdm
 
-from cpt.data import Collator, EncodedDataset, to_device
-from cpt.evaluation import shard_indices
-from cpt.results import write_json
+from cpt.data.batches import Collator, EncodedDataset
+from cpt.data.datamodule import TaskSequenceData
+from cpt.eval.evaluate import shard_indices
+from cpt.eval.results import write_json
+from cpt.methods.rft import RFTModule
 
 log = logging.getLogger(__name__)
 RULES = ("all_wrong", "all_equal", "range")
 
 
-def drop_reason(rewards: torch.Tensor, right: torch.Tensor, rule: str, low: float = 0.0, high: float = 1.0) -> str | None:
+def drop_reason(rewards: torch.Tensor, right: torch.Tensor, rule: str, low: float = 0.0,
+                high: float = 1.0) -> str | None:
     """Why an instance with these k rollout rewards (and which of them are right) is dropped; None keeps it."""
     if rule == "all_wrong":
         return "all_wrong" if not right.any() else None
@@ -71,8 +74,9 @@ class RolloutFiltering(Callback):
         self.records = list(state["records"])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "rollouts"):
-            raise ValueError(f"RolloutFiltering samples rollouts with an RFT module; {type(pl_module).__name__} has none")
+        if not isinstance(pl_module, RFTModule):
+            raise ValueError(f"RolloutFiltering samples rollouts with an RFT module; {type(pl_module).__name__} "
+                             "has none")
         if not self.resuming:  # a resumed run's kept instances come with its checkpoint (the data module's state)
             self.filter_stage(trainer, pl_module, 0)
 
@@ -83,7 +87,6 @@ class RolloutFiltering(Callback):
     def filter_stage(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: int) -> None:
         data = trainer.datamodule
         for task_index in data.stages[stage].tasks:
-            data.kept.pop(task_index, None)  # a task is filtered from all its training data
             pool = self.candidates(len(data.tasks[task_index].train), task_index)
             rewards, right = self.roll_out(trainer, pl_module, data, task_index, pool, stage)
             reasons = [drop_reason(r, ok, self.rule, self.low, self.high) for r, ok in zip(rewards, right)]
@@ -96,7 +99,7 @@ class RolloutFiltering(Callback):
             if not kept:
                 log.warning("rollout filter (%s) kept none of %d instances of task %s; training on all of them",
                             self.rule, len(pool), record["task"])
-            data.kept[task_index] = kept or pool
+            data.keep_instances(task_index, kept or pool)
             self.records.append(record)
             if trainer.is_global_zero:
                 self.write(record, pool, rewards, right, reasons)
@@ -110,8 +113,8 @@ class RolloutFiltering(Callback):
         return sorted(order[: self.pool_size].tolist())
 
     @torch.no_grad()
-    def roll_out(self, trainer: L.Trainer, pl_module: L.LightningModule, data, task_index: int, pool: list[int],
-                 stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def roll_out(self, trainer: L.Trainer, pl_module: RFTModule, data: TaskSequenceData, task_index: int,
+                 pool: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards, right), each (len(pool), k), over all ranks: each rank rolls out its share of the pool."""
         task = data.tasks[task_index]
         dataset = EncodedDataset(task.train, pl_module.processor, task.template, with_response=False,
@@ -126,10 +129,10 @@ class RolloutFiltering(Callback):
                    disable=not (self.progress and trainer.is_global_zero))
         for start in bar:
             rows = slice(start, start + self.prompts_per_batch)
-            batch = to_device(collate([dataset[pool[i]] for i in mine[rows]]), pl_module.device)
-            _, _, scored = pl_module.rollouts(batch, self.k)
-            accuracy = scored.components.get("accuracy", scored.total)
-            rewards[rows] = scored.total.view(-1, self.k).to(rewards.device)
+            batch = collate([dataset[pool[i]] for i in mine[rows]]).to(pl_module.device)
+            rollouts = pl_module.roll_out(batch, self.k)
+            accuracy = rollouts.components.get("accuracy", rollouts.rewards)
+            rewards[rows] = rollouts.group_rewards().to(rewards.device)
             right[rows] = (accuracy >= self.correct_threshold).view(-1, self.k).to(right.device)
         if world > 1:
             order = torch.tensor(mine, device=rewards.device)

@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from cpt.backbone import save_weights
+from cpt.model.backbone import save_weights
 
 LAST = "last.ckpt"
 

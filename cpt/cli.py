@@ -1,18 +1,20 @@
-"""`python -m cpt fit [CONFIG.yaml] [key=value ...]` and `python -m cpt inspect [CONFIG.yaml] [key=value ...]`."""
+"""`python -m cpt COMMAND ...`: hands the arguments to the command's module (cpt/commands/, or cpt/smc/cli.py).
+
+A command's module is imported only when it runs, so `--help` and a mistyped command answer at once.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import warnings
 from datetime import datetime
-from pathlib import Path
 
-from cpt.config import RUN_TIME_ENV, ConfigError, format_help, load_config
-from cpt.tables import DataError
+from cpt.config import RUN_TIME_ENV, format_help
+from cpt.errors import ConfigError, DataError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
 
 commands:
@@ -24,59 +26,9 @@ commands:
   data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows
 """
 
-
-def split_config_args(args: list[str]) -> tuple[Path | None, list[str]]:
-    """An optional leading YAML path, then key=value overrides; no path means configs/default.yaml."""
-    if args and "=" not in args[0]:
-        return Path(args[0]), args[1:]
-    return (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None), args
-
-
-def fit(args: list[str]) -> int:
-    from cpt.fit import run
-
-    cfg = load_config(*split_config_args(args))
-    try:
-        run(cfg)
-    except FloatingPointError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def inspect(args: list[str]) -> int:
-    from cpt.sizing import describe_backbone, format_description
-
-    cfg = load_config(*split_config_args(args))
-    print(format_description(cfg.model.name_or_path, describe_backbone(cfg)))
-    return 0
-
-
-def bench(args: list[str]) -> int:
-    from cpt.bench import main
-
-    return main(args)
-
-
-def compare(args: list[str]) -> int:
-    from cpt.compare import main
-
-    return main(args)
-
-
-def smc(args: list[str]) -> int:
-    from cpt.smc.cli import main
-
-    return main(args)
-
-
-def data(args: list[str]) -> int:
-    from cpt.datacheck import main
-
-    return main(args)
-
-
-COMMANDS = {"fit": fit, "inspect": inspect, "bench": bench, "compare": compare, "data": data, "smc": smc}
+# Each module has main(args) -> exit code.
+COMMANDS = {"fit": "cpt.commands.fit", "inspect": "cpt.commands.inspect", "bench": "cpt.commands.bench",
+            "compare": "cpt.commands.compare", "data": "cpt.commands.data", "smc": "cpt.smc.cli"}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
 OWN_HELP = ("bench", "compare", "data", "smc")
 
@@ -99,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
     try:
-        return COMMANDS[command](args)
+        return importlib.import_module(COMMANDS[command]).main(args)
     except (ConfigError, DataError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,19 +17,21 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from cpt.adapters import SCHEMAS
-from cpt.advantages import ESTIMATORS
-from cpt.benchmarks import BENCHMARK_FORMATS
-from cpt.policy_loss import AGGREGATIONS, KL_ESTIMATORS
-from cpt.prompts import TEMPLATES
-from cpt.scoring import SCORERS
-from cpt.synthetic import TASKS
+from cpt.data.general_benchmarks import BENCHMARK_FORMATS
+from cpt.data.prompts import TEMPLATES
+from cpt.data.schemas import SCHEMAS
+from cpt.data.synthetic import TASKS
+from cpt.errors import ConfigError
+from cpt.eval.scoring import SCORERS
+from cpt.rl.advantages import ESTIMATORS
+from cpt.rl.policy_loss import AGGREGATIONS, KL_ESTIMATORS
 
 SYNTHETIC_TASKS = list(TASKS)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.reference
+REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.rl.reference
 RUN_TIME_ENV = "CPT_RUN_TIME"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 def _run_time(pattern: str) -> str:
@@ -52,7 +54,8 @@ class LoraConfig:
     r: int = doc("LoRA rank.", 16)
     alpha: int = doc("LoRA scaling numerator (scale = alpha / r).", 32)
     dropout: float = doc("Dropout on the LoRA input.", 0.0)
-    target_modules: list[str] = doc("Linear layers of the language model that get adapters.", factory=lambda: list(LORA_TARGETS))
+    target_modules: list[str] = doc("Linear layers of the language model that get adapters.",
+                                    factory=lambda: list(LORA_TARGETS))
     vision: bool = doc("Also put adapters on the vision tower's attention and MLP.", False)
 
 
@@ -172,7 +175,7 @@ class KLConfig:
 class RewardConfig:
     function: str = doc("Reward function by import path, `package.module:function` or `path/file.py:function`, "
                         "called as fn(completion, example, scorer=, template=) -> {component: value}.",
-                        "cpt.rewards:task_reward")
+                        "cpt.rl.rewards:task_reward")
     weights: Optional[dict[str, float]] = doc("Weight of each named component in the total reward; a component "
                                               "with weight 0 is only logged. null = {accuracy: 0.9, format: 0.1}, "
                                               "the study's; a value given replaces it whole.", None)
@@ -318,10 +321,6 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "replay.buffer_per_task", "analysis.probe_size")
 
 
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the CLI prints it and exits with code 2."""
-
-
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, help) for every field of the schema, sections included."""
     rows = []
@@ -395,6 +394,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
         raise ConfigError(f"cannot resolve {getattr(error, 'full_key', '?')!r}: {str(error).splitlines()[0]}") from None
     _validate(merged)
     return merged
+
+
+def config_from_args(args: list[str]) -> DictConfig:
+    """The config a command line names: an optional leading YAML path, then key=value overrides; without a path,
+    configs/default.yaml (the schema's defaults where the package has no configs/ beside it)."""
+    if args and "=" not in args[0]:
+        return load_config(Path(args[0]), args[1:])
+    return load_config(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, args)
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -481,7 +488,8 @@ def _validate_rft(cfg: DictConfig) -> None:
         raise ConfigError("every beta of rft.kl (coef, per_task, final_coef) must be >= 0")
     f = rft.filter
     if not 0 <= f.low <= f.high <= 1 and f.rule == "range":
-        raise ConfigError(f"rft.filter.rule=range needs 0 <= low <= high <= 1 (rewards in [0, 1]), got {f.low}, {f.high}")
+        raise ConfigError(f"rft.filter.rule=range needs 0 <= low <= high <= 1 (rewards in [0, 1]), got {f.low}, "
+                          f"{f.high}")
     if f.online and rft.advantage == "remax":
         raise ConfigError("rft.filter.online drops groups with equal rewards, but remax's baseline is the greedy "
                           "reward, not the group's: use grpo, drgrpo or rloo")

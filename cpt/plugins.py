@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cpt.config import ConfigError
+from cpt.errors import ConfigError
 
 
 def load_object(spec: str, what: str) -> Any:

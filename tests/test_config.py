@@ -1,13 +1,14 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from cpt.cli import main
-from cpt.config import ConfigError, field_docs, load_config
-
-REPO = Path(__file__).resolve().parent.parent
+from cpt.config import field_docs, load_config
+from cpt.errors import ConfigError
+from cpt.plugins import load_object
+from cpt.rl.rewards import task_reward
+from tests.helpers import REPO
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -63,6 +64,7 @@ def test_bad_files(tmp_path):
         load_config(scalar)
 
 
+@pytest.mark.slow
 def test_cli_typo_exits_2_naming_the_key():
     proc = subprocess.run([sys.executable, "-m", "cpt", "fit", "stpes_per_task=3"], capture_output=True, text=True,
                           cwd=REPO)
@@ -75,3 +77,53 @@ def test_cli_help_lists_fields(capsys):
     out = capsys.readouterr().out
     assert "steps_per_task" in out and "model.finetune" in out and "Training steps spent on each task" in out
     assert main(["nonsense"]) == 2
+
+
+# --- experiment configs: each states only what differs from its base ---------------------------------------
+
+EXPERIMENTS = REPO / "configs" / "experiments"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_experiment_configs_state_only_what_differs(path):
+    text = path.read_text()
+    assert "base: ../" in text
+    cfg = load_config(path)
+    base = load_config(EXPERIMENTS / text.split("base: ")[1].split()[0])
+    assert cfg.name and cfg.name != base.name
+    assert cfg.steps_per_task == base.steps_per_task and cfg.optim.lr == base.optim.lr  # the same budget
+
+
+def test_base_configs_chain_and_cycles_fail(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: ../configs_b/b.yaml\nseed: 3\n")
+    (tmp_path.parent / "configs_b").mkdir(exist_ok=True)
+    (tmp_path.parent / "configs_b" / "b.yaml").write_text(f"base: {REPO}/configs/rft.yaml\nsteps_per_task: 7\n")
+    cfg = load_config(tmp_path / "a.yaml")
+    assert (cfg.method, cfg.steps_per_task, cfg.seed, cfg.rft.group_size) == ("rft", 7, 3, 8)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=sft", "rft.filter.rule=all_wrong"], "needs method=rft"),
+    (["method=rft", "rft.kl.schedule=per_task", "rft.kl.per_task=[0.1]", "tasks=[count,colour]"], "one beta per stage"),
+    (["method=rft", "rft.kl.per_task=[0.1,-1]", "rft.kl.schedule=per_task", "tasks=[count,colour]"], ">= 0"),
+    (["method=rft", "rft.filter.online=true", "rft.advantage=remax"], "remax"),
+    (["method=rft", "rft.filter.rule=range", "rft.filter.low=0.8", "rft.filter.high=0.2"], "low <= high"),
+    (["replay.fraction=1.5"], "replay.fraction"),
+    (["method=rft", "regularizer.kind=ewc"], "method=sft"),
+    (["schedule=interleaved"], "sequential, multitask"),
+])
+def test_experiment_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.method in ("sft", "rft") and cfg.tasks
+    if cfg.method == "rft":  # the reward function a config names can be imported
+        assert load_object(cfg.rft.reward.function, "reward function") is task_reward

@@ -193,7 +193,8 @@ def main(args: list[str]) -> int:
         print("\nWall time of the completion (S0 built once, shared)\n")
         print(timing_table(timing))
     (options.out / "results.json").write_text(json.dumps({"accuracy": accuracy, "timing": timing}, indent=1))
-    (options.out / "results.md").write_text(accuracy_table(accuracy) + "\n\n" + (timing_table(timing) if timing else ""))
+    tables = accuracy_table(accuracy) + "\n\n" + (timing_table(timing) if timing else "")
+    (options.out / "results.md").write_text(tables)
     plot(accuracy, timing, options.out / "smc_bench.png")
     print(f"\nTables, raw rows and smc_bench.png in {options.out}")
     return 0

@@ -1,0 +1,176 @@
+"""`python -m cpt fit [CONFIG.yaml] [key=value ...]`: one continual post-training run.
+
+config -> tasks -> backbone -> callbacks -> one Trainer.fit over the sequence of stages -> results. `run(cfg)` is
+the same from Python.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch import loggers
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.strategies import ModelParallelStrategy
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks import (
+    AccuracyMatrix,
+    ExperienceReplay,
+    ForgettingAnalysis,
+    KLSchedule,
+    OnlineFiltering,
+    ParameterRegularizer,
+    RolloutFiltering,
+    TaskCheckpoint,
+    TaskProgressBar,
+    TaskSwitching,
+)
+from cpt.commands.resume import resume_checkpoint
+from cpt.config import config_from_args, save_config
+from cpt.data.check import leave_out_bad_rows
+from cpt.data.datamodule import TaskSequenceData
+from cpt.data.general_benchmarks import load_benchmark
+from cpt.data.tasks import Stage, Task, build_stages, build_tasks, general_set
+from cpt.errors import ConfigError
+from cpt.methods.rft import RFTModule
+from cpt.methods.sft import SFTModule
+from cpt.model.presets import resolve_checkpoint
+from cpt.plugins import load_object
+
+METHODS = {"sft": SFTModule, "rft": RFTModule}
+
+
+def load_callback(spec) -> Callback:
+    """A user callback from `package.module:Class` (constructed without arguments) or from a mapping
+    {class: package.module:Class, <argument>: <value>, ...}."""
+    if isinstance(spec, str):
+        path, arguments = spec, {}
+    else:
+        arguments = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else dict(spec)
+        path = arguments.pop("class", None)
+        if not isinstance(path, str):
+            raise ConfigError(f"callback {arguments!r} needs `class: package.module:Class`")
+    try:
+        callback = load_object(path, "callback")(**arguments)
+    except TypeError as error:
+        raise ConfigError(f"callback {path!r} cannot be built with {arguments}: {error}") from None
+    if not isinstance(callback, Callback):
+        raise ConfigError(f"callback {path!r} is a {type(callback).__name__}, not a lightning Callback")
+    return callback
+
+
+def build_strategy(cfg: DictConfig):
+    t = cfg.trainer
+    if t.strategy != "fsdp":
+        return t.strategy
+    # FSDP2 (fully_shard in configure_model); unlike Lightning's FSDPStrategy it also runs on CPU with gloo.
+    # Every process is a data-parallel shard; there is no tensor parallelism. (Validated: a count or a list.)
+    per_node = t.devices if isinstance(t.devices, int) else len(t.devices)
+    return ModelParallelStrategy(data_parallel_size=per_node * t.num_nodes, tensor_parallel_size=1)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    if cfg.logger == "csv":
+        return loggers.CSVLogger(run_dir, name="logs", version="")
+    if cfg.logger == "tensorboard":
+        return loggers.TensorBoardLogger(run_dir, name="logs", version="")
+    if cfg.logger == "wandb":
+        return loggers.WandbLogger(save_dir=run_dir, project="cpt", name=run_dir.name)
+    return False
+
+
+def general_benchmarks(cfg: DictConfig) -> list[Task]:
+    """The synthetic general set (if on) and the benchmarks read from local files."""
+    sets = [general_set(cfg)] if cfg.eval.general else []
+    for name, spec in cfg.eval.benchmarks.items():
+        benchmark = load_benchmark(name, spec.format, spec.path, spec.image_dir, spec.limit, cfg.seed)
+        sets.append(replace(benchmark, template=cfg.data.template))  # asked the way the run's tasks are
+    return sets
+
+
+def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) -> list[Callback]:
+    """The callbacks the config's experiment sections turn on."""
+    callbacks: list[Callback] = []
+    rft = cfg.rft
+    if cfg.method == "rft":
+        kl = rft.kl
+        callbacks.append(KLSchedule(kl.schedule, kl.coef, kl.per_task, kl.final_coef,
+                                    cfg.steps_per_task * len(stages[0].tasks)))
+        f = rft.filter
+        if f.rule != "none":
+            callbacks.append(RolloutFiltering(run_dir, f.rule, f.k, f.low, f.high, f.pool_size, f.correct_threshold,
+                                              prompts_per_batch=max(1, cfg.eval.batch_size // f.k), seed=cfg.seed,
+                                              progress=cfg.trainer.enable_progress_bar, resuming=cfg.resume))
+        if f.online:
+            callbacks.append(OnlineFiltering(run_dir, f.max_retries))
+    if cfg.replay.fraction > 0:
+        callbacks.append(ExperienceReplay(cfg.replay.fraction, cfg.replay.buffer_per_task, cfg.seed))
+    if cfg.regularizer.kind != "none":
+        r = cfg.regularizer
+        callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
+    if cfg.analysis.enabled:
+        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens, cfg.seed))
+    return callbacks
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
+    """Train the sequence; returns the results summary (also written to the run directory)."""
+    run_dir = Path(cfg.output_dir)
+    tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
+    resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
+    save_config(cfg, run_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.data.check_rows:
+        first = rank_zero_only.rank == 0  # every process checks (same rows, same result); one writes and shows it
+        leave_out_bad_rows(tasks, run_dir if first else None, progress=cfg.trainer.enable_progress_bar and first)
+    checkpoint = resolve_checkpoint(cfg)
+    stages = build_stages(cfg)
+    names = [stage.name for stage in stages]
+    module = METHODS[cfg.method](cfg, checkpoint, tasks)
+    experiments = experiment_callbacks(cfg, run_dir, stages)
+    filtering = next((c for c in experiments if isinstance(c, RolloutFiltering)), None)
+    evaluation = AccuracyMatrix(
+        tasks, run_dir, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+        general=general_benchmarks(cfg), progress=cfg.trainer.enable_progress_bar,
+        stages=[[tasks[k].name for k in stage.tasks] for stage in stages], general_every=cfg.eval.general_every,
+        info={"name": cfg.name or f"{cfg.method} {cfg.schedule}", "method": cfg.method, "schedule": cfg.schedule},
+        extra=lambda: {"kept_fraction": filtering.kept_fraction if filtering else None},
+    )
+    callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), *experiments, evaluation]
+    if cfg.save_checkpoints:
+        callbacks.append(TaskCheckpoint(run_dir, names))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TaskProgressBar(names))
+    if cfg.logger != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += [load_callback(path) for path in cfg.callbacks] + list(extra_callbacks)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_epochs=len(stages),  # one epoch per stage, each exactly steps_per_task steps per task long
+        reload_dataloaders_every_n_epochs=1, use_distributed_sampler=False,  # TaskSequenceData shards itself
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
+        precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        # A module that steps its optimizer itself (RFT) clips its gradients itself.
+        gradient_clip_val=t.gradient_clip_val if module.automatic_optimization else None,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar, logger=build_logger(cfg, run_dir), callbacks=callbacks,
+        enable_checkpointing=cfg.save_checkpoints,  # TaskCheckpoint is Lightning's checkpoint callback then
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir, enable_model_summary=False,
+    )
+    data = TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers, stages)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    return evaluation.summary
+
+
+def main(args: list[str]) -> int:
+    try:
+        run(config_from_args(args))
+    except FloatingPointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

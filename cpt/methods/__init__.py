@@ -1,0 +1,1 @@
+"""The training paradigms as LightningModules over one shared base: SFT and RFT."""

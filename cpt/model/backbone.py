@@ -1,0 +1,152 @@
+"""The one Qwen2.5-VL backbone every LightningModule trains: loading, fine-tuning mode, sharding, saving.
+
+A checkpoint directory holds `config.json`, tokenizer and image-processor files, and usually weights. A
+directory without weights (a shape preset) is initialised at random from the seed, which is how real-size
+memory and speed are measured without downloading anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from torch.distributed.tensor import DTensor
+from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The linear layers of Qwen2.5-VL's vision blocks (not the Conv3d patch embedding, also named `proj`).
+VISION_LORA_PATTERN = r".*\bvisual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))$"
+
+
+def attention_implementation(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def has_weights(checkpoint: Path) -> bool:
+    return any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("*.bin"))
+
+
+def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
+    """The model from `checkpoint`, with adapters or frozen parts as `model_cfg.finetune` asks."""
+    dtype = DTYPES[model_cfg.dtype]
+    attn = attention_implementation(model_cfg.attn_implementation)
+    quantization = None
+    if model_cfg.finetune == "qlora":
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            # The vision tower and the head stay in full precision. transformers 5 matches names from the start
+            # ("model.visual"), older versions by substring ("visual"): give both.
+            llm_int8_skip_modules=["model.visual", "visual", "lm_head"],
+        )
+    if has_weights(checkpoint):
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            checkpoint, dtype=dtype, attn_implementation=attn, quantization_config=quantization
+        )
+    else:
+        if quantization is not None:
+            raise ValueError(f"{checkpoint} has no weights to quantize; use model.finetune=lora or full")
+        config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    return apply_finetune(model, model_cfg)
+
+
+def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
+    """Wrap in LoRA adapters, or choose which full weights train."""
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if model_cfg.finetune == "full":
+        model.requires_grad_(True)
+        if model_cfg.freeze_vision:
+            model.model.visual.requires_grad_(False)
+        return model
+    lora = model_cfg.lora
+    text_targets = "|".join(lora.target_modules)
+    # peft matches a string target as a regex on the full module name: keep the vision tower out unless asked.
+    pattern = rf"^(?!.*\bvisual\b).*\.({text_targets})$"
+    if lora.vision:
+        pattern = rf"(?:{pattern})|(?:{VISION_LORA_PATTERN})"
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
+                             task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_config)
+
+
+def base_model(model: nn.Module) -> PreTrainedModel:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one: every decoder layer and every vision block."""
+    names = set(base_model(model)._no_split_modules)
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+def shard_backbone(model: nn.Module, mesh, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2: each unit gathers its parameters only while it runs; the root holds the rest (embeddings, head).
+
+    The root is the Qwen2.5-VL model itself, not a peft wrapper around it: `generate` calls the inner model's
+    forward, and the root's gathering hooks must fire there too. (`generate` also runs the vision tower before
+    that forward: see `cpt.model.generation.generate_ids`.)
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for unit in fsdp_units(model):
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    fully_shard(base_model(model), mesh=mesh, mp_policy=policy)
+    return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 unit of `model` back in its sharded state. FSDP2 leaves the root gathered after a forward
+    (expecting a backward soon); a module that only runs without gradient must be resharded by hand before its
+    parameters are read or written as shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter (or a copy of one): its shard under FSDP, the whole tensor otherwise."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts; 4-bit weights are counted as the parameters they stand for."""
+    total = trainable = 0
+    for param in model.parameters():
+        n = param.numel() * (2 if param.dtype == torch.uint8 else 1)  # NF4 packs two weights per byte
+        total += n
+        trainable += n if param.requires_grad else 0
+    return total, trainable
+
+
+def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
+    """Adapters (LoRA) or the full weights, in the usual save_pretrained layout. Call on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    adapters_only = isinstance(model, PeftModel)
+    # Gathers shards under FSDP; every rank must take part, only the main one writes. For LoRA only the
+    # adapters are gathered, not the frozen base.
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapters_only)
+    state = get_model_state_dict(model, options=options)
+    if not is_main:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, state_dict=state)

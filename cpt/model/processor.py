@@ -1,0 +1,104 @@
+"""Turning (images, user text, answer) into Qwen2.5-VL token ids and pixel patches.
+
+The stock `Qwen2_5_VLProcessor` is used where it loads (it needs torchvision for its video processor). Where
+it does not, the PIL image processor makes the patches and we expand each `<|image_pad|>` ourselves into
+one pad per merged patch, which is exactly what the stock processor does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from cpt.model.tokenizer import IM_END, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def chat_prompt(user_text: str, num_images: int) -> str:
+    """Qwen2.5-VL's chat template for one user turn, ending where the assistant starts to speak."""
+    vision = f"{VISION_START}{IMAGE_PAD}{VISION_END}" * num_images
+    return (
+        f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n"
+        f"{IM_START}user\n{vision}{user_text}{IM_END}\n"
+        f"{IM_START}assistant\n"
+    )
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None  # (num_patches, channels * temporal_patch * patch * patch)
+    image_grid_thw: torch.Tensor | None  # (num_images, 3)
+
+
+class VisionTextProcessor:
+    """Encodes chat prompts with images the way Qwen2.5-VL expects, and decodes completions."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor, stock=None):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.stock = stock
+        self.merge_size = image_processor.merge_size
+        self.image_pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        # Placeholders the model must never write: fed back for training, they would be read as image slots.
+        self.placeholder_ids = [tokenizer.convert_tokens_to_ids(t)
+                                for t in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)]
+        self.eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, min_pixels: int | None = None,
+                        max_pixels: int | None = None) -> VisionTextProcessor:
+        size = {}
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        try:
+            stock = AutoProcessor.from_pretrained(path)
+        except Exception as error:  # typically: no torchvision, so no video processor
+            log.info("stock processor unavailable (%s); using the PIL image processor", error)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+            stock = None
+        else:
+            image_processor, tokenizer = stock.image_processor, stock.tokenizer
+            tokenizer.padding_side = "left"
+        if size:
+            image_processor.size = {**dict(image_processor.size), **size}
+        return cls(tokenizer, image_processor, stock)
+
+    def encode_prompt(self, user_text: str, images: list[Image.Image]) -> EncodedPrompt:
+        text = chat_prompt(user_text, len(images))
+        images = [image.convert("RGB") for image in images]
+        if self.stock is not None:
+            out = self.stock(text=[text], images=images or None, return_tensors="pt")
+            return EncodedPrompt(out["input_ids"][0].tolist(), out.get("pixel_values"), out.get("image_grid_thw"))
+        if not images:
+            return EncodedPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"], None, None)
+        vision = self.image_processor(images=images, return_tensors="pt")
+        per_image = (vision["image_grid_thw"].prod(dim=-1) // self.merge_size**2).tolist()
+        pieces = text.split(IMAGE_PAD)
+        expanded = pieces[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(per_image, pieces[1:]))
+        ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        return EncodedPrompt(ids, vision["pixel_values"], vision["image_grid_thw"])
+
+    def encode_response(self, text: str) -> list[int]:
+        """The assistant's answer followed by the end-of-turn token the model must learn to emit."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.tokenizer.save_pretrained(path)
+        self.image_processor.save_pretrained(path)

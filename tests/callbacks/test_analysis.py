@@ -1,0 +1,153 @@
+"""ForgettingAnalysis: update norms by module group against hand-computed values, the KL to the base (0 when
+unchanged, restored from a checkpoint), the stage's reward variance, and an SFT run that writes analysis.json."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from callbacks.analysis import ForgettingAnalysis, module_group
+from cpt.commands.fit import run
+from cpt.config import load_config
+from cpt.data.tasks import build_tasks
+from cpt.methods.rft import RFTModule
+from cpt.methods.sft import SFTModule
+from tests.helpers import REPO, metric_rows
+
+
+@pytest.fixture
+def trainer():
+    """A trainer not fitting anything: the hooks are called by hand."""
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False)
+
+
+@pytest.fixture
+def make_module(quick_cfg, foundation_dir, tmp_path):
+    """A CPT module over [colour, count] with every parameter trainable, its backbone built."""
+    def make(module_class=SFTModule, config="default.yaml", *overrides):
+        cfg = load_config(REPO / "configs" / config, [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]",
+                                                      "model.finetune=full", *overrides])
+        module = module_class(cfg, foundation_dir, build_tasks(cfg))
+        module.configure_model()
+        return module
+
+    return make
+
+
+def group_norm(named: dict[str, torch.Tensor], keep) -> float:
+    return math.sqrt(sum(float(t.double().square().sum()) for name, t in named.items() if keep(name)))
+
+
+def test_parameter_names_map_to_module_groups():
+    prefix = "base_model.model.model."
+    assert module_group(prefix + "language_model.layers.0.self_attn.q_proj.lora_A.default.weight") == "attention"
+    assert module_group(prefix + "language_model.layers.1.mlp.down_proj.lora_B.default.weight") == "mlp"
+    assert module_group(prefix + "visual.blocks.0.mlp.up_proj.lora_B.default.weight") == "vision"
+    assert module_group("model.visual.blocks.0.attn.qkv.weight") == "vision"
+    assert module_group("model.language_model.embed_tokens.weight") == "embeddings_head"
+    assert module_group("lm_head.weight") == "embeddings_head"
+    assert module_group("model.language_model.layers.0.input_layernorm.weight") == "other"
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="probe_size is 0"):
+        ForgettingAnalysis("run", probe_size=0)
+
+
+def test_update_norm_by_group(tmp_path, make_module, trainer):
+    module = make_module()
+    analysis = ForgettingAnalysis(tmp_path, probe_size=2, max_new_tokens=4)
+    analysis.on_train_start(trainer, module)
+    analysis.on_train_epoch_start(trainer, module)
+    start = {name: p.detach().clone() for name, p in module.backbone.named_parameters()}
+    name = next(n for n in start if ".mlp.up_proj." in n and "visual" not in n)
+    delta = 0.01 * torch.randn(start[name].shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module.backbone.get_parameter(name).add_(delta)
+    analysis.on_train_epoch_end(trainer, module)
+
+    stage = json.loads((tmp_path / "analysis.json").read_text())["stages"][0]
+    assert stage["stage"] == 1 and stage["name"] == "colour"
+    norms = stage["update_norm"]
+    assert set(norms) == {"vision", "attention", "mlp", "embeddings_head", "other"}
+    language_mlp = group_norm(start, lambda n: ".mlp." in n and "visual" not in n)
+    assert norms["mlp"]["abs"] == pytest.approx(float(delta.norm()), rel=1e-4)
+    assert norms["mlp"]["rel"] == pytest.approx(float(delta.norm()) / language_mlp, rel=1e-4)
+    assert all(norms[g] == {"abs": 0.0, "rel": 0.0} for g in ("vision", "attention", "embeddings_head", "other"))
+    assert stage["reward_var"] is None  # SFT: no rewards
+    assert set(stage["kl_to_base"]) == {"colour", "count"}
+    assert Image.open(tmp_path / "analysis.png").size[0] > 600
+
+
+def test_kl_to_base_is_zero_until_the_model_changes_and_survives_a_resume(tmp_path, make_module, trainer):
+    module = make_module()
+    analysis = ForgettingAnalysis(tmp_path, probe_size=3, max_new_tokens=4, seed=3)
+    training_stream = torch.random.get_rng_state()
+    analysis.on_train_start(trainer, module)
+    assert torch.equal(torch.random.get_rng_state(), training_stream)  # probes sample from their own seed
+    assert module.backbone.training  # eval mode for the probes only
+    probe = analysis.probes["colour"]
+    ids = probe.rollouts.completion_ids
+    assert ids.shape[0] == 3 and ids.shape[1] <= 4
+    assert probe.base_logp.shape == ids.shape and (probe.base_logp <= 0).all()
+    assert analysis.kl_to_base(module) == {"colour": 0.0, "count": 0.0}
+
+    state = analysis.state_dict()
+    with torch.no_grad():
+        head = module.backbone.lm_head.weight
+        head.add_(0.5 * torch.randn(head.shape, generator=torch.Generator().manual_seed(1)))
+    kl = analysis.kl_to_base(module)
+    assert kl["colour"] > 0 and kl["count"] > 0
+
+    # A resumed run keeps the base's samples and log-probs: the model it starts with is no longer the base.
+    resumed = ForgettingAnalysis(tmp_path, probe_size=3, max_new_tokens=4, seed=3)
+    resumed.load_state_dict(state)
+    resumed.on_train_start(trainer, module)
+    assert torch.equal(resumed.probes["colour"].rollouts.completion_ids, ids)
+    assert torch.equal(resumed.probes["colour"].base_logp, probe.base_logp)
+    assert resumed.kl_to_base(module) == pytest.approx(kl)
+
+
+def test_reward_variance_is_the_stage_mean_of_group_var(tmp_path, make_module, trainer):
+    module = make_module(RFTModule, "rft.yaml", "rft.kl.coef=0")
+    analysis = ForgettingAnalysis(tmp_path, probe_size=1, max_new_tokens=2)
+    analysis.on_train_start(trainer, module)
+    for stage, values in enumerate([[0.25, 0.1, 0.0], [0.2]]):
+        module.start_stage(stage)
+        analysis.on_train_epoch_start(trainer, module)
+        for step, value in enumerate(values):
+            module.step_metrics = {"reward/total": 0.5, "reward/group_var": value}
+            analysis.on_train_batch_end(trainer, module, None, None, step)
+        analysis.on_train_epoch_end(trainer, module)
+    stages = json.loads((tmp_path / "analysis.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["colour", "count"]
+    assert stages[0]["reward_var"] == pytest.approx(0.35 / 3)
+    assert stages[1]["reward_var"] == pytest.approx(0.2)  # each stage starts its own mean
+
+
+@pytest.mark.slow
+def test_sft_run_writes_the_analysis(tmp_path, quick_cfg, foundation_dir):
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=3",
+                       "data.eval_size=4", "eval.general=false", "save_checkpoints=false"])
+    run(cfg, extra_callbacks=[ForgettingAnalysis(tmp_path, probe_size=2, max_new_tokens=4)])
+
+    analysis = json.loads((tmp_path / "analysis.json").read_text())
+    assert analysis["kl_unit"].startswith("nats per completion")
+    stages = analysis["stages"]
+    assert [(s["stage"], s["name"]) for s in stages] == [(1, "colour"), (2, "count")]
+    for stage in stages:
+        # LoRA on the language model's attention and MLP projections: only those groups train.
+        assert set(stage["update_norm"]) == {"attention", "mlp"}
+        assert all(norm["abs"] > 0 and norm["rel"] > 0 for norm in stage["update_norm"].values())
+        assert stage["reward_var"] is None
+        assert set(stage["kl_to_base"]) == {"colour", "count"}
+        assert all(kl > 0 for kl in stage["kl_to_base"].values())
+    assert Image.open(tmp_path / "analysis.png").size[0] > 600
+    logged = metric_rows(tmp_path, "analysis/kl_to_base/colour")
+    assert len(logged) == 2
+    assert float(logged[1]["analysis/update_norm/mlp"]) == pytest.approx(stages[1]["update_norm"]["mlp"]["abs"])

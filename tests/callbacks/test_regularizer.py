@@ -1,0 +1,199 @@
+"""The parameter regularizer: its gradient and penalty on hand-built weights, the diagonal Fisher on hand-made
+batches, and a two-task SFT run in which it holds the second task's weights to the first task's."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import nn
+
+from callbacks.regularizer import (
+    ParameterRegularizer,
+    diagonal_fisher,
+    normalised,
+    penalty_gradient,
+    trainable_parameters,
+)
+from cpt.commands.fit import run
+from cpt.config import load_config
+from tests.helpers import REPO, metric_rows
+
+# A trainer stand-in for hooks that only reduce over processes: here there is one.
+ONE_PROCESS = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
+
+
+class RecordingModule:
+    """Stands in for the LightningModule: a backbone, and `log` that keeps what it is given."""
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone, self.logged = backbone, {}
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = float(value)
+
+
+def hand_built():
+    """A trainable Linear(3, 2) at known weights with a known gradient, and a frozen Linear(2, 1) after it."""
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    model[1].requires_grad_(False)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+        model[0].bias.copy_(torch.tensor([1.0, -1.0]))
+    model[0].weight.grad = torch.full((2, 3), 0.125)
+    model[0].bias.grad = torch.tensor([0.25, -0.25])
+    anchor = {"0.weight": torch.tensor([[0.5, 2.0, 2.0], [4.0, 3.0, 6.5]]),  # drift [[.5, 0, 1], [0, 2, -.5]]
+              "0.bias": torch.tensor([0.0, -1.0])}                            # drift [1, 0]
+    fisher = {"0.weight": torch.tensor([[2.0, 1.0, 0.5], [1.0, 0.25, 4.0]]), "0.bias": torch.tensor([3.0, 1.0])}
+    return model, anchor, fisher
+
+
+@pytest.mark.parametrize("kind, weight_step, bias_step, penalty", [
+    # strength * F * drift; penalty = strength/2 * sum F drift^2 = 0.25 * (0.5 + 0.5 + 1 + 1 + 3)
+    ("ewc", [[0.5, 0.0, 0.25], [0.0, 0.25, -1.0]], [1.5, 0.0], 1.5),
+    # strength * drift; penalty = 0.25 * (0.25 + 1 + 4 + 0.25 + 1)
+    ("l2", [[0.25, 0.0, 0.5], [0.0, 1.0, -0.25]], [0.5, 0.0], 1.625),
+])
+def test_gradient_and_penalty_on_hand_built_weights(kind, weight_step, bias_step, penalty):
+    model, anchor, fisher = hand_built()
+    regularizer = ParameterRegularizer(kind, strength=0.5)
+    regularizer.load_state_dict({"kind": kind, "anchor": anchor, "fisher": fisher if kind == "ewc" else {}})
+    module = RecordingModule(model)
+    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)
+    assert torch.equal(model[0].weight.grad, 0.125 + torch.tensor(weight_step))
+    assert torch.equal(model[0].bias.grad, torch.tensor([0.25, -0.25]) + torch.tensor(bias_step))
+    assert model[1].weight.grad is None  # frozen: not regularized
+    assert module.logged == {"train/reg_penalty": penalty}
+
+
+def test_no_anchor_no_effect_and_the_anchor_is_a_copy():
+    model, _, _ = hand_built()
+    regularizer = ParameterRegularizer("l2", strength=0.5)
+    module = RecordingModule(model)
+    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)  # first stage: nothing to hold to yet
+    assert torch.equal(model[0].weight.grad, torch.full((2, 3), 0.125)) and module.logged == {}
+
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=2)
+    regularizer.on_train_epoch_end(trainer, module)
+    assert set(regularizer.anchor) == {"0.weight", "0.bias"}
+    with torch.no_grad():
+        model[0].bias.add_(torch.tensor([2.0, 0.0]))  # drift [2, 0]
+    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)
+    assert torch.equal(model[0].bias.grad, torch.tensor([0.25 + 1.0, -0.25]))
+    assert module.logged["train/reg_penalty"] == 0.25 * 4
+
+    # After the last stage nothing is left to protect: the anchor stays where it was.
+    regularizer.on_train_epoch_end(SimpleNamespace(current_epoch=1, max_epochs=2), module)
+    assert torch.equal(regularizer.anchor["0.bias"], torch.tensor([1.0, -1.0]))
+
+
+def test_state_dict_round_trip_continues_the_same():
+    model, anchor, fisher = hand_built()
+    first = ParameterRegularizer("ewc", strength=0.5)
+    first.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+    resumed = ParameterRegularizer("ewc", strength=0.5)
+    resumed.load_state_dict(first.state_dict())
+    module = RecordingModule(model)
+    resumed.on_before_optimizer_step(ONE_PROCESS, module, None)
+    assert module.logged["train/reg_penalty"] == 1.5
+    with pytest.raises(ValueError, match="checkpoint's regularizer is 'ewc', this run's is 'l2'"):
+        ParameterRegularizer("l2").load_state_dict(first.state_dict())
+
+
+def test_diagonal_fisher_is_the_mean_squared_batch_gradient():
+    # Dropout would scale or zero inputs in train mode; the Fisher must see the model without it.
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model[1].bias.copy_(torch.tensor([0.5]))
+    model.train()
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return (0.5 * (m(x).squeeze(1) - y) ** 2).mean()
+
+    batches = [
+        (torch.tensor([[1.0, 2.0]]), torch.tensor([0.0])),  # residual -0.5: grad w [-.5, -1], b -.5
+        (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, -1.0])),  # residuals 1.5, .5: w [1.5, .25], b 1
+    ]
+    fisher = diagonal_fisher(model, batches, loss_fn)
+    assert set(fisher) == {"1.weight", "1.bias"}
+    assert torch.equal(fisher["1.weight"], torch.tensor([[(0.25 + 2.25) / 2, (1 + 0.0625) / 2]]))
+    assert torch.equal(fisher["1.bias"], torch.tensor([(0.25 + 1.0) / 2]))
+    assert model.training and all(p.grad is None for p in model.parameters())
+
+    with pytest.raises(ValueError, match="no batches"):
+        diagonal_fisher(model, [], loss_fn)
+
+
+def test_fisher_is_normalised_to_mean_one():
+    model = nn.Linear(2, 1)
+    params = trainable_parameters(model)
+    scaled = normalised({"weight": torch.tensor([[1.0, 5.0]]), "bias": torch.tensor([3.0])}, params,
+                        ONE_PROCESS.strategy)
+    assert torch.equal(scaled["weight"], torch.tensor([[1 / 3, 5 / 3]]))
+    assert torch.equal(scaled["bias"], torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="use kind='l2'"):
+        normalised({"weight": torch.zeros(1, 2), "bias": torch.zeros(1)}, params, ONE_PROCESS.strategy)
+
+
+def test_penalty_gradient():
+    theta, anchor = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0])
+    assert torch.equal(penalty_gradient(theta, anchor, 2.0), torch.tensor([-2.0, 2.0]))
+    assert torch.equal(penalty_gradient(theta, anchor, 2.0, torch.tensor([0.5, 4.0])), torch.tensor([-1.0, 8.0]))
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"kind": "si"}, "kind 'si' is unknown; choose one of ewc, l2"),
+    ({"strength": -1.0}, "strength must be a finite number >= 0, got -1.0"),
+    ({"strength": float("nan")}, "strength must be a finite number >= 0"),
+    ({"fisher_batches": 0}, "fisher_batches must be a positive integer, got 0"),
+])
+def test_bad_arguments(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ParameterRegularizer(**arguments)
+
+
+class StageSnapshots(Callback):
+    """The trainable weights at the end of every stage."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.weights.append({n: p.detach().clone() for n, p in trainable_parameters(pl_module.backbone).items()})
+
+
+def two_task_run(out: Path, quick_cfg, *callbacks: Callback) -> StageSnapshots:
+    cfg = load_config(REPO / "configs" / "default.yaml",
+                      [*quick_cfg, f"output_dir={out}", "tasks=[colour,count]", "steps_per_task=3",
+                       "save_checkpoints=false", "eval.general=false", "data.eval_size=4", "eval.max_new_tokens=2"])
+    snapshots = StageSnapshots()
+    run(cfg, extra_callbacks=[*callbacks, snapshots])
+    return snapshots
+
+
+@pytest.mark.slow
+def test_ewc_holds_the_second_task_to_the_first(tmp_path, quick_cfg, foundation_dir):
+    free = two_task_run(tmp_path / "free", quick_cfg)
+    ewc = ParameterRegularizer("ewc", strength=1e6, fisher_batches=2)
+    held = two_task_run(tmp_path / "ewc", quick_cfg, ewc)
+
+    rows = metric_rows(tmp_path / "ewc", "train/task")
+    penalties = {task: [float(r["train/reg_penalty"]) for r in rows
+                        if r["train/task"] == task and r.get("train/reg_penalty")] for task in ("1.0", "2.0")}
+    assert penalties["1.0"] == []
+    # The first step of task 2 is taken from the anchor itself; the steps after it have moved away.
+    assert len(penalties["2.0"]) == 3 and penalties["2.0"][0] == 0 and min(penalties["2.0"][1:]) > 0
+
+    # Task 1 trains the same with or without the regularizer; the anchor is its end.
+    anchor = free.weights[0]
+    assert all(torch.equal(held.weights[0][n], anchor[n]) and torch.equal(ewc.anchor[n], anchor[n]) for n in anchor)
+    assert ewc.fisher.keys() == anchor.keys()
+
+    def weighted_distance(weights):  # sum F (theta - theta*)^2: what EWC keeps small
+        return sum((ewc.fisher[n] * (weights[n] - anchor[n]) ** 2).sum().item() for n in anchor)
+
+    assert weighted_distance(held.weights[1]) < 0.3 * weighted_distance(free.weights[1])

@@ -1,0 +1,45 @@
+"""A user's own callbacks, named by import path in a config, that use the module's and the data module's
+extension points: a rollout filter and an extra data source."""
+
+import json
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+from cpt.data.datamodule import TaskSequenceData
+from cpt.methods.rft import RFTModule
+from cpt.rl.rollouts import Rollouts
+
+
+class GroupCounter(Callback):
+    """Trains on every rollout batch unchanged, and records what it saw: groups and their size, per step."""
+
+    def __init__(self):
+        self.seen: list[dict] = []
+
+    def setup(self, trainer, pl_module, stage):
+        if not isinstance(pl_module, RFTModule):
+            raise ValueError("GroupCounter counts RFT rollout groups")
+        pl_module.add_rollout_filter(self)
+
+    def select(self, module: RFTModule, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
+        groups = len(rollouts) // rollouts.group_size
+        varied = int(rollouts.varied_groups().sum())
+        self.seen.append({"groups": groups, "group_size": rollouts.group_size, "varied": varied})
+        return rollouts, {"custom/groups": float(groups)}
+
+    def on_train_end(self, trainer, pl_module):
+        (Path(trainer.default_root_dir) / "group_counter.json").write_text(json.dumps(self.seen))
+
+
+class FirstTaskRehearsal(Callback):
+    """Every batch from the second stage on has `fraction` of its rows from the first task's training data."""
+
+    def __init__(self, fraction: float = 0.25):
+        self.fraction = fraction
+
+    def setup(self, trainer, pl_module, stage):
+        trainer.datamodule.add_source(self)
+
+    def examples(self, data: TaskSequenceData, stage: int):
+        return [(0, data.tasks[0].train)] if stage > 0 else []

@@ -1,0 +1,82 @@
+import torch
+
+from cpt.config import load_config
+from cpt.data.batches import Collator, EncodedDataset
+from cpt.data.synthetic import SyntheticSplit
+from cpt.methods.sft import sft_loss
+from cpt.model.backbone import count_parameters, fsdp_units, load_backbone
+
+
+def model_cfg(*overrides):
+    return load_config(None, list(overrides)).model
+
+
+def lora_params_per_layer(r, hidden=128, kv=64, inter=384):
+    """r * (in + out) for each adapted projection of one tiny decoder layer."""
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden), (hidden, inter), (hidden, inter),
+              (inter, hidden)]
+    return sum(r * (i + o) for i, o in shapes)
+
+
+def test_lora_adapts_language_model_only(foundation_dir):
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.r=8"), foundation_dir)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    assert not any("visual" in n and "lora_" in n for n, _ in model.named_parameters())
+    assert count_parameters(model)[1] == 4 * lora_params_per_layer(8)
+
+
+def test_lora_on_vision_when_asked(foundation_dir):
+    from peft.tuners.lora import LoraLayer
+
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.vision=true"), foundation_dir)
+    adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and "visual" in n}
+    # Every linear layer of both vision blocks, and nothing else (not the Conv3d patch embedding, not the merger).
+    assert len(adapted) == 2 * 5
+    assert all(isinstance(m.base_layer, torch.nn.Linear) and ".blocks." in n for n, m in adapted.items())
+
+
+def test_full_finetune_with_and_without_the_vision_tower(foundation_dir):
+    frozen = load_backbone(model_cfg("model.finetune=full", "model.freeze_vision=true"), foundation_dir)
+    for name, param in frozen.named_parameters():
+        assert param.requires_grad == ("visual" not in name), name
+    thawed = load_backbone(model_cfg("model.finetune=full"), foundation_dir)
+    assert all(p.requires_grad for p in thawed.parameters())
+
+
+def test_qlora_quantizes_language_model_and_trains_adapters(foundation_dir, processor):
+    import bitsandbytes as bnb
+
+    model = load_backbone(model_cfg("model.finetune=qlora"), foundation_dir)
+    four_bit = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and not any("visual" in n for n in four_bit)
+    assert any("language_model" in n and "q_proj" in n for n in four_bit)
+    dataset = EncodedDataset(SyntheticSplit("colour", "train", 2, 0, 64), processor, "direct")
+    loss = sft_loss(model, Collator(processor.pad_id)([dataset[0], dataset[1]]))
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
+
+
+def test_fsdp_units_are_decoder_layers_and_vision_blocks(foundation_dir):
+    model = load_backbone(model_cfg(), foundation_dir)
+    names = [type(u).__name__ for u in fsdp_units(model)]
+    assert names.count("Qwen2_5_VLDecoderLayer") == 4 and names.count("Qwen2_5_VLVisionBlock") == 2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(foundation_dir, processor):
+    dataset = EncodedDataset(SyntheticSplit("count", "train", 2, 0, 64), processor, "direct")
+    batch = Collator(processor.pad_id)([dataset[0], dataset[1]])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        cfg = load_config(None, [f"model.gradient_checkpointing={checkpointing}", "model.finetune=full"]).model
+        model = load_backbone(cfg, foundation_dir)
+        model.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        sft_loss(model, batch).backward()
+        # The embeddings' gradient flows back through every (recomputed) decoder layer.
+        grads.append(model.model.language_model.embed_tokens.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

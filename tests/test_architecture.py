@@ -1,0 +1,85 @@
+"""The package's layering: no module imports one that imports it back, at module level or inside a function."""
+
+import ast
+from pathlib import Path
+
+from tests.helpers import REPO
+
+PACKAGES = ("cpt", "callbacks")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def ancestors(name: str) -> set[str]:
+    parts = name.split(".")
+    return {".".join(parts[:k]) for k in range(1, len(parts))}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project's modules its import statements load, wherever the statement stands. Importing
+    a.b.c also runs the packages a and a.b, except those the importer is already inside."""
+    modules = {module_name(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        loaded = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    root = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{root}.{base}" if base else root
+                named = [f"{base}.{alias.name}" for alias in node.names]
+                targets = [module if module in modules else base for module in named]
+            else:
+                continue
+            for target in targets:
+                if target in modules:
+                    loaded |= {target} | (ancestors(target) & modules.keys())
+        graph[name] = loaded - ancestors(name) - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, path = [], {}, []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert {"callbacks", "cpt.methods.rft"} <= graph["cpt.commands.fit"] and "cpt.smc.solvers" in graph["cpt.smc.cli"]
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_lower_layers_do_not_reach_up():
+    """Errors import nothing of ours; the domain rooms never import the commands, the CLI or the callbacks."""
+    graph = import_graph()
+    assert graph["cpt.errors"] == set()
+    for name, loaded in graph.items():
+        if name.startswith(("cpt.model", "cpt.data", "cpt.rl", "cpt.eval", "cpt.methods", "cpt.smc")):
+            assert not {m for m in loaded if m.startswith(("cpt.commands", "cpt.cli", "callbacks"))}, name

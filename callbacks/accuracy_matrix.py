@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import Task
+from cpt.errors import ConfigError
 from cpt.eval.evaluate import evaluate_by_category
 from cpt.eval.results import format_table, summarize, write_results
 
@@ -42,6 +43,12 @@ class AccuracyMatrix(Callback):
         self.wall_time_s = 0.0
 
     @property
+    def state_key(self) -> str:
+        # The key of this callback's rows in checkpoints/last.ckpt: its class name before it was renamed, so that
+        # a run stopped earlier still resumes with its rows.
+        return "MultiTaskEvaluation"
+
+    @property
     def summary(self) -> dict:
         general = self.benchmark_rows.get(GENERAL_NAME, [None] * len(self.rows))
         info = {**self.info, "wall_time_s": self.wall_time_s,
@@ -61,8 +68,12 @@ class AccuracyMatrix(Callback):
         self.started = time.perf_counter() - self.wall_time_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.rows:  # a resumed run has the rows of the stages it finished
-            self.evaluate_row(trainer, pl_module)
+        if self.rows:  # a resumed run has the rows of the stages it finished
+            return
+        if trainer.ckpt_path is not None:
+            raise ConfigError(f"{trainer.ckpt_path} holds no accuracy rows for this run, so resuming would measure the "
+                              "partly trained model as the base; start the run again without resume=true")
+        self.evaluate_row(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate_row(trainer, pl_module)

@@ -24,6 +24,8 @@ class KLSchedule(Callback):
             raise ValueError(f"KL schedule {schedule!r} is not one of {', '.join(SCHEDULES)}")
         if schedule == "per_task" and not per_task:
             raise ValueError("the per_task KL schedule needs one beta per stage (per_task)")
+        if min(coef, final_coef, *(per_task or [])) < 0:
+            raise ValueError("every beta of the KL schedule (coef, final_coef, per_task) must be >= 0")
         self.schedule, self.coef, self.final_coef = schedule, coef, final_coef
         self.per_task = list(per_task or [])
         self.steps_per_stage = steps_per_stage

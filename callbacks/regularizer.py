@@ -164,7 +164,8 @@ class ParameterRegularizer(Callback):
         # A whole (unsharded) parameter's gradient above was this rank's alone (DDP syncs only inside the training
         # step): average over the ranks, so that every replica adds the same penalty and they stay equal.
         params = trainable_parameters(pl_module.backbone)
-        return {name: value if isinstance(params[name], DTensor) else trainer.strategy.reduce(value, reduce_op="mean")
+        return {name: value if isinstance(params[name], DTensor)
+                else trainer.strategy.reduce(value, reduce_op="sum") / trainer.world_size
                 for name, value in fisher.items()}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,

@@ -433,6 +433,9 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"bad value for 'eval.general_every': must be >= 0, got {cfg.eval.general_every}")
     if not 0 <= cfg.replay.fraction < 1:
         raise ConfigError(f"bad value for 'replay.fraction': must be in [0, 1), got {cfg.replay.fraction}")
+    if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
+        raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
+                          "raise replay.fraction or data.batch_size")
     if cfg.regularizer.kind != "none":
         if cfg.method != "sft":
             raise ConfigError("regularizer.kind is for method=sft (its gradient is added before each optimizer step; "

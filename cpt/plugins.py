@@ -10,6 +10,9 @@ from typing import Any
 
 from cpt.errors import ConfigError
 
+# Modules a config written before cpt/ had subpackages may still name, and where they are now.
+MOVED = {"cpt.rewards": "cpt.rl.rewards"}
+
 
 def load_object(spec: str, what: str) -> Any:
     """The object `spec` names; `what` says what it is for in error messages ("callback", "reward function")."""
@@ -30,4 +33,5 @@ def load_object(spec: str, what: str) -> Any:
             module = importlib.import_module(module_name)
         return getattr(module, attr)
     except (ImportError, AttributeError, SyntaxError) as error:
-        raise ConfigError(f"cannot import {what} {spec!r}: {error}") from None
+        moved = f"; it is now {MOVED[module_name]}:{attr}" if module_name in MOVED else ""
+        raise ConfigError(f"cannot import {what} {spec!r}: {error}{moved}") from None

@@ -4,7 +4,8 @@ Each epoch is exactly `steps_per_task` training steps per task of the stage (RFT
 steps of each batch): on every rank the sampler draws that many batches, with replacement, seeded by run seed,
 stage, rank and stream.
 
-Two extension points shape what is drawn; callbacks (built-in or a user's) use them from their `setup` hook:
+Two extension points shape what is drawn; callbacks (built-in or a user's) use them before a stage's loader is
+built (its `train_dataloader`, at the start of each epoch):
   keep_instances(task, indices)  a task draws only from these training instances (the rollout filter's kept ones);
   add_source(source)             an ExtraSource puts a share of every batch from other data (experience replay).
 """

@@ -37,7 +37,8 @@ class CPTModule(L.LightningModule):
     What callbacks read and call:
       task_index      the position in the sequence of stages (one task each, or all tasks under multitask);
       start_stage(k)  called by the TaskSwitching callback as stage k begins;
-      step_metrics    the latest training step's metrics by name (e.g. `reward/group_var` under RFT);
+      step_metrics    the latest training step's metrics by name (RFT fills it, e.g. `reward/group_var`; SFT
+                      leaves it empty);
       tasks, stages, processor, backbone, trains_on_answers.
     """
 

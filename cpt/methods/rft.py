@@ -131,7 +131,7 @@ class RFTModule(CPTModule):
         rollouts, filter_stats = self.filter(drawn)
         greedy = self.roll_out(batch, greedy=True) if self.cfg.rft.advantage == "remax" else None
         with self.timed("update"):
-            inputs, counted = rollouts.model_inputs(), self.counted_tokens(rollouts)
+            inputs, counted = rollouts.sequences(), self.counted_tokens(rollouts)
             old_logp, ref_logp = self.log_probs(inputs, rollouts.completion_ids)
             advantages = self.advantages(rollouts, counted, old_logp, ref_logp, greedy)
             stats = self.update(inputs, rollouts.completion_ids, counted, advantages, old_logp, ref_logp)
@@ -246,7 +246,7 @@ class RFTModule(CPTModule):
             "reward/total": drawn.rewards.mean(),
             "reward/total_std": drawn.rewards.std() if len(drawn) > 1 else 0.0,
             "reward/errors": float(failed),
-            "rollout/all_equal_groups": (groups.max(1).values == groups.min(1).values).float().mean(),
+            "rollout/all_equal_groups": (~drawn.varied_groups()).float().mean(),
             # Var[reward] within a prompt's group: what scales the policy gradient (see callbacks/analysis.py).
             "reward/group_var": groups.var(1, unbiased=False).mean(),
             "rollout/completion_length": trained.mask.sum(1).float().mean(),

@@ -13,7 +13,7 @@ def token_log_probs(model: nn.Module, inputs: Batch, completion_ids: torch.Tenso
                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(token | prefix) of every completion token under the sampling temperature, and the entropy of
     the next-token distribution (a health metric, without gradient). `inputs` are the prompts followed by the
-    completions (Rollouts.model_inputs)."""
+    completions (Rollouts.sequences)."""
     n = completion_ids.shape[1]
     # The logits at position i predict token i + 1: the last n + 1 positions cover the n completion tokens.
     logits = model(**inputs.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float() / temperature

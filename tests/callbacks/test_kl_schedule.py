@@ -17,3 +17,5 @@ def test_kl_schedule_is_applied_per_task(filtered_rft):
     assert [bool(r.get("policy/kl")) for r in rows] == [False, False, True, True]
     assert KLSchedule("linear", 0.1, final_coef=0.0, steps_per_stage=5).coef_at(0, 4) == 0.0
     assert KLSchedule("linear", 0.1, final_coef=0.0, steps_per_stage=5).coef_at(3, 2) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        KLSchedule("per_task", per_task=[0.1, -0.1])

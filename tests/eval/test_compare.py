@@ -141,7 +141,7 @@ def test_incomplete_run_marked(tmp_path):
 def test_different_tasks_compare_the_union(tmp_path, caplog):
     other = {**OLD, "name": "shape run", "tasks": ["shape", "count"]}
     dirs = [write_run(tmp_path / "sft", SFT), write_run(tmp_path / "shape", other)]
-    with caplog.at_level(logging.WARNING, logger="cpt.compare"):
+    with caplog.at_level(logging.WARNING, logger="cpt.eval.compare"):
         runs = load_runs(dirs)
     assert "different tasks" in caplog.text and "shape run: shape, count" in caplog.text
     finals = format_comparison(runs).split("\n\n")[1]

@@ -144,6 +144,8 @@ def test_reward_functions_load_by_import_path_or_file(tmp_path):
     assert load_object("cpt.rl.rewards:task_reward", "reward function") is task_reward
     (tmp_path / "mine.py").write_text("def score(completion, example, **_):\n    return {'accuracy': 1.0}\n")
     assert load_object(f"{tmp_path / 'mine.py'}:score", "reward function")("x", None) == {"accuracy": 1.0}
+    with pytest.raises(ConfigError, match="'cpt.rewards:task_reward': .*; it is now cpt.rl.rewards:task_reward"):
+        load_object("cpt.rewards:task_reward", "reward function")  # a config from before the subpackages
     with pytest.raises(ConfigError, match="cannot import reward function 'cpt.rl.rewards:nope'"):
         load_object("cpt.rl.rewards:nope", "reward function")
     with pytest.raises(ConfigError, match="must look like package.module:name"):

@@ -1,6 +1,7 @@
 """`python -m cpt COMMAND ...`: hands the arguments to the command's module (cpt/commands/, or cpt/smc/cli.py).
 
-A command's module is imported only when it runs, so `--help` and a mistyped command answer at once.
+A command's module is imported only when it runs: `--help` and a mistyped command do not load the model,
+data and training stack.
 """
 
 from __future__ import annotations

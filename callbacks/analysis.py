@@ -158,7 +158,7 @@ class ForgettingAnalysis(Callback):
             else:
                 ids = restored["ids"].to(pl_module.device)
             rollouts = Rollouts.sampled(prompts, ids, pl_module.processor.eos_id, group_size=1)
-            base_logp = (token_log_probs(model, rollouts.sequences(), ids, PROBE_TEMPERATURE)[0]
+            base_logp = (token_log_probs(model, prompts, ids, rollouts.mask, PROBE_TEMPERATURE)[0]
                          if restored is None else restored["base_logp"].to(pl_module.device))
             return Probe(rollouts, base_logp)
 
@@ -168,7 +168,7 @@ class ForgettingAnalysis(Callback):
         with probing(pl_module.backbone):
             for name, probe in self.probes.items():
                 rollouts = probe.rollouts
-                current = token_log_probs(pl_module.backbone, rollouts.sequences(), rollouts.completion_ids,
+                current = token_log_probs(pl_module.backbone, rollouts.prompts, rollouts.completion_ids, rollouts.mask,
                                           PROBE_TEMPERATURE)[0]
                 # Samples come from the base, so the base plays the policy in Schulman's estimator.
                 per_token = kl_estimate(probe.base_logp, current, "k3") * rollouts.mask.float()

@@ -21,7 +21,7 @@ USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
 commands:
   fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
-  bench     bench rft: time our RFT step against TRL's GRPOTrainer on the same model and prompts
+  bench     bench rft|sft|memory|fsdp-load: RFT and SFT steps against TRL's; an RFT update's, a sharded load's memory
   compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
   smc       smc complete INPUT OUTPUT | smc bench: similarity matrix completion (SMCNN, SMCNmF)
   data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows

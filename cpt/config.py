@@ -32,6 +32,13 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.rl.reference
 RUN_TIME_ENV = "CPT_RUN_TIME"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+# What a method brings beyond the schema's defaults: its recipe fills every key here that neither the config file
+# nor an override sets, so `method=rft` on configs/default.yaml (whose values are defaults, not settings) trains
+# with RFT's learning rate, batch and lengths rather than SFT's. configs/rft.yaml states the same values (a test
+# checks); they live here so that an install without configs/ has them too.
+RECIPES: dict[str, dict[str, Any]] = {
+    "rft": {"optim.lr": 5e-5, "data.batch_size": 8, "rft.group_size": 8, "rft.max_new_tokens": 16},
+}
 
 
 def _run_time(pattern: str) -> str:
@@ -217,6 +224,12 @@ class RFTConfig:
     mask_truncated: bool = doc("Leave completions cut off at max_new_tokens out of the loss.", False)
     micro_batch_size: Optional[int] = doc("Rollouts per forward/backward pass (gradients accumulate over the "
                                           "rollout batch); null = all at once.", None)
+    shared_prefix: bool = doc("Encode each prompt (its images included) once per group: one prefill for its G "
+                              "rollouts, and one prompt forward for its G completions in the log-probability "
+                              "passes; false repeats the prompt on every row (the slower reference path).", True)
+    log_prob_chunk: Optional[int] = doc("Completion tokens whose vocabulary-wide logits exist at once when "
+                                        "log-probabilities and entropy are computed (recomputed in the backward "
+                                        "pass); null = all of a micro-batch's at once.", 1024)
     kl: KLConfig = doc("KL regularisation towards a reference policy.", factory=KLConfig)
     reward: RewardConfig = doc("The reward function and its weights.", factory=RewardConfig)
     filter: FilterConfig = doc("Rollout-based instance filtering, before each task and/or online.",
@@ -317,8 +330,8 @@ CHOICES = {
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
-            "rft.micro_batch_size", "rft.filter.k", "rft.filter.pool_size", "regularizer.fisher_batches",
-            "replay.buffer_per_task", "analysis.probe_size")
+            "rft.micro_batch_size", "rft.log_prob_chunk", "rft.filter.k", "rft.filter.pool_size",
+            "regularizer.fisher_batches", "replay.buffer_per_task", "analysis.probe_size")
 
 
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -356,9 +369,9 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides: {error}") from None
 
 
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
     """The file's settings, preceded by those of the config it names as `base:` (a path relative to it), so
-    that an experiment config states only what differs from its base."""
+    that an experiment config states only what differs from its base; each with its resolved path."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
@@ -371,37 +384,74 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a list")
     base = loaded.pop("base", None)
     if base is None:
-        return [loaded]
-    return _load_yaml(path.parent / str(base), (*seen, path.resolve())) + [loaded]
+        return [(path.resolve(), loaded)]
+    return _load_yaml(path.parent / str(base), (*seen, path.resolve())) + [(path.resolve(), loaded)]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
-    """Schema defaults <- YAML file <- overrides, validated; interpolations resolved."""
+def _sets(layer: DictConfig, key: str) -> bool:
+    """Whether a file or the overrides give the dotted key a value (interpolations left as written)."""
+    node: Any = OmegaConf.to_container(layer, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config_with_recipe(path: str | Path | None = None,
+                            overrides: list[str] = ()) -> tuple[DictConfig, dict[str, Any]]:
+    """Schema defaults <- YAML file <- overrides, then the method's recipe (RECIPES) on each recipe key that
+    neither an override nor a file other than configs/default.yaml sets; validated, interpolations resolved. Also
+    returns the recipe values it applied, so that the run can say which defaults it used."""
     merged = OmegaConf.structured(Config)
-    sources = (_load_yaml(Path(path)) if path is not None else []) + [_parse_overrides(list(overrides))]
-    for source in sources:
+    layers = (_load_yaml(Path(path)) if path is not None else []) + [(None, _parse_overrides(list(overrides)))]
+    for _, layer in layers:
         try:
-            merged = OmegaConf.merge(merged, source)
+            merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as error:
             key = getattr(error, "full_key", None) or "?"
             if isinstance(error, ConfigKeyError):
                 raise ConfigError(f"unknown key {key!r}; did you mean: {_suggest(key)}") from None
             message = str(error).splitlines()[0]
             raise ConfigError(f"bad value for {key!r}: {message}") from None
+    settings = [layer for source, layer in layers if source != DEFAULT_CONFIG]
+    recipe = RECIPES.get(OmegaConf.select(merged, "method", throw_on_resolution_failure=False), {})
+    applied = {key: value for key, value in recipe.items() if not any(_sets(layer, key) for layer in settings)}
+    for key, value in applied.items():  # before resolving: an interpolation naming a recipe key sees its value
+        OmegaConf.update(merged, key, value, merge=False)
     try:
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(f"cannot resolve {getattr(error, 'full_key', '?')!r}: {str(error).splitlines()[0]}") from None
     _validate(merged)
-    return merged
+    return merged, applied
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
+    """Schema defaults <- YAML file <- overrides, and the method's recipe where they leave its keys unset."""
+    return load_config_with_recipe(path, overrides)[0]
+
+
+def config_with_recipe_from_args(args: list[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """The config a command line names (see config_from_args) and the recipe defaults it applied."""
+    if args and "=" not in args[0]:
+        return load_config_with_recipe(Path(args[0]), args[1:])
+    return load_config_with_recipe(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, args)
 
 
 def config_from_args(args: list[str]) -> DictConfig:
     """The config a command line names: an optional leading YAML path, then key=value overrides; without a path,
     configs/default.yaml (the schema's defaults where the package has no configs/ beside it)."""
-    if args and "=" not in args[0]:
-        return load_config(Path(args[0]), args[1:])
-    return load_config(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, args)
+    return config_with_recipe_from_args(args)[0]
+
+
+def recipe_note(method: str, applied: dict[str, Any]) -> str:
+    """One line naming the recipe defaults a run took (empty when it took none): the values differ from the ones
+    --help and configs/default.yaml show, so the run says so."""
+    if not applied:
+        return ""
+    values = " ".join(f"{key}={value}" for key, value in applied.items())
+    return f"method={method}: {method.upper()} recipe defaults {values} (set any of them to override)"
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -516,8 +566,13 @@ def kl_values(cfg: DictConfig) -> list[float]:
 
 def format_help() -> str:
     lines = ["usage: python -m cpt fit [CONFIG.yaml] [key=value ...]", "",
-             "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml.", "",
-             "Keys (dotted; defaults in brackets):"]
+             "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml.", ""]
+    for method, recipe in RECIPES.items():
+        values = " ".join(f"{key}={value}" for key, value in recipe.items())
+        lines += [f"method={method} brings the {method.upper()} recipe: {values}",
+                  "  wherever neither CONFIG (configs/default.yaml aside) nor an override sets them; the brackets "
+                  "below show the schema's defaults.", ""]
+    lines.append("Keys (dotted; defaults in brackets):")
     for key, default, help in field_docs():
         shown = f" [{default}]" if default else ""
         lines.append(f"  {key}{shown}\n      {help}")

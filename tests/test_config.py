@@ -2,9 +2,18 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from cpt.cli import main
-from cpt.config import field_docs, load_config
+from cpt.config import (
+    RECIPES,
+    RUN_TIME_ENV,
+    config_with_recipe_from_args,
+    field_docs,
+    load_config,
+    load_config_with_recipe,
+    recipe_note,
+)
 from cpt.errors import ConfigError
 from cpt.plugins import load_object
 from cpt.rl.rewards import task_reward
@@ -128,3 +137,91 @@ def test_every_config_loads(path):
     assert cfg.method in ("sft", "rft") and cfg.tasks
     if cfg.method == "rft":  # the reward function a config names can be imported
         assert load_object(cfg.rft.reward.function, "reward function") is task_reward
+
+
+# --- method=rft brings the RFT recipe wherever the user leaves its keys unset --------------------------------
+
+RFT_RECIPE = {"optim.lr": 5e-5, "data.batch_size": 8, "rft.group_size": 8, "rft.max_new_tokens": 16}
+
+
+def recipe_values(cfg) -> tuple:
+    return cfg.optim.lr, cfg.data.batch_size, cfg.rft.group_size, cfg.rft.max_new_tokens
+
+
+def test_method_rft_on_the_default_config_takes_the_rft_recipe():
+    cfg, applied = config_with_recipe_from_args(["method=rft"])
+    assert RECIPES["rft"] == RFT_RECIPE and applied == RFT_RECIPE
+    assert recipe_values(cfg) == (5e-5, 8, 8, 16)
+    assert (cfg.optim.warmup_ratio, cfg.rft.top_p, cfg.rft.kl.coef, cfg.steps_per_task) == (0.1, 0.99, 0.01, 100)
+    assert recipe_note(cfg.method, applied) == ("method=rft: RFT recipe defaults optim.lr=5e-05 data.batch_size=8 "
+                                                "rft.group_size=8 rft.max_new_tokens=16 (set any of them to override)")
+
+
+def test_method_rft_without_configs_dir_takes_the_recipe(monkeypatch, tmp_path):
+    """A non-editable install has no configs/: the recipe comes from the package itself."""
+    monkeypatch.setattr("cpt.config.DEFAULT_CONFIG", tmp_path / "missing.yaml")
+    cfg, applied = config_with_recipe_from_args(["method=rft"])
+    assert recipe_values(cfg) == (5e-5, 8, 8, 16) and applied == RFT_RECIPE
+    assert load_config_with_recipe(None, ["method=rft"])[1] == RFT_RECIPE
+
+
+def test_override_beats_the_recipe():
+    cfg, applied = config_with_recipe_from_args(["method=rft", "optim.lr=1e-4", "rft.max_new_tokens=24"])
+    assert recipe_values(cfg) == (1e-4, 8, 8, 24)
+    assert applied == {"data.batch_size": 8, "rft.group_size": 8}
+    assert recipe_note("rft", applied) == ("method=rft: RFT recipe defaults data.batch_size=8 rft.group_size=8 "
+                                           "(set any of them to override)")
+
+
+def test_user_yaml_with_method_rft_keeps_its_values_and_gets_the_rest(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("method: rft\noptim:\n  lr: 2.0e-5\nrft:\n  group_size: 4\n")
+    cfg, applied = config_with_recipe_from_args([str(path)])
+    assert recipe_values(cfg) == (2e-5, 8, 4, 16)
+    assert applied == {"data.batch_size": 8, "rft.max_new_tokens": 16}
+    cfg, applied = config_with_recipe_from_args([str(path), "data.batch_size=2"])
+    assert recipe_values(cfg) == (2e-5, 2, 4, 16) and applied == {"rft.max_new_tokens": 16}
+
+
+def test_default_yaml_values_are_defaults_not_settings(tmp_path):
+    """configs/default.yaml's SFT lr and batch give way to the recipe, named directly or as a base."""
+    assert load_config_with_recipe(REPO / "configs" / "default.yaml", ["method=rft"])[1] == RFT_RECIPE
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"base: {REPO}/configs/default.yaml\nmethod: rft\nsteps_per_task: 7\n")
+    cfg, applied = load_config_with_recipe(path)
+    assert recipe_values(cfg) == (5e-5, 8, 8, 16) and applied == RFT_RECIPE and cfg.steps_per_task == 7
+
+
+def test_method_sft_is_unchanged():
+    for args in ([], ["method=sft"]):
+        cfg, applied = config_with_recipe_from_args(args)
+        assert applied == {} and recipe_note(cfg.method, applied) == ""
+        assert (cfg.method, *recipe_values(cfg)) == ("sft", 5e-4, 16, 8, 32)
+    assert load_config_with_recipe(None, [])[1] == {}
+
+
+def test_rft_yaml_is_the_recipe(monkeypatch):
+    """configs/rft.yaml states every recipe value itself (so it takes none), and `method=rft` on the default config
+    is the same run: equal resolved configs, but for the reward weights rft.yaml spells out (null = the same)."""
+    monkeypatch.setenv(RUN_TIME_ENV, "2025-01-01T12:00:00")
+    text = OmegaConf.load(REPO / "configs" / "rft.yaml")
+    assert {key: OmegaConf.select(text, key) for key in RECIPES["rft"]} == RECIPES["rft"]
+    rft, applied = load_config_with_recipe(REPO / "configs" / "rft.yaml")
+    assert applied == {}
+    default, applied = config_with_recipe_from_args(["method=rft", "rft.reward.weights={accuracy: 0.9, format: 0.1}"])
+    assert applied == RFT_RECIPE
+    assert OmegaConf.to_container(default) == OmegaConf.to_container(rft)
+
+
+def test_fit_says_which_recipe_defaults_it_used(monkeypatch, capsys):
+    from cpt.commands import fit  # the training stack: imported only here
+
+    monkeypatch.setattr(fit, "run", lambda cfg: {})
+    assert fit.main(["method=rft", "optim.lr=1e-4"]) == 0
+    assert capsys.readouterr().out == ("method=rft: RFT recipe defaults data.batch_size=8 rft.group_size=8 "
+                                       "rft.max_new_tokens=16 (set any of them to override)\n")
+    assert fit.main(["method=sft"]) == 0 and fit.main([str(REPO / "configs" / "rft.yaml")]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["fit", "--help"]) == 0
+    assert ("method=rft brings the RFT recipe: optim.lr=5e-05 data.batch_size=8 rft.group_size=8 "
+            "rft.max_new_tokens=16\n") in capsys.readouterr().out

@@ -31,7 +31,7 @@ from callbacks import (
     TaskSwitching,
 )
 from cpt.commands.resume import resume_checkpoint
-from cpt.config import config_from_args, save_config
+from cpt.config import config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
 from cpt.data.datamodule import TaskSequenceData
 from cpt.data.general_benchmarks import load_benchmark
@@ -168,8 +168,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
 
 
 def main(args: list[str]) -> int:
+    cfg, applied = config_with_recipe_from_args(args)
+    if applied and rank_zero_only.rank == 0:  # the processes Lightning launches for other ranks re-read the config
+        print(recipe_note(cfg.method, applied))
     try:
-        run(config_from_args(args))
+        run(cfg)
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -11,8 +11,9 @@ import torch
 from omegaconf import DictConfig
 
 from cpt.data.tasks import Task, build_stages
-from cpt.model.backbone import DTYPES, load_backbone, shard_backbone
+from cpt.model.backbone import DTYPES, load_backbone
 from cpt.model.processor import VisionTextProcessor
+from cpt.model.sharded_load import load_sharded_backbone
 
 
 def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: float):
@@ -65,13 +66,15 @@ class CPTModule(L.LightningModule):
             self.backbone.train()  # from_pretrained returns eval mode; dropout in adapters must be live
 
     def build_backbone(self, model_cfg: DictConfig) -> torch.nn.Module:
-        """The checkpoint as `model_cfg` asks, sharded when the strategy is FSDP."""
-        backbone = load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed)
+        """The checkpoint as `model_cfg` asks, sharded when the strategy is FSDP: then each process builds it on
+        the meta device and reads only its own shards (cpt.model.sharded_load), never the whole model."""
         mesh = self.device_mesh
-        if mesh is not None:  # ModelParallelStrategy, i.e. trainer.strategy=fsdp
-            dtype = DTYPES[model_cfg.dtype]
-            shard_backbone(backbone, mesh["data_parallel"], param_dtype=None if dtype == torch.float32 else dtype)
-        return backbone
+        if mesh is None:
+            return load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed)
+        # ModelParallelStrategy, i.e. trainer.strategy=fsdp
+        dtype = DTYPES[model_cfg.dtype]
+        return load_sharded_backbone(model_cfg, self.checkpoint, mesh["data_parallel"], seed=self.cfg.seed,
+                                     param_dtype=None if dtype == torch.float32 else dtype)
 
     # --- the training state a stopped run resumes from (checkpoints/last.ckpt) ------------------------------------
 

@@ -2,13 +2,16 @@
 probability of those that did better than their group.
 
 One training step follows a batch of prompts through five steps, one method each:
-  1. roll_out:    each prompt repeated G times, sampled in one batched `generate` with the KV cache, and every
+  1. roll_out:    G completions of each prompt, sampled in one batched `generate` with the KV cache (each prompt
+                  prefilled once and its cache copied to its G rows, with rft.shared_prefix), and every
                   completion scored by the reward function (cpt.rl.rewards); ReMax also decodes greedily;
   2. filter:      the rollout filters (`add_rollout_filter`, e.g. callbacks/online_filter.py) may swap groups;
   3. log_probs:   the old and the reference policy's log-probabilities, without gradient, where the loss needs them;
   4. advantages:  per group of G (cpt.rl.advantages), after subtracting beta * KL when the KL sits in the reward;
   5. update:      `rft.epochs` optimizer steps on the clipped surrogate (cpt.rl.policy_loss), plus beta * KL per
                   token when the KL sits in the loss, in micro-batches that add up to the whole batch's loss.
+Steps 3 and 5 run each group's prompt once and its G completions on top of it (rft.shared_prefix), and compute
+the vocabulary-wide logits rft.log_prob_chunk tokens at a time (cpt.rl.log_probs).
 Rollouts travel between the steps, and to the callbacks, as one `Rollouts` (cpt.rl.rollouts). Nothing here knows
 about a particular task: the task's scorer and the template reach the reward function.
 
@@ -18,6 +21,7 @@ kl_schedule.py); `roll_out` samples and scores rollouts for anyone (callbacks/ro
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,13 +36,15 @@ from cpt.config import kl_values
 from cpt.data.batches import Batch
 from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
-from cpt.model.generation import Sampling, generate_ids
+from cpt.model.generation import PromptCache, Sampling, generate_ids
 from cpt.rl.advantages import group_advantages
-from cpt.rl.log_probs import token_log_probs
+from cpt.rl.log_probs import takes_block_masks, token_log_probs
 from cpt.rl.policy_loss import aggregate, clipped_surrogate, kl_estimate, loss_denominator
 from cpt.rl.reference import Reference
 from cpt.rl.rewards import Rewards, Scores
 from cpt.rl.rollouts import Rollouts
+
+log = logging.getLogger(__name__)
 
 
 class RolloutFilter(Protocol):
@@ -78,6 +84,10 @@ class RFTModule(CPTModule):
 
     def configure_model(self) -> None:
         super().configure_model()
+        if self.cfg.rft.shared_prefix and not takes_block_masks(self.backbone):
+            log.warning("rft.shared_prefix: flash-attention takes no block mask, so the log-probability passes "
+                        "repeat each prompt on its G rows (rollouts still prefill it once); attn_implementation=sdpa "
+                        "shares it there too")
         if max(kl_values(self.cfg)) > 0 and self.reference is None:
             self.reference = Reference(self.backbone, self.cfg.rft.kl.reference,
                                        build_copy=lambda: self.build_backbone(self.cfg.model))
@@ -108,13 +118,22 @@ class RFTModule(CPTModule):
         finally:
             self.backbone.train()
 
-    def sample(self, prompts: Batch, greedy: bool = False) -> torch.Tensor:
-        """Completion ids: sampled rollouts, or the greedy ones (ReMax's baseline)."""
+    def prefill(self, prompts: Batch) -> PromptCache | None:
+        """The prompts' KV cache, computed once for all their rollouts; None without rft.shared_prefix."""
+        if not self.cfg.rft.shared_prefix:
+            return None
+        with self.evaluating(), self.timed("generate"):
+            return PromptCache.prefill(self.backbone, prompts)
+
+    def sample(self, prompts: Batch, repeats: int = 1, greedy: bool = False,
+               prefix: PromptCache | None = None) -> torch.Tensor:
+        """Completion ids, `repeats` per prompt: sampled rollouts, or the greedy ones (ReMax's baseline)."""
         rft = self.cfg.rft
         with self.evaluating(), self.timed("generate"):
             return generate_ids(self.backbone, self.processor, prompts, rft.max_new_tokens,
                                 synced=self.trainer.world_size > 1,
-                                sampling=None if greedy else Sampling(rft.temperature, rft.top_p))
+                                sampling=None if greedy else Sampling(rft.temperature, rft.top_p),
+                                repeats=repeats, prefix=prefix)
 
     def score(self, ids: torch.Tensor, batch: Batch) -> Scores:
         """Rewards of completions `ids` of the batch's rows, each by its own task's scorer."""
@@ -127,22 +146,29 @@ class RFTModule(CPTModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         self.timing = {"generate": 0.0, "score": 0.0, "update": 0.0}
-        drawn = self.roll_out(batch)
+        remax = self.cfg.rft.advantage == "remax"
+        prefix = self.prefill(batch)
+        drawn = self.roll_out(batch, prefix=prefix)
         rollouts, filter_stats = self.filter(drawn)
-        greedy = self.roll_out(batch, greedy=True) if self.cfg.rft.advantage == "remax" else None
+        greedy = self.roll_out(batch, greedy=True, prefix=prefix) if remax else None
+        del prefix  # the prompts' KV cache: not needed by the update
         with self.timed("update"):
-            inputs, counted = rollouts.sequences(), self.counted_tokens(rollouts)
-            old_logp, ref_logp = self.log_probs(inputs, rollouts.completion_ids)
+            counted = self.counted_tokens(rollouts)
+            old_logp, ref_logp = self.log_probs(rollouts)
             advantages = self.advantages(rollouts, counted, old_logp, ref_logp, greedy)
-            stats = self.update(inputs, rollouts.completion_ids, counted, advantages, old_logp, ref_logp)
+            stats = self.update(rollouts, counted, advantages, old_logp, ref_logp)
         self.log_step(drawn, rollouts, greedy, {**stats, **filter_stats})
 
-    def roll_out(self, batch: Batch, group_size: int | None = None, greedy: bool = False) -> Rollouts:
-        """1. Each prompt repeated G times (a group stays together on this rank), sampled and scored; with
-        `greedy`, each prompt once, decoded greedily."""
+    def roll_out(self, batch: Batch, group_size: int | None = None, greedy: bool = False,
+                 prefix: PromptCache | None = None) -> Rollouts:
+        """1. G completions of each prompt, consecutive rows (a group stays together on this rank), sampled and
+        scored; with `greedy`, one per prompt, decoded greedily. `prefix`: the batch's PromptCache, when the
+        caller made one to share (with rft.shared_prefix one is made here otherwise)."""
         size = 1 if greedy else group_size or self.cfg.rft.group_size
-        prompts = batch if greedy else batch.repeat(size)
-        ids = self.sample(prompts, greedy)
+        if prefix is None:
+            prefix = self.prefill(batch)
+        ids = self.sample(batch, size, greedy, prefix)
+        prompts = batch.repeat(size) if size > 1 else batch
         return Rollouts.sampled(prompts, ids, self.processor.eos_id, size).scored(self.score(ids, prompts))
 
     def filter(self, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
@@ -153,17 +179,17 @@ class RFTModule(CPTModule):
             stats.update(found)
         return rollouts, stats
 
-    def log_probs(self, inputs: Batch, ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def log_probs(self, rollouts: Rollouts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """3. The old policy's log-probabilities (needed with several epochs, or for a KL in the reward) and the
         reference's (with a KL term), without gradient."""
         rft = self.cfg.rft
         with self.evaluating():
             need_old = rft.epochs > 1 or (self.beta > 0 and rft.kl.placement == "reward")
-            old_logp = self.batched_log_probs(self.backbone, inputs, ids) if need_old else None
+            old_logp = self.batched_log_probs(self.backbone, rollouts) if need_old else None
             ref_logp = None
             if self.beta > 0:
                 with self.reference.model(self.backbone) as reference:
-                    ref_logp = self.batched_log_probs(reference, inputs, ids)
+                    ref_logp = self.batched_log_probs(reference, rollouts)
         return old_logp, ref_logp
 
     def advantages(self, rollouts: Rollouts, counted: torch.Tensor, old_logp: torch.Tensor | None,
@@ -176,11 +202,12 @@ class RFTModule(CPTModule):
         baseline = None if greedy is None else greedy.rewards.to(self.device)
         return group_advantages(reward.view(-1, rft.group_size), rft.advantage, baseline).flatten()
 
-    def update(self, inputs: Batch, ids: torch.Tensor, counted: torch.Tensor, advantages: torch.Tensor,
+    def update(self, rollouts: Rollouts, counted: torch.Tensor, advantages: torch.Tensor,
                old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None) -> dict[str, float]:
         """5. `rft.epochs` optimizer steps over the rollouts; returns token-weighted health statistics."""
         rft, beta = self.cfg.rft, self.beta
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        ids = rollouts.completion_ids
         size = rft.micro_batch_size or len(ids)
         denominator = loss_denominator(counted, rft.loss_aggregation)
         tokens = max(float(counted.sum()), 1.0)
@@ -191,8 +218,7 @@ class RFTModule(CPTModule):
             for i in range(0, len(ids), size):
                 rows = slice(i, i + size)
                 m = counted[rows]
-                logp, entropy = token_log_probs(self.backbone, inputs.rows(i, i + size), ids[rows],
-                                                rft.temperature, with_entropy=epoch == 0)
+                logp, entropy = self.rollout_log_probs(self.backbone, rollouts, i, i + size, with_entropy=epoch == 0)
                 # With one epoch the rollouts come from the current policy: the ratio is 1 and its gradient is
                 # the policy gradient, so no extra forward pass is needed for the old log-probs.
                 old = old_logp[rows] if old_logp is not None else logp.detach()
@@ -232,11 +258,21 @@ class RFTModule(CPTModule):
         mask = rollouts.mask & ~rollouts.truncated.unsqueeze(1) if self.cfg.rft.mask_truncated else rollouts.mask
         return mask.float()
 
-    def batched_log_probs(self, model: nn.Module, inputs: Batch, ids: torch.Tensor) -> torch.Tensor:
+    def rollout_log_probs(self, model: nn.Module, rollouts: Rollouts, start: int, stop: int,
+                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probabilities (and entropies) of rollouts start..stop-1 under `model`, as rft.shared_prefix and
+        rft.log_prob_chunk ask."""
+        rft = self.cfg.rft
+        stop = min(stop, len(rollouts))
+        groups = torch.arange(start, stop) // rollouts.group_size if rft.shared_prefix else None
+        return token_log_probs(model, rollouts.prompts.rows(start, stop), rollouts.completion_ids[start:stop],
+                               rollouts.mask[start:stop], rft.temperature, with_entropy, groups, rft.log_prob_chunk)
+
+    def batched_log_probs(self, model: nn.Module, rollouts: Rollouts) -> torch.Tensor:
         """Log-probabilities of all rollouts without gradient, in micro-batches."""
-        size = self.cfg.rft.micro_batch_size or len(ids)
-        return torch.cat([token_log_probs(model, inputs.rows(i, i + size), ids[i:i + size],
-                                          self.cfg.rft.temperature)[0] for i in range(0, len(ids), size)])
+        size = self.cfg.rft.micro_batch_size or len(rollouts)
+        return torch.cat([self.rollout_log_probs(model, rollouts, i, i + size)[0]
+                          for i in range(0, len(rollouts), size)])
 
     def log_step(self, drawn: Rollouts, trained: Rollouts, greedy: Rollouts | None, stats: dict[str, float]) -> None:
         """Reward metrics describe the batch as drawn, before any filtering; lengths the rollouts trained on."""

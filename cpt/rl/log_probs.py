@@ -1,26 +1,169 @@
 """Log-probabilities of completion tokens under a model: what the policy loss, the KL term and the forgetting
-analysis are computed from."""
+analysis are computed from.
+
+Two costs dominate at the size users run (G rollouts per prompt, prompts of hundreds of image tokens, a vocabulary
+of 152k), and both are avoidable:
+  - the prompt repeated on each of its G rows: with `groups`, each prompt (its image included) runs once and its
+    G completions attend to it, gradients flowing back through the shared prompt (SDPA or eager attention; with
+    flash-attention, which takes no such mask, the prompt is repeated);
+  - the float32 logits over the whole vocabulary for every completion token (64 rollouts x 256 tokens x 152k is
+    10 GB, and log_softmax and the entropy make more of that size): with `chunk`, the head runs on at most `chunk`
+    tokens at a time and is recomputed in the backward pass instead of kept.
+Both give the values of the plain path (tests/rl/test_log_probs.py), which stays available for comparison.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cpt.data.batches import Batch
+from cpt.model.backbone import base_model
 
 
-def token_log_probs(model: nn.Module, inputs: Batch, completion_ids: torch.Tensor, temperature: float,
-                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(token | prefix) of every completion token under the sampling temperature, and the entropy of
-    the next-token distribution (a health metric, without gradient). `inputs` are the prompts followed by the
-    completions (Rollouts.sequences)."""
-    n = completion_ids.shape[1]
+def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tensor, mask: torch.Tensor,
+                    temperature: float, with_entropy: bool = False, groups: torch.Tensor | None = None,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rows, tokens) log pi(token | prefix) of every completion token under the sampling temperature, and the
+    entropy of the next-token distribution (a health metric, without gradient) or None.
+
+    Row i is `prompts` row i followed by `completion_ids` row i, attending to the completion where `mask` is set.
+    `groups` (rows,): rows with the same id in a run share one prompt forward (they must hold the same prompt);
+    None repeats the prompt on every row. `chunk`: completion tokens whose logits exist at once; None computes
+    them all in the model's forward.
+    """
+    if groups is not None and not takes_block_masks(model):
+        groups = None
+    if groups is None:
+        sequences = prompts.with_completions(completion_ids, mask)
+        if chunk is None:
+            return _full_vocabulary(model, sequences, completion_ids, temperature, with_entropy)
+        hidden = _final_hidden(model, sequences.model_inputs())[:, -completion_ids.shape[1] - 1:-1]
+    else:
+        hidden = _shared_prefix_hidden(model, prompts, completion_ids, mask, groups)
+    return head_log_probs(base_model(model).lm_head, hidden, completion_ids, temperature, with_entropy, chunk)
+
+
+def _full_vocabulary(model: nn.Module, sequences: Batch, ids: torch.Tensor, temperature: float,
+                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain path: the model's logits for every completion token at once."""
+    n = ids.shape[1]
     # The logits at position i predict token i + 1: the last n + 1 positions cover the n completion tokens.
-    logits = model(**inputs.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float() / temperature
+    logits = model(**sequences.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float() / temperature
     log_probs = logits.log_softmax(-1)
-    chosen = log_probs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    chosen = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return chosen, entropy
+
+
+def _final_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """The language model's last hidden states (after its final norm) for every input position, through the
+    model's own forward (so FSDP's and peft's hooks run) with the head applied to one position only."""
+    captured = []
+    norm = base_model(model).model.language_model.norm
+    handle = norm.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, mask: torch.Tensor,
+                          groups: torch.Tensor) -> torch.Tensor:
+    """(rows, tokens, hidden): the hidden states that predict each completion token, each run of rows of the same
+    group reading one pass over their prompt.
+
+    A run becomes one sequence, its prompt followed by its completions side by side, under a mask that lets every
+    completion see the prompt and its own tokens but not its siblings'. One forward then covers the run: the
+    prompt's keys and values are computed once and every completion's gradient reaches them; positions are those
+    of the repeated forward (a completion continues its prompt). One forward, not a prompt cache read by a second
+    one, so that FSDP's gather-before-backward hooks and gradient checkpointing see an ordinary forward.
+    """
+    rows, n = ids.shape
+    device = ids.device
+    first = torch.ones(rows, dtype=torch.bool)
+    first[1:] = groups[1:].cpu() != groups[:-1].cpu()
+    run = first.cumsum(0) - 1  # each row's run
+    slot = torch.arange(rows) - first.nonzero().squeeze(1)[run]  # each row's place in its run
+    runs, slots = int(run[-1]) + 1, int(slot.max()) + 1
+    unique = prompts.select(first.nonzero().squeeze(1).tolist())
+    width = unique.input_ids.shape[1]
+    total = width + slots * n
+
+    input_ids = torch.zeros((runs, slots, n), dtype=ids.dtype, device=device)  # unused slots stay unattended
+    valid = torch.zeros((runs, slots, n), dtype=torch.bool, device=device)
+    input_ids[run, slot], valid[run, slot] = ids, mask
+    input_ids = torch.cat([unique.input_ids, input_ids.flatten(1)], 1)
+    valid = torch.cat([unique.attention_mask.bool(), valid.flatten(1)], 1)  # (runs, total) keys that exist
+
+    # Which part of the sequence each column is in (-1: the prompt, s: completion slot s), and its position.
+    part = torch.cat([torch.full((width,), -1), torch.arange(slots).repeat_interleave(n)]).to(device)
+    position = torch.cat([torch.arange(width), width + torch.arange(n).repeat(slots)]).to(device)
+    column = torch.arange(total, device=device)
+    causal = column[None, :] <= column[:, None]
+    same_part = (part[None, :] == -1) | (part[None, :] == part[:, None])
+    attend = causal & same_part & valid[:, None, :]
+    attend |= torch.eye(total, dtype=torch.bool, device=device)  # a padding query sees itself: no empty softmax
+    inputs = {"input_ids": input_ids, "attention_mask": _attention_mask(model, attend[:, None]),
+              "position_ids": position.expand(runs, -1)}
+    if unique.pixel_values is not None:
+        inputs.update(pixel_values=unique.pixel_values, image_grid_thw=unique.image_grid_thw)
+    hidden = _final_hidden(model, inputs)
+    # Completion token t of slot s is predicted at column width + s * n + t - 1 (the prompt's last for t = 0).
+    predictors = width - 1 + slot[:, None] * n + torch.arange(n)
+    predictors[:, 0] = width - 1
+    return hidden[run.to(device)[:, None], predictors.to(device)]
+
+
+def takes_block_masks(model: nn.Module) -> bool:
+    """Whether the model's attention takes an arbitrary (batch, 1, queries, keys) mask (flash-attention does not)."""
+    return base_model(model).config._attn_implementation in ("sdpa", "eager")
+
+
+def _attention_mask(model: nn.Module, attend: torch.Tensor) -> torch.Tensor:
+    """A (batch, 1, queries, keys) mask as the model's attention takes it: boolean for SDPA, additive for eager."""
+    if base_model(model).config._attn_implementation == "sdpa":
+        return attend
+    dtype = base_model(model).dtype
+    return torch.zeros(attend.shape, dtype=dtype, device=attend.device).masked_fill(~attend, torch.finfo(dtype).min)
+
+
+def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
+                   with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities of `ids` (rows, tokens) from the hidden states that predict them (rows, tokens, hidden),
+    the output head run on `chunk` tokens at a time (None: all at once). With gradient, each chunk's logits are
+    recomputed in the backward pass rather than kept, so only one chunk's exist at any time."""
+    rows, tokens = ids.shape
+    flat_hidden, flat_ids = hidden.reshape(rows * tokens, -1), ids.reshape(-1)
+    size = chunk or max(len(flat_ids), 1)
+    recompute = torch.is_grad_enabled() and flat_hidden.requires_grad
+    chosen, entropy = [], []
+    for start in range(0, len(flat_ids), size):
+        part = (flat_hidden[start:start + size], flat_ids[start:start + size])
+        if recompute:
+            logp, ent = checkpoint(_chunk_log_probs, head, *part, temperature, with_entropy, use_reentrant=False)
+        else:
+            logp, ent = _chunk_log_probs(head, *part, temperature, with_entropy)
+        chosen.append(logp)
+        entropy.append(ent)
+    chosen = torch.cat(chosen).view(rows, tokens)
+    return chosen, torch.cat(entropy).view(rows, tokens) if with_entropy else None
+
+
+def _chunk_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
+                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits.div_(temperature)  # in place: the head's backward keeps its input, not its output
+    normaliser = logits.logsumexp(-1)
+    chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - normaliser
+    entropy = torch.empty(0, device=ids.device)
+    if with_entropy:
+        with torch.no_grad():  # H = logsumexp - sum p * logits, the sum as a product: no second (tokens, vocab)
+            entropy = normaliser - logits.softmax(-1).unsqueeze(1).bmm(logits.unsqueeze(2)).view(-1)
     return chosen, entropy

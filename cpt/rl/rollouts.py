@@ -46,11 +46,6 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.completion_ids)
 
-    def sequences(self) -> Batch:
-        """Each prompt followed by its completion, tokens after the first end-of-turn masked out: the inputs of
-        the log-probability passes."""
-        return self.prompts.with_completions(self.completion_ids, self.mask)
-
     def group_rewards(self) -> torch.Tensor:
         """(groups, group_size) rewards."""
         return self.rewards.view(-1, self.group_size)

@@ -14,7 +14,7 @@ def rollout_batch(processor):
     dataset = EncodedDataset(SyntheticSplit("colour", "train", 2, 0, 64), processor, "direct")
     batch = Collator(processor.pad_id)([dataset[0], dataset[1]])
     completion = torch.tensor([[7, 8, 9], [10, 11, 12]])
-    return batch.with_completions(completion, torch.ones_like(completion, dtype=torch.bool)), completion
+    return batch, completion
 
 
 def perturb(model):
@@ -26,7 +26,8 @@ def perturb(model):
 
 @torch.no_grad()
 def log_probs(model, inputs, completion):
-    return token_log_probs(model.eval(), inputs, completion, temperature=1.0)[0]
+    return token_log_probs(model.eval(), inputs, completion, torch.ones_like(completion, dtype=torch.bool),
+                           temperature=1.0)[0]
 
 
 def test_lora_reference_is_the_base_model(foundation_dir, processor):

@@ -48,6 +48,6 @@ def test_rounds_join_with_completions_padded_on_the_right(processor):
     assert joined.truncated.tolist() == [False, False, False, True]
     assert joined.rewards.tolist() == [1.0, 0.0, 0.0, 0.0] and joined.varied_groups().tolist() == [True, False]
     assert len(joined.prompts) == 4 and joined.group_size == 2
-    inputs = joined.sequences()
+    inputs = joined.prompts.with_completions(joined.completion_ids, joined.mask)
     width = joined.prompts.input_ids.shape[1]
     assert inputs.attention_mask[:, width:].tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]]

@@ -1,0 +1,140 @@
+"""The shared-prefix forward and the chunked head give the log-probabilities, entropies and gradients of the plain
+repeated-prompt, full-vocabulary path."""
+
+import pytest
+import torch
+
+from cpt.config import load_config
+from cpt.data.batches import Batch, Collator, EncodedDataset
+from cpt.data.synthetic import SyntheticSplit
+from cpt.model.backbone import load_backbone
+from cpt.rl.log_probs import head_log_probs, token_log_probs
+from cpt.rl.rollouts import completion_mask
+
+GROUP = 3
+
+
+def ragged_rollouts(processor, eos_id: int) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two prompts of different lengths (left padding), one image each, G = 3 completions each of different
+    lengths: one ends at once, one is truncated, one ends half way."""
+    items = [EncodedDataset(SyntheticSplit(task, "train", 1, 0, 64), processor, "cot")[0]
+             for task in ("colour", "compare")]
+    prompts = Collator(processor.pad_id)(items)
+    assert prompts.attention_mask[:, 0].tolist().count(0) == 1  # one prompt is shorter: left-padded
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 200, (2 * GROUP, 7), generator=generator)
+    for row, end in [(0, 0), (2, 3), (3, 6), (5, 2)]:  # rows 1 and 4 never end (truncated)
+        ids[row, end] = eos_id
+        ids[row, end + 1:] = processor.pad_id
+    mask, _ = completion_mask(ids, eos_id)
+    return prompts.repeat(GROUP), ids, mask, torch.arange(2 * GROUP) // GROUP
+
+
+def model_for(finetune: str, foundation_dir, attention: str = "sdpa"):
+    torch.manual_seed(0)
+    cfg = load_config(None, [f"model.finetune={finetune}", f"model.attn_implementation={attention}"])
+    model = load_backbone(cfg.model, foundation_dir)
+    if finetune == "lora":  # trained adapters (B = 0 at initialisation would hide their gradient path)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+    return model.eval()
+
+
+def log_probs_and_grads(model, rollouts, groups=None, chunk=None):
+    prompts, ids, mask, _ = rollouts
+    model.zero_grad(set_to_none=True)
+    logp, entropy = token_log_probs(model, prompts, ids, mask, 0.7, with_entropy=True, groups=groups, chunk=chunk)
+    weights = torch.linspace(-1, 1, logp.numel()).view_as(logp)  # a loss that weighs every token differently
+    (logp * weights * mask).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logp.detach(), entropy, grads
+
+
+@pytest.mark.parametrize("finetune,attention", [("full", "sdpa"), ("lora", "sdpa"), ("full", "eager")])
+def test_shared_prefix_and_chunks_equal_the_repeated_full_vocabulary_path(finetune, attention, foundation_dir,
+                                                                          processor):
+    model = model_for(finetune, foundation_dir, attention)
+    rollouts = ragged_rollouts(processor, processor.eos_id)
+    mask = rollouts[2]
+    expected_logp, expected_entropy, expected_grads = log_probs_and_grads(model, rollouts)
+    assert expected_grads and all(g.abs().sum() > 0 for name, g in expected_grads.items() if "visual" in name)
+    for groups, chunk in [(rollouts[3], None), (None, 5), (rollouts[3], 4)]:
+        logp, entropy, grads = log_probs_and_grads(model, rollouts, groups, chunk)
+        torch.testing.assert_close(logp[mask], expected_logp[mask], rtol=0, atol=1e-5)
+        torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=1e-5)
+        assert grads.keys() == expected_grads.keys()
+        for name, grad in grads.items():
+            scale = expected_grads[name].abs().max().clamp(min=1e-12)
+            assert (grad - expected_grads[name]).abs().max() / scale < 1e-4, name
+
+
+def test_a_split_group_still_shares_within_its_run(foundation_dir, processor):
+    """Micro-batches need not align with groups: rows 1..4 hold the tail of group 0 and the head of group 1, runs
+    of different lengths in one forward."""
+    model = model_for("full", foundation_dir)
+    prompts, ids, mask, groups = ragged_rollouts(processor, processor.eos_id)
+    with torch.no_grad():
+        expected, _ = token_log_probs(model, prompts, ids, mask, 1.0)
+        part, _ = token_log_probs(model, prompts.rows(1, 5), ids[1:5], mask[1:5], 1.0, groups=groups[1:5])
+    torch.testing.assert_close(part[mask[1:5]], expected[1:5][mask[1:5]], rtol=0, atol=1e-5)
+
+
+def test_chunked_head_matches_log_softmax_by_hand():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 11, bias=False)
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    ids = torch.tensor([[1, 5, 10], [0, 2, 7]])
+    logits = head(hidden) / 2.0
+    expected = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    probs = logits.softmax(-1)
+    expected_entropy = -(probs * probs.log()).sum(-1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), hidden)
+    for chunk in (1, 4, 6, None):
+        chosen, entropy = head_log_probs(head, hidden, ids, 2.0, with_entropy=True, chunk=chunk)
+        torch.testing.assert_close(chosen, expected)
+        torch.testing.assert_close(entropy, expected_entropy.detach())
+        (grad,) = torch.autograd.grad(chosen.sum(), hidden)
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def _sharded_worker(rank: int, world: int, port: int, foundation_dir, processor, out_dir) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from cpt.model.backbone import local_part, shard_backbone
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for finetune in ("full", "lora"):
+            model = shard_backbone(model_for(finetune, foundation_dir), init_device_mesh("cpu", (world,)))
+            rollouts = ragged_rollouts(processor, processor.eos_id)
+            results = [log_probs_and_grads(model, rollouts, groups, chunk)
+                       for groups, chunk in [(None, None), (rollouts[3], 4)]]
+            (expected, expected_entropy, expected_grads), (logp, entropy, grads) = results
+            mask = rollouts[2]
+            torch.testing.assert_close(logp[mask], expected[mask], rtol=0, atol=1e-5)
+            torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=1e-5)
+            assert grads.keys() == expected_grads.keys() and grads
+            for name, grad in grads.items():
+                grad, reference = local_part(grad), local_part(expected_grads[name])
+                scale = reference.abs().max().clamp(min=1e-12)
+                assert (grad - reference).abs().max() / scale < 1e-4, (finetune, name)
+        (out_dir / f"ok-{rank}").write_text("ok")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_equalities_hold_under_two_process_fsdp(foundation_dir, processor, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_sharded_worker, args=(2, port, foundation_dir, processor, tmp_path), nprocs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok-0", "ok-1"]

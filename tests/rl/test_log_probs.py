@@ -8,7 +8,7 @@ from cpt.config import load_config
 from cpt.data.batches import Batch, Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
 from cpt.model.backbone import load_backbone
-from cpt.rl.log_probs import head_log_probs, token_log_probs
+from cpt.rl.log_probs import head_log_probs, packing_pays, token_log_probs
 from cpt.rl.rollouts import completion_mask
 
 GROUP = 3
@@ -58,6 +58,7 @@ def test_shared_prefix_and_chunks_equal_the_repeated_full_vocabulary_path(finetu
     model = model_for(finetune, foundation_dir, attention)
     rollouts = ragged_rollouts(processor, processor.eos_id)
     mask = rollouts[2]
+    assert packing_pays(rollouts[0], rollouts[1], rollouts[3], 128)  # the shared path below really packs
     expected_logp, expected_entropy, expected_grads = log_probs_and_grads(model, rollouts)
     assert expected_grads and all(g.abs().sum() > 0 for name, g in expected_grads.items() if "visual" in name)
     for groups, chunk in [(rollouts[3], None), (None, 5), (rollouts[3], 4)]:
@@ -79,6 +80,19 @@ def test_a_split_group_still_shares_within_its_run(foundation_dir, processor):
         expected, _ = token_log_probs(model, prompts, ids, mask, 1.0)
         part, _ = token_log_probs(model, prompts.rows(1, 5), ids[1:5], mask[1:5], 1.0, groups=groups[1:5])
     torch.testing.assert_close(part[mask[1:5]], expected[1:5][mask[1:5]], rtol=0, atol=1e-5)
+
+
+def test_packing_is_chosen_where_it_computes_less():
+    prompts = Batch(torch.zeros(2, 52, dtype=torch.long), None, None, None, None, None, [])
+    groups = torch.arange(16) // 8
+    # P = 52, r = 8, d = 128 (cost = 1280 tokens + pairs): n = 16 packs, 1280 * 180 + 180^2 = 262,800 against
+    # 8 * (1280 * 68 + 68^2) = 733,312; n = 512 does not, 1280 * 4148 + 4148^2 = 22,515,344 against
+    # 8 * (1280 * 564 + 564^2) = 8,320,128. At d = 3584 the long case packs: 35840 * 4148 + 4148^2 = 165,870,224
+    # against 8 * (35840 * 564 + 564^2) = 164,254,848 is just above: n = 480 packs.
+    assert packing_pays(prompts, torch.zeros(16, 16), groups, 128)
+    assert not packing_pays(prompts, torch.zeros(16, 512), groups, 128)
+    assert not packing_pays(prompts, torch.zeros(16, 512), groups, 3584)
+    assert packing_pays(prompts, torch.zeros(16, 480), groups, 3584)
 
 
 def test_chunked_head_matches_log_softmax_by_hand():

@@ -20,7 +20,6 @@ the table says which figures were measured and which extrapolated.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import resource
@@ -65,15 +64,6 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each measuring process (default 2)")
 
 
-def log_prob_features() -> dict[str, bool]:
-    """What this build's token_log_probs takes: `chunk` (the chunked path exists) and `mask` (it takes prompts,
-    completions and their mask; before, one batch of prompts followed by completions)."""
-    from cpt.rl.log_probs import token_log_probs
-
-    parameters = inspect.signature(token_log_probs).parameters
-    return {"chunk": "chunk" in parameters, "mask": "mask" in parameters}
-
-
 def random_model(spec: Spec):
     """A random Qwen2.5-VL with `spec`'s vocabulary and body, float32, the vision markers at the vocabulary's end."""
     import torch
@@ -115,14 +105,7 @@ def update(model, prompts, ids, mask, chunk: int | None) -> float:
     """One RFT update's memory-relevant work: log-probabilities and entropy with gradient, a scalar loss, backward."""
     from cpt.rl.log_probs import token_log_probs
 
-    features = log_prob_features()
-    kwargs = {"temperature": 1.0, "with_entropy": True}
-    if features["chunk"]:
-        kwargs["chunk"] = chunk
-    if features["mask"]:
-        logp, _ = token_log_probs(model, prompts, ids, mask, **kwargs)
-    else:
-        logp, _ = token_log_probs(model, prompts.with_completions(ids, mask), ids, **kwargs)
+    logp, _ = token_log_probs(model, prompts, ids, mask, temperature=1.0, with_entropy=True, chunk=chunk)
     loss = -(logp * mask).sum() / mask.sum()
     loss.backward()
     return float(loss.detach())
@@ -151,7 +134,6 @@ def measure(spec: Spec) -> dict:
     import torch
 
     torch.set_num_threads(spec.threads)
-    features = log_prob_features()
     chunk = spec.chunk if spec.path == "chunked" else None
     if spec.path not in ("full", "chunked"):
         raise ValueError(f"unknown path {spec.path!r}: full | chunked")
@@ -166,7 +148,7 @@ def measure(spec: Spec) -> dict:
     loss = update(model, prompts, ids, mask, chunk)
     after = max_rss_bytes()
     return {**asdict(spec), "peak_growth_bytes": after - before, "peak_bytes": after, "max_rss_before_bytes": before,
-            "rss_before_bytes": rss_before, "chunk_used": chunk is not None and features["chunk"],
+            "rss_before_bytes": rss_before, "chunk_used": chunk is not None,
             "parameters": sum(p.numel() for p in model.parameters()), "loss": loss}
 
 
@@ -248,13 +230,10 @@ def conclusion(rows: list[dict], target: int, tokens: int, vocab: int, chunk: in
 def bench_memory(args: argparse.Namespace) -> list[dict]:
     from cpt.bench.report import machine_line, say, versions_line
 
-    features = log_prob_features()
     base = dict(tokens=args.tokens, prompt_tokens=args.prompt_tokens, vocab=args.vocab, hidden=args.hidden,
                 layers=args.layers, chunk=args.chunk, threads=args.threads)
     full_sizes, chunked_sizes = rollout_list(args.rollouts), rollout_list(args.chunked_rollouts)
-    if not features["chunk"]:  # the chunked path is not in this build: the full path runs, at the small sizes only
-        chunked_sizes = [r for r in chunked_sizes if r <= max(full_sizes)]
-    chunked_label = f"chunked (chunk={args.chunk})" if features["chunk"] else "chunked: NOT IN THIS BUILD"
+    chunked_label = f"chunked (chunk={args.chunk})"
     say(f"RFT update peak memory: token_log_probs with entropy and gradient, loss = -mean log p, backward; "
         f"vocabulary {args.vocab:,}")
     say(f"model     random Qwen2.5-VL: vocabulary {args.vocab:,}, hidden {args.hidden}, {args.layers} layers, "
@@ -262,9 +241,8 @@ def bench_memory(args: argparse.Namespace) -> list[dict]:
     say(f"batch     rollouts x ({args.prompt_tokens} prompt + {args.tokens} completion tokens), the prompt on every "
         f"row, every completion token in the loss")
     say("paths     full (chunk=None) = the logits of every completion token at once (rft.log_prob_chunk=null); "
-        + (f"chunked = {args.chunk} tokens' logits at a time ({gib(args.chunk * args.vocab * 4)} each), recomputed "
-           "in the backward pass" if features["chunk"] else
-           "chunked: this build's token_log_probs has no `chunk` argument, so its rows run the full path"))
+        f"chunked = {args.chunk} tokens' logits at a time ({gib(args.chunk * args.vocab * 4)} each), recomputed "
+        "in the backward pass")
     say("measure   each row in a fresh Python process: peak RSS (ru_maxrss) after the update minus just before it "
         "(peak growth), and the peak itself")
     say(machine_line(threads=args.threads))

@@ -11,7 +11,6 @@ times the completion), where encoding the prompt once per group matters.
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -60,13 +59,6 @@ class PromptLength:
     image_tokens: float
     image_size: tuple[int, int]
     trl_tokens: float | None = None
-
-
-def shared_prefix_is_read() -> bool:
-    """Whether this build's RFT step reads `rft.shared_prefix` at all (until it does, both cpt sides are one)."""
-    import cpt.methods.rft
-
-    return "shared_prefix" in inspect.getsource(cpt.methods.rft)
 
 
 def case_config(case: str, overrides: list[str], checkpoint: Path, steps: int, warmup: int) -> DictConfig:
@@ -168,9 +160,6 @@ def describe(cfg: DictConfig, checkpoint: Path, steps: int, warmup: int, rounds:
         machine_line(),
         versions_line(),
     ]
-    if not shared_prefix_is_read():
-        lines.append("note      this build's RFTModule does not read rft.shared_prefix: both cpt sides run the "
-                     "same code")
     return lines
 
 

@@ -12,7 +12,6 @@ from cpt.bench.memory import (
     Spec,
     add_options,
     extrapolate,
-    log_prob_features,
     logits_bytes,
     measure_in_subprocess,
     random_model,
@@ -67,11 +66,10 @@ def test_a_fresh_process_measures_the_update_s_peak_growth():
     one_tensor = logits_bytes(4, 256, 65536)
     assert full["peak_growth_bytes"] >= one_tensor  # it holds the logits at least once
     assert full["peak_bytes"] >= full["peak_growth_bytes"] > 0 and not full["chunk_used"]
-    if log_prob_features()["chunk"]:
-        chunked = measure_in_subprocess(Spec("chunked", **common), timeout=300)
-        assert chunked["chunk_used"]
-        assert chunked["peak_growth_bytes"] < full["peak_growth_bytes"] / 2
-        assert chunked["loss"] == pytest.approx(full["loss"], rel=1e-5)  # the same update, by another path
+    chunked = measure_in_subprocess(Spec("chunked", **common), timeout=300)
+    assert chunked["chunk_used"]
+    assert chunked["peak_growth_bytes"] < full["peak_growth_bytes"] / 2
+    assert chunked["loss"] == pytest.approx(full["loss"], rel=1e-5)  # the same update, by another path
 
 
 def test_conclusion_labels_each_figure_measured_or_extrapolated():

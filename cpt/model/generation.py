@@ -33,7 +33,6 @@ class PromptCache:
     """The KV cache of a batch of prompts, every token but the last (generation needs one uncached token to start
     from), computed once and copied for each use."""
 
-    prompts: Batch
     cache: Cache
 
     @classmethod
@@ -43,7 +42,7 @@ class PromptCache:
         # The positions `generate` gives the prompt tokens (left padding does not count), so that it continues them.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         inputs = {**prompts.model_inputs(), "input_ids": prompts.input_ids[:, :-1], "attention_mask": mask}
-        return cls(prompts, model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1).cache)
+        return cls(model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1).cache)
 
     def repeated(self, times: int) -> Cache:
         """A fresh copy for `times` rows per prompt (generation extends the cache in place)."""
@@ -74,15 +73,16 @@ def generate_ids(model: nn.Module, processor: VisionTextProcessor, batch: Batch,
                               eos_token_id=processor.eos_id, suppress_tokens=processor.placeholder_ids, do_sample=False)
     if sampling is not None:
         config.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    rows = batch.repeat(repeats) if repeats > 1 else batch
     try:
         if prefix is None:
+            rows = batch.repeat(repeats) if repeats > 1 else batch
             out = model.generate(**rows.model_inputs(), generation_config=config, synced_gpus=synced)
         else:
             # The images are in the cache: only ids and mask go in. Positions restart from the mask, as after a
             # plain prefill; the 3D rope offsets of an earlier call would not fit these rows.
             root.model.rope_deltas = None
-            out = model.generate(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+            out = model.generate(input_ids=batch.input_ids.repeat_interleave(repeats, 0),
+                                 attention_mask=batch.attention_mask.repeat_interleave(repeats, 0),
                                  cache=prefix.repeated(repeats), generation_config=config, synced_gpus=synced)
     finally:
         if sharded:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -80,13 +80,22 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
     pattern = rf"^(?!.*\bvisual\b).*\.({text_targets})$"
     if lora.vision:
         pattern = rf"(?:{pattern})|(?:{VISION_LORA_PATTERN})"
+    from peft import LoraConfig, get_peft_model  # imported where adapters are made: see has_adapters
+
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
                              task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """Whether `model` is a peft model. peft is imported only where adapters are made: with bitsandbytes it takes
+    seconds to import, which a run or a command without adapters need not wait for."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def base_model(model: nn.Module) -> PreTrainedModel:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if has_adapters(model) else model
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
@@ -141,7 +150,7 @@ def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
     """Adapters (LoRA) or the full weights, in the usual save_pretrained layout. Call on every rank."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    adapters_only = isinstance(model, PeftModel)
+    adapters_only = has_adapters(model)
     # Gathers shards under FSDP; every rank must take part, only the main one writes. For LoRA only the
     # adapters are gathered, not the frozen base.
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapters_only)

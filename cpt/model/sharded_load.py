@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from peft import PeftModel
-from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -42,6 +40,7 @@ from cpt.model.backbone import (
     DTYPES,
     apply_finetune,
     attention_implementation,
+    has_adapters,
     has_weights,
     load_backbone,
     shard_backbone,
@@ -204,8 +203,9 @@ def random_group(template: PreTrainedModel, name: str, whole: bool, seed: int) -
 @torch.no_grad()
 def initialise_adapters(model: nn.Module, seed: int) -> list[tuple[Slot, torch.Tensor]]:
     """LoRA weights as peft initialises them (`reset_lora_parameters`), from `seed`, on the CPU, in full."""
-    if not isinstance(model, PeftModel):
+    if not has_adapters(model):
         return []
+    from peft.tuners.lora import LoraLayer
     values: list[tuple[Slot, torch.Tensor]] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

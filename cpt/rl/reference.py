@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import PeftModel
 from torch import nn
 
 from cpt.config import REFERENCES
-from cpt.model.backbone import reshard
+from cpt.model.backbone import has_adapters, reshard
 
 
 class Reference(nn.Module):
@@ -30,7 +29,7 @@ class Reference(nn.Module):
         self.kind = kind
         self.copy: nn.Module | None = None
         self.snapshot: list[torch.Tensor] | None = None  # adapter weights at the start of the task
-        if not isinstance(policy, PeftModel):
+        if not has_adapters(policy):
             # Left in training mode like the policy (Lightning warns about modules in eval mode at fit start);
             # `model()` switches it to eval for every use.
             self.copy = build_copy().requires_grad_(False).train()

@@ -38,9 +38,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from cpt.atomic import replacing, write_json
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.tasks import Task
-from cpt.eval.results import write_json
 from cpt.methods.base import CPTModule
 from cpt.model.backbone import local_part, reshard
 from cpt.model.generation import Sampling, generate_ids
@@ -282,7 +282,6 @@ def plot_analysis(stages: list[dict], path: Path) -> None:
     kls.set_xticks([0, *x], ["base", *labels], rotation=30, ha="right")
     kls.set_xlabel("after stage")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
+    with replacing(path) as staging:
+        fig.savefig(staging, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)

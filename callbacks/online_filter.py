@@ -17,8 +17,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from cpt.atomic import write_json
 from cpt.data.batches import Batch
-from cpt.eval.results import write_json
 from cpt.methods.rft import RFTModule
 from cpt.rl.rollouts import Rollouts
 

@@ -26,10 +26,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm.auto import tqdm
 
+from cpt.atomic import write_json
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.datamodule import TaskSequenceData
 from cpt.eval.evaluate import shard_indices
-from cpt.eval.results import write_json
 from cpt.methods.rft import RFTModule
 
 log = logging.getLogger(__name__)

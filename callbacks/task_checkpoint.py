@@ -9,12 +9,12 @@ stage's evaluation row and the next stage's filtering are in it.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from cpt.atomic import remove, staging_path, swap_in
 from cpt.model.backbone import save_weights
 
 LAST = "last.ckpt"
@@ -33,15 +33,18 @@ class TaskCheckpoint(Checkpoint):
         return self.run_dir / "checkpoints" / f"{index + 1}-{self.task_names[index]}"
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        save_weights(pl_module.backbone, self.path_for(trainer.current_epoch), is_main=trainer.is_global_zero)
-        # Written beside, then renamed: a run stopped while saving keeps the previous stage's state.
-        staging = self.last.with_name(LAST + ".saving")
-        trainer.save_checkpoint(staging)  # a file, or a directory of shards under FSDP
+        # Both are written beside their place and renamed into it (cpt.atomic): a run stopped while saving keeps the
+        # previous version whole, and at no moment is there neither.
+        stage_dir = self.path_for(trainer.current_epoch)
+        if trainer.is_global_zero:  # what a run stopped while saving left behind
+            remove(staging_path(stage_dir))
+            remove(staging_path(self.last))
+        trainer.strategy.barrier()
+        save_weights(pl_module.backbone, staging_path(stage_dir), is_main=trainer.is_global_zero)
+        # A file, or a directory of shards under FSDP; the whole training state (weights_only=False), as resume needs.
+        trainer.save_checkpoint(staging_path(self.last), weights_only=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
-            if self.last.is_dir():
-                shutil.rmtree(self.last)
-            elif self.last.exists():
-                self.last.unlink()
-            staging.rename(self.last)
+            swap_in(staging_path(stage_dir), stage_dir)
+            swap_in(staging_path(self.last), self.last)
         trainer.strategy.barrier()

@@ -7,16 +7,16 @@ data and training stack.
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import sys
 import warnings
 from datetime import datetime
 
+from cpt import console
 from cpt.config import RUN_TIME_ENV, format_help
 from cpt.errors import ConfigError, DataError
 
-USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...]
+USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...] [--log-level debug|info|warning|error]
 
 commands:
   fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    try:
+        level, argv = console.split_level(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not argv:
+        print(USAGE)
+        return 0
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
@@ -47,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         print(format_help())
         return 0
     os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # bitsandbytes warns on import that an optional CPU kernel package is missing; QLoRA works without it.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    console.configure(level)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices meant for library authors
     try:
-        return importlib.import_module(COMMANDS[command]).main(args)
-    except (ConfigError, DataError, FileNotFoundError) as error:
+        module = importlib.import_module(COMMANDS[command])
+        console.settle_lightning()
+        return module.main(args)
+    except (ConfigError, FileNotFoundError) as error:  # the command line or config asks for something wrong
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DataError as error:  # a dataset or a model file is unusable: the message names it
+        print(f"error: {error}", file=sys.stderr)
+        return 1

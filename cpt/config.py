@@ -17,6 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from cpt.atomic import write_text
 from cpt.data.general_benchmarks import BENCHMARK_FORMATS
 from cpt.data.prompts import TEMPLATES
 from cpt.data.schemas import SCHEMAS
@@ -297,6 +298,8 @@ class Config:
                                  "a stopped run resumes from (checkpoints/last.ckpt).", True)
     resume: bool = doc("Continue the run in output_dir after its last finished stage, from checkpoints/last.ckpt: "
                        "`python -m cpt fit <run dir>/config.yaml resume=true`.", False)
+    overwrite: bool = doc("Replace the run output_dir holds (its results, checkpoints and logs are deleted); "
+                          "without it `fit` refuses a directory that holds a run.", False)
     model: ModelConfig = doc("The Qwen2.5-VL backbone.", factory=ModelConfig)
     foundation: FoundationConfig = doc("The `tiny` preset's toy pre-training.", factory=FoundationConfig)
     optim: OptimConfig = doc("Optimizer and per-task schedule.", factory=OptimConfig)
@@ -327,11 +330,19 @@ CHOICES = {
     "rft.filter.rule": ("none", "all_wrong", "all_equal", "range"),
     "regularizer.kind": ("none", "ewc", "l2"),
 }
+# Lightning's precision names that our stack runs (transformer-engine needs NVIDIA's library, not a dependency).
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64")
 POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_new_tokens", "data.eval_size",
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
             "rft.micro_batch_size", "rft.log_prob_chunk", "rft.filter.k", "rft.filter.pool_size",
-            "regularizer.fisher_batches", "replay.buffer_per_task", "analysis.probe_size")
+            "regularizer.fisher_batches", "replay.buffer_per_task", "analysis.probe_size", "optim.lr",
+            "foundation.lr", "model.lora.r", "model.lora.alpha", "model.min_pixels", "model.max_pixels",
+            "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
+# Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
+RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
+          ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1), ("data.num_workers", 0, None),
+          ("rft.filter.correct_threshold", 0, 1), ("seed", 0, 2**32 - 1), ("foundation.seed", 0, 2**32 - 1))
 
 
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -463,6 +474,16 @@ def _validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value <= 0:  # null is allowed where the schema allows it
             raise ConfigError(f"bad value for {key!r}: must be positive, got {value}")
+    for key, low, high in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ConfigError(f"bad value for {key!r}: must be {bounds}, got {value}")
+    if cfg.trainer.precision not in PRECISIONS:
+        raise ConfigError(f"bad value for 'trainer.precision': {cfg.trainer.precision!r}; choose one of "
+                          f"{', '.join(PRECISIONS)}")
+    if Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is a file; name a directory (new or holding a run)")
     if not cfg.tasks:
         raise ConfigError("`tasks` is empty: name at least one task")
     known = set(SYNTHETIC_TASKS) | set(cfg.local_tasks)
@@ -580,5 +601,4 @@ def format_help() -> str:
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path)
+    write_text(path, OmegaConf.to_yaml(cfg))

@@ -1,4 +1,5 @@
-"""The errors a user can fix. Every layer raises them; the CLI prints their message and exits with code 2."""
+"""The errors a user can fix. Every layer raises them; the CLI prints their message and exits with code 2 for a
+configuration problem, 1 for a data problem."""
 
 
 class ConfigError(ValueError):

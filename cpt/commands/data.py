@@ -7,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cpt.atomic import write_json
 from cpt.config import config_from_args
 from cpt.data.check import check_config, format_report, reports_to_dict
-from cpt.eval.results import write_json
 
 
 def main(args: list[str]) -> int:

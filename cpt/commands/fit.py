@@ -31,6 +31,7 @@ from callbacks import (
     TaskSwitching,
 )
 from cpt.commands.resume import resume_checkpoint
+from cpt.commands.run_dir import prepare_run_dir, write_versions
 from cpt.config import config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
 from cpt.data.datamodule import TaskSequenceData
@@ -123,12 +124,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
     resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
+    checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory before the run directory is touched
+    prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
+    if rank_zero_only.rank == 0:
+        write_versions(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.data.check_rows:
         first = rank_zero_only.rank == 0  # every process checks (same rows, same result); one writes and shows it
         leave_out_bad_rows(tasks, run_dir if first else None, progress=cfg.trainer.enable_progress_bar and first)
-    checkpoint = resolve_checkpoint(cfg)
     stages = build_stages(cfg)
     names = [stage.name for stage in stages]
     module = METHODS[cfg.method](cfg, checkpoint, tasks)

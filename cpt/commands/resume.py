@@ -15,10 +15,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.task_checkpoint import LAST
+from cpt.atomic import previous_path
 from cpt.errors import ConfigError
 
 # Keys a resumed run may change: how it reports, not what it trains.
-FREE_KEYS = {"resume", "callbacks", "logger", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+FREE_KEYS = {"resume", "overwrite", "callbacks", "logger", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
              "data.num_workers"}
 
 
@@ -36,6 +37,8 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         return None
     run_dir = Path(cfg.output_dir)
     checkpoint = run_dir / "checkpoints" / LAST
+    if not checkpoint.exists() and previous_path(checkpoint).exists():  # stopped between the two renames of a save
+        checkpoint = previous_path(checkpoint)
     saved_config = run_dir / "config.yaml"
     if not checkpoint.exists() or not saved_config.is_file():
         raise ConfigError(f"resume=true, but {checkpoint} does not exist: the run did not finish a stage with "

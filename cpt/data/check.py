@@ -16,12 +16,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from cpt.atomic import write_json
 from cpt.data.examples import Example
 from cpt.data.general_benchmarks import load_benchmark
 from cpt.data.local_tasks import LocalSplit, Problem
 from cpt.data.tasks import Task, local_task, synthetic_task
 from cpt.errors import DataError
-from cpt.eval.results import write_json
 from cpt.eval.scoring import NO, YES, math_value, normalize
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ Written after every evaluation row, so a run that stops early keeps every row it
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
+from cpt.atomic import replacing, write_json
 from cpt.eval.metrics import avg_acc, backward_transfer, forgetting
 
 MATRIX_PNG = "accuracy_matrix.png"
@@ -49,17 +49,9 @@ def summarize(tasks: list[str], rows: list[list[float]], general: list[float | N
     }
 
 
-def write_json(path: Path, content: dict) -> None:
-    """Writes through a temporary file and a rename: a run that stops never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    tmp.replace(path)
-
-
 def write_results(run_dir: Path, summary: dict) -> None:
     write_json(run_dir / "results.json", summary)
-    with open(run_dir / "accuracy_matrix.csv", "w", newline="") as f:
+    with replacing(run_dir / "accuracy_matrix.csv") as staging, open(staging, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["after", *summary["tasks"], "general"])
         for t, row in enumerate(summary["accuracy_matrix"]):
@@ -97,7 +89,8 @@ def plot_accuracy_matrix(summary: dict, path: Path) -> None:
     ax.set_title(f"Accuracy (%)   {headline(summary)}")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as staging:
+        fig.savefig(staging, dpi=110, format="png")
     plt.close(fig)
 
 

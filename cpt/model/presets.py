@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 
 from omegaconf import DictConfig
+from safetensors import safe_open
 from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from cpt.errors import ConfigError, DataError
 from cpt.model.foundation import cache_root, ensure_foundation
 from cpt.model.processor import VisionTextProcessor
 from cpt.model.tiny import build_tiny_processor, special_token_ids, tiny_config
@@ -66,7 +68,25 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
             f"model.name_or_path={name!r} is neither a preset (tiny, qwen2.5-vl-7b) nor a directory with a "
             f"config.json; download the checkpoint on a machine with internet and point to its directory"
         )
+    check_model_files(path)
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != "qwen2_5_vl":
-        raise ValueError(f"{path} holds a {config.get('model_type')!r} model; cpt trains Qwen2.5-VL (qwen2_5_vl)")
+        raise ConfigError(f"{path} holds a {config.get('model_type')!r} model; cpt trains Qwen2.5-VL (qwen2_5_vl)")
     return path
+
+
+def check_model_files(path: Path) -> None:
+    """Every JSON file of a model directory parses and every safetensors file has a readable header (the
+    tensors are not read), so that a damaged file is named before transformers fails somewhere inside it."""
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{file} is not valid JSON ({error}); restore it from the original checkpoint") from None
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt") as weights:
+                weights.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for a bad header
+            raise DataError(f"{file} is not a readable safetensors file ({error}); it may be truncated: copy "
+                            "it again") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def read_matrix(path: Path) -> np.ndarray:
         if suffix == ".npy":
             matrix = np.load(path, allow_pickle=False)
         elif suffix == ".csv":
-            matrix = np.genfromtxt(path, delimiter=",", dtype=np.float64)  # empty fields and "nan" read as NaN
+            matrix = read_csv_matrix(path)
         else:
             raise SimilarityInputError(f"input {str(path)!r}: use a .npy or .csv file")
     except ValueError as error:
@@ -39,6 +40,32 @@ def read_matrix(path: Path) -> np.ndarray:
     if not np.issubdtype(matrix.dtype, np.number):
         raise SimilarityInputError(f"input {str(path)!r} holds {matrix.dtype} values, not numbers")
     return np.atleast_2d(matrix).astype(np.float64)
+
+
+def read_csv_matrix(path: Path) -> np.ndarray:
+    """A numeric CSV without a header; an empty cell or `nan` is a missing value. Any other text is refused with
+    its row and column (read as missing, it would silently change the result)."""
+    rows = []
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.reader(f), 1):
+            if not row:
+                continue
+            values = []
+            for j, cell in enumerate(row, 1):
+                text = cell.strip()
+                try:
+                    values.append(float("nan") if text == "" else float(text))
+                except ValueError:
+                    raise SimilarityInputError(
+                        f"input {str(path)!r}: row {i}, column {j} holds {cell!r}, not a number (leave the cell empty "
+                        "or write nan for a missing value; the file has no header row)") from None
+            if rows and len(values) != len(rows[0]):
+                raise SimilarityInputError(f"input {str(path)!r}: row {i} has {len(values)} values, row 1 has "
+                                           f"{len(rows[0])}")
+            rows.append(values)
+    if not rows:
+        raise SimilarityInputError(f"input {str(path)!r} is empty")
+    return np.array(rows, dtype=np.float64)
 
 
 def write_matrix(matrix: np.ndarray, path: Path) -> None:

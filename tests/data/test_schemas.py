@@ -219,9 +219,10 @@ def test_data_check_names_every_problem(broken, tmp_path, capsys):
 
 def test_fit_stops_early_on_an_unusable_task_and_names_it(broken, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["fit", "tasks=[scienceqa]", *broken["scienceqa"], f"output_dir={run_dir}"]) == 2
+    # A data problem: exit code 1 (2 is for the configuration).
+    assert main(["fit", "tasks=[scienceqa]", *broken["scienceqa"], f"output_dir={run_dir}"]) == 1
     assert "task 'scienceqa', train: " in capsys.readouterr().err
-    assert main(["fit", "tasks=[vizwiz]", *broken["vizwiz"], f"output_dir={run_dir}"]) == 2
+    assert main(["fit", "tasks=[vizwiz]", *broken["vizwiz"], f"output_dir={run_dir}"]) == 1
     assert "task 'vizwiz', eval: " in capsys.readouterr().err
     assert not run_dir.exists()  # stopped before writing anything
 

@@ -11,6 +11,7 @@ from cpt.cli import main
 from cpt.smc import complete, cosine, observed_cosine
 from cpt.smc.baselines import dmc, impute_mean, observed_or_zero
 from cpt.smc.bench import missing_at_random, synthetic
+from cpt.smc.cli import read_matrix
 from cpt.smc.metrics import recall_at_k, relative_error, spectral_floor
 from cpt.smc.similarity import SimilarityInputError
 
@@ -175,3 +176,17 @@ def test_bench_writes_tables_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| wine | 0.5 |" in printed and "| 300 |" in printed
     assert f"| {error['floor']:.3f} |" in printed  # the floor's column, last
+
+
+def test_a_csv_with_text_is_refused_at_its_first_non_numeric_cell(tmp_path, capsys):
+    (tmp_path / "text.csv").write_text("1,0.5,\n0.5, abc ,1\nx,1,1\n")
+    assert main(["smc", "complete", str(tmp_path / "text.csv"), str(tmp_path / "o.csv")]) == 2
+    assert "row 2, column 2 holds ' abc ', not a number" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+    (tmp_path / "ragged.csv").write_text("1,0.5\n0.5\n")
+    assert main(["smc", "complete", str(tmp_path / "ragged.csv"), str(tmp_path / "o.csv")]) == 2
+    assert "row 2 has 1 values, row 1 has 2" in capsys.readouterr().err
+    # Empty cells and nan are the missing values.
+    (tmp_path / "ok.csv").write_text("1,,0.5\n0.2,NaN,1\n0.3,0.1,\n")
+    assert np.isnan(read_matrix(tmp_path / "ok.csv")).tolist() == [[False, True, False], [False, True, False],
+                                                                    [False, False, True]]

@@ -1,0 +1,106 @@
+"""Run directories keep what they hold, files appear whole, runs record their versions, bad values are messages."""
+
+import json
+
+import pytest
+
+from cpt.atomic import previous_path, replacing, staging_path, swap_in, write_json
+from cpt.cli import main
+from cpt.commands.resume import resume_checkpoint
+from cpt.commands.run_dir import held_run, versions
+from cpt.config import load_config, save_config
+
+
+@pytest.mark.slow
+def test_fit_refuses_a_used_output_dir_and_overwrite_replaces_it(tmp_path, quick_cfg, foundation_dir, capsys):
+    run_dir = tmp_path / "run"
+    args = ["fit", *quick_cfg, "tasks=[colour]", "steps_per_task=1", "data.eval_size=2", "eval.general=false",
+            "logger=none", f"output_dir={run_dir}"]
+    assert main(args) == 0
+    results = (run_dir / "results.json").read_bytes()
+    recorded = json.loads((run_dir / "versions.json").read_text())
+    assert recorded["torch"] and recorded["transformers"] and recorded["lightning"] and recorded["peft"]
+    assert "git_commit" in recorded
+    capsys.readouterr()
+
+    assert main([*args, "seed=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir={str(run_dir)!r} already holds a run" in err
+    assert f"python -m cpt fit {run_dir / 'config.yaml'} resume=true" in err and "overwrite=true" in err
+    assert (run_dir / "results.json").read_bytes() == results  # untouched, byte for byte
+    assert load_config(run_dir / "config.yaml").seed == 0
+
+    (run_dir / "notes.txt").write_text("mine")
+    assert main([*args, "seed=5", "overwrite=true"]) == 0
+    out = capsys.readouterr().out
+    assert f"overwrite=true: replacing the run in {run_dir} (deleting config.yaml, versions.json, results.json" in out
+    assert load_config(run_dir / "config.yaml").seed == 5
+    assert (run_dir / "notes.txt").read_text() == "mine"  # only what a run writes is replaced
+
+
+def test_held_run_and_versions(tmp_path):
+    assert held_run(tmp_path) == [] and held_run(tmp_path / "new") == []
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "config.yaml").write_text("seed: 0")
+    assert held_run(tmp_path) == []  # no run has computed anything here yet
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    assert held_run(tmp_path) == ["config.yaml", "results.json", "logs"]
+    found = versions()
+    assert found["python"].count(".") == 2 and isinstance(found["torch"], str)
+    assert set(found) >= {"cpt", "transformers", "lightning", "peft", "flash-attn", "git_commit", "git_dirty"}
+
+
+def test_replacing_leaves_the_old_version_on_an_error_and_swaps_directories(tmp_path):
+    target = tmp_path / "results.json"
+    write_json(target, {"rows": 1})
+    with pytest.raises(RuntimeError), replacing(target) as staging:
+        staging.write_text('{"rows": ')  # half written when the run stops
+        raise RuntimeError("stopped")
+    assert json.loads(target.read_text()) == {"rows": 1} and not staging_path(target).exists()
+
+    folder = tmp_path / "1-colour"
+    folder.mkdir()
+    (folder / "old.bin").write_text("old")
+    new = staging_path(folder)
+    new.mkdir()
+    (new / "new.bin").write_text("new")
+    swap_in(new, folder)
+    assert [p.name for p in folder.iterdir()] == ["new.bin"] and not new.exists()
+    assert not previous_path(folder).exists()
+
+
+def test_resume_takes_the_previous_checkpoint_when_a_save_stopped_between_its_renames(tmp_path, quick_cfg):
+    cfg = load_config(None, [*quick_cfg, f"output_dir={tmp_path}", "resume=true"])
+    save_config(cfg, tmp_path / "config.yaml")
+    kept = previous_path(tmp_path / "checkpoints" / "last.ckpt")
+    kept.parent.mkdir()
+    kept.write_text("state")
+    assert resume_checkpoint(cfg) == kept
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.precision=bogus", "bad value for 'trainer.precision': 'bogus'; choose one of 32-true"),
+    ("optim.lr=-1", "bad value for 'optim.lr': must be positive, got -1.0"),
+    ("optim.warmup_ratio=2", "bad value for 'optim.warmup_ratio': must be in [0, 1], got 2"),
+    ("seed=-1", "bad value for 'seed': must be in [0, 4294967295], got -1"),
+])
+def test_bad_values_are_messages_with_exit_code_2(override, message, capsys):
+    assert main(["fit", override]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_and_a_corrupt_model_directory(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["fit", f"output_dir={tmp_path / 'file'}"]) == 2
+    assert "is a file; name a directory" in capsys.readouterr().err
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl",')
+    assert main(["fit", f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}"]) == 1
+    assert f"error: {model / 'config.json'} is not valid JSON" in capsys.readouterr().err
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    (model / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    assert main(["fit", f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}"]) == 1
+    assert f"error: {model / 'model.safetensors'} is not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

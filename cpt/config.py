@@ -32,7 +32,10 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.rl.reference
 RUN_TIME_ENV = "CPT_RUN_TIME"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+# configs/: inside the package when installed (pyproject maps it to cpt/configs), beside it in a checkout.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
 # What a method brings beyond the schema's defaults: its recipe fills every key here that neither the config file
 # nor an override sets, so `method=rft` on configs/default.yaml (whose values are defaults, not settings) trains
 # with RFT's learning rate, batch and lengths rather than SFT's. configs/rft.yaml states the same values (a test
@@ -73,8 +76,8 @@ class ModelConfig:
                             "weights: for sizing and speed), or a local checkpoint directory.", "tiny")
     finetune: str = doc("lora | qlora (4-bit NF4 base + LoRA) | full.", "full")
     dtype: str = doc("Weight dtype: float32 | bfloat16 | float16.", "float32")
-    attn_implementation: str = doc("auto (flash_attention_2 when installed and on CUDA, else sdpa) | sdpa | eager | "
-                                   "flash_attention_2.", "auto")
+    attn_implementation: str = doc("auto (flash_attention_2 when installed, on CUDA and with half-precision "
+                                   "weights, else sdpa) | sdpa | eager | flash_attention_2.", "auto")
     gradient_checkpointing: bool = doc("Recompute activations in the backward pass to save memory.", False)
     freeze_vision: bool = doc("Keep the vision tower's weights fixed (full fine-tuning; LoRA freezes all base "
                               "weights anyway).", False)
@@ -443,10 +446,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Di
     return load_config_with_recipe(path, overrides)[0]
 
 
+def config_path(name: str | Path) -> Path:
+    """A config file as named on the command line: the path itself, or where it does not exist and names one of the
+    package's (`configs/rft.yaml`), the package's own copy, so that an installed cpt runs them from anywhere."""
+    path = Path(name)
+    if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",):
+        shipped = CONFIGS.joinpath(*path.parts[1:])
+        if shipped.is_file():
+            return shipped
+    return path
+
+
 def config_with_recipe_from_args(args: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The config a command line names (see config_from_args) and the recipe defaults it applied."""
     if args and "=" not in args[0]:
-        return load_config_with_recipe(Path(args[0]), args[1:])
+        return load_config_with_recipe(config_path(args[0]), args[1:])
     return load_config_with_recipe(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, args)
 
 
@@ -479,6 +493,9 @@ def _validate(cfg: DictConfig) -> None:
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise ConfigError(f"bad value for {key!r}: must be {bounds}, got {value}")
+    if cfg.model.attn_implementation == "flash_attention_2" and cfg.model.dtype == "float32":
+        raise ConfigError("model.attn_implementation=flash_attention_2 runs in half precision only: set "
+                          "model.dtype=bfloat16, or attn_implementation=auto (sdpa for float32)")
     if cfg.trainer.precision not in PRECISIONS:
         raise ConfigError(f"bad value for 'trainer.precision': {cfg.trainer.precision!r}; choose one of "
                           f"{', '.join(PRECISIONS)}")
@@ -586,8 +603,9 @@ def kl_values(cfg: DictConfig) -> list[float]:
 
 
 def format_help() -> str:
-    lines = ["usage: python -m cpt fit [CONFIG.yaml] [key=value ...]", "",
-             "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml.", ""]
+    lines = ["usage: python -m cpt fit [CONFIG.yaml] [key=value ...] [--print-config] [--log-level LEVEL]", "",
+             "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml. --print-config "
+             "prints the resolved config and exits.", ""]
     for method, recipe in RECIPES.items():
         values = " ".join(f"{key}={value}" for key, value in recipe.items())
         lines += [f"method={method} brings the {method.upper()} recipe: {values}",

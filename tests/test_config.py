@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -225,3 +226,29 @@ def test_fit_says_which_recipe_defaults_it_used(monkeypatch, capsys):
     assert main(["fit", "--help"]) == 0
     assert ("method=rft brings the RFT recipe: optim.lr=5e-05 data.batch_size=8 rft.group_size=8 "
             "rft.max_new_tokens=16\n") in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_installed_package_carries_the_configs(tmp_path):
+    """A non-editable install finds configs/rft.yaml by that name from any directory, and its default config."""
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                              "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    assert (target / "cpt" / "configs" / "experiments" / "paper" / "sft_lora.yaml").is_file()
+    probe = ("from cpt.config import DEFAULT_CONFIG, config_path, load_config; "
+             "print(DEFAULT_CONFIG.is_file(), config_path('configs/rft.yaml'), "
+             "load_config(config_path('configs/rft.yaml')).method)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(target)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", str(target / "cpt" / "configs" / "rft.yaml"), "rft"]
+
+
+def test_print_config_prints_the_resolved_config_and_exits(tmp_path, capsys):
+    assert main(["fit", "method=rft", f"output_dir={tmp_path / 'run'}", "seed=7", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# method=rft: RFT recipe defaults optim.lr=5e-05")
+    printed = OmegaConf.create(out)
+    assert printed.seed == 7 and printed.optim.lr == 5e-5 and printed.output_dir == str(tmp_path / "run")
+    assert not (tmp_path / "run").exists()

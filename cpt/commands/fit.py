@@ -30,8 +30,9 @@ from callbacks import (
     TaskProgressBar,
     TaskSwitching,
 )
+from cpt.atomic import write_json
 from cpt.commands.resume import resume_checkpoint
-from cpt.commands.run_dir import prepare_run_dir, write_versions
+from cpt.commands.run_dir import prepare_run_dir, versions
 from cpt.config import config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
 from cpt.data.datamodule import TaskSequenceData
@@ -127,8 +128,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory before the run directory is touched
     prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
+    recorded = versions()
     if rank_zero_only.rank == 0:
-        write_versions(run_dir)
+        write_json(run_dir / "versions.json", recorded)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.data.check_rows:
         first = rank_zero_only.rank == 0  # every process checks (same rows, same result); one writes and shows it
@@ -166,13 +168,19 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         enable_checkpointing=cfg.save_checkpoints,  # TaskCheckpoint is Lightning's checkpoint callback then
         limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=run_dir, enable_model_summary=False,
     )
+    for logger in trainer.loggers:  # the run's settings beside its curves (hparams.yaml, TensorBoard, W&B config)
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "versions": recorded})
     data = TaskSequenceData(cfg, tasks, module.processor, module.trains_on_answers, stages)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     return evaluation.summary
 
 
 def main(args: list[str]) -> int:
-    cfg, applied = config_with_recipe_from_args(args)
+    show = "--print-config" in args
+    cfg, applied = config_with_recipe_from_args([arg for arg in args if arg != "--print-config"])
+    if show:  # the resolved config, as the run would save it, and nothing else
+        print((f"# {recipe_note(cfg.method, applied)}\n" if applied else "") + OmegaConf.to_yaml(cfg), end="")
+        return 0
     if applied and rank_zero_only.rank == 0:  # the processes Lightning launches for other ranks re-read the config
         print(recipe_note(cfg.method, applied))
     try:

@@ -13,7 +13,6 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from cpt.atomic import write_json
 from cpt.errors import ConfigError
 
 # What `fit` writes into a run directory (callbacks add the filtering and analysis files); `overwrite=true` deletes
@@ -79,6 +78,3 @@ def versions() -> dict:
         pass
     return found
 
-
-def write_versions(run_dir: Path) -> None:
-    write_json(run_dir / "versions.json", versions())

@@ -25,10 +25,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 VISION_LORA_PATTERN = r".*\bvisual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))$"
 
 
-def attention_implementation(requested: str) -> str:
+def attention_implementation(requested: str, dtype: torch.dtype) -> str:
+    """`auto`: flash-attention 2 where it can run (installed, CUDA, half-precision weights: its kernels refuse
+    float32), else SDPA."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    if (dtype in (torch.bfloat16, torch.float16) and torch.cuda.is_available()
+            and importlib.util.find_spec("flash_attn") is not None):
         return "flash_attention_2"
     return "sdpa"
 
@@ -40,7 +43,7 @@ def has_weights(checkpoint: Path) -> bool:
 def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
     """The model from `checkpoint`, with adapters or frozen parts as `model_cfg.finetune` asks."""
     dtype = DTYPES[model_cfg.dtype]
-    attn = attention_implementation(model_cfg.attn_implementation)
+    attn = attention_implementation(model_cfg.attn_implementation, dtype)
     quantization = None
     if model_cfg.finetune == "qlora":
         quantization = BitsAndBytesConfig(
@@ -80,8 +83,14 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
     pattern = rf"^(?!.*\bvisual\b).*\.({text_targets})$"
     if lora.vision:
         pattern = rf"(?:{pattern})|(?:{VISION_LORA_PATTERN})"
-    from peft import LoraConfig, get_peft_model  # imported where adapters are made: see has_adapters
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # see has_adapters
 
+    if model_cfg.finetune == "qlora":
+        # peft's preparation of a 4-bit model: the weights left in half precision (vision tower, head, norms) in
+        # float32 for stable adapters' gradients, inputs that carry gradients (for checkpointing).
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
                              task_type="CAUSAL_LM")
     return get_peft_model(model, peft_config)

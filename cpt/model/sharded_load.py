@@ -241,7 +241,7 @@ def load_sharded_backbone(model_cfg: DictConfig, checkpoint: Path, mesh, seed: i
         return shard_backbone(load_backbone(model_cfg, checkpoint, seed=seed), mesh, param_dtype=param_dtype)
 
     config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
-    attn = attention_implementation(model_cfg.attn_implementation)
+    attn = attention_implementation(model_cfg.attn_implementation, DTYPES[model_cfg.dtype])
     with parameters_on_meta():
         base = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=DTYPES[model_cfg.dtype],
                                                                attn_implementation=attn)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cpt.commands.fit import run
@@ -54,6 +55,9 @@ def test_run_directory_contents(two_task_run):
     run_dir, _ = two_task_run
     saved = load_config(run_dir / "config.yaml")
     assert saved.steps_per_task == 3 and saved.seed == 1 and list(saved.tasks) == ["colour", "count"]
+    # The logger got the resolved config and the versions as hyperparameters.
+    hparams = OmegaConf.load(run_dir / "logs" / "hparams.yaml")
+    assert hparams.seed == 1 and hparams.model.finetune == "lora" and hparams.versions.torch == torch.__version__
     for k, name in enumerate(["colour", "count"], 1):
         adapter = run_dir / "checkpoints" / f"{k}-{name}"
         assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()

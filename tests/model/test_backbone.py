@@ -1,10 +1,13 @@
+import pytest
 import torch
 
 from cpt.config import load_config
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
+from cpt.errors import ConfigError
 from cpt.methods.sft import sft_loss
-from cpt.model.backbone import count_parameters, fsdp_units, load_backbone
+from cpt.model import backbone
+from cpt.model.backbone import attention_implementation, count_parameters, fsdp_units, load_backbone
 
 
 def model_cfg(*overrides):
@@ -57,6 +60,28 @@ def test_qlora_quantizes_language_model_and_trains_adapters(foundation_dir, proc
     loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert torch.isfinite(loss) and grads and all(g is not None for g in grads)
+
+
+def test_qlora_is_prepared_as_peft_recommends(foundation_dir):
+    """prepare_model_for_kbit_training: the weights kept out of 4 bits are float32 even for bfloat16, and only the
+    adapters train."""
+    model = load_backbone(model_cfg("model.finetune=qlora", "model.dtype=bfloat16"), foundation_dir)
+    kept = {n: p.dtype for n, p in model.named_parameters() if "visual" in n or "lm_head" in n or "norm" in n}
+    assert kept and set(kept.values()) == {torch.float32}
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_auto_attention_takes_flash_attention_only_in_half_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backbone.importlib.util, "find_spec", lambda name: object())
+    assert attention_implementation("auto", torch.bfloat16) == "flash_attention_2"
+    assert attention_implementation("auto", torch.float16) == "flash_attention_2"
+    assert attention_implementation("auto", torch.float32) == "sdpa"
+    assert attention_implementation("eager", torch.float32) == "eager"
+    monkeypatch.setattr(backbone.importlib.util, "find_spec", lambda name: None)
+    assert attention_implementation("auto", torch.bfloat16) == "sdpa"
+    with pytest.raises(ConfigError, match="flash_attention_2 runs in half precision only"):
+        model_cfg("model.attn_implementation=flash_attention_2")
 
 
 def test_fsdp_units_are_decoder_layers_and_vision_blocks(foundation_dir):

@@ -16,22 +16,10 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from cpt.model.tokenizer import IM_END, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+from cpt.model.chat import QWEN_CHAT_TEMPLATE, user_turn
+from cpt.model.tokenizer import IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
 
 log = logging.getLogger(__name__)
-
-SYSTEM_PROMPT = "You are a helpful assistant."
-
-
-def chat_prompt(user_text: str, num_images: int) -> str:
-    """Qwen2.5-VL's chat template for one user turn, ending where the assistant starts to speak."""
-    vision = f"{VISION_START}{IMAGE_PAD}{VISION_END}" * num_images
-    return (
-        f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n"
-        f"{IM_START}user\n{vision}{user_text}{IM_END}\n"
-        f"{IM_START}assistant\n"
-    )
-
 
 @dataclass
 class EncodedPrompt:
@@ -54,6 +42,12 @@ class VisionTextProcessor:
                                 for t in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)]
         self.eos_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        # The checkpoint's template (the processor's, else the tokenizer's); Qwen2.5-VL's where it has none, kept on
+        # the tokenizer so that every checkpoint saved from here carries it.
+        self.chat_template = getattr(stock, "chat_template", None) or tokenizer.chat_template
+        if self.chat_template is None:
+            log.info("the checkpoint has no chat template; prompts take Qwen2.5-VL's framing (cpt.model.chat)")
+            self.chat_template = tokenizer.chat_template = QWEN_CHAT_TEMPLATE
 
     @classmethod
     def from_pretrained(cls, path: str | Path, min_pixels: int | None = None,
@@ -65,6 +59,8 @@ class VisionTextProcessor:
             size["longest_edge"] = max_pixels
         try:
             stock = AutoProcessor.from_pretrained(path)
+            if not hasattr(stock, "image_processor"):  # a directory without a model config gives its tokenizer
+                raise ValueError(f"{path} has no multimodal processor")
         except Exception as error:  # typically: no torchvision, so no video processor
             log.info("stock processor unavailable (%s); using the PIL image processor", error)
             image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
@@ -77,8 +73,13 @@ class VisionTextProcessor:
             image_processor.size = {**dict(image_processor.size), **size}
         return cls(tokenizer, image_processor, stock)
 
+    def prompt_text(self, user_text: str, num_images: int) -> str:
+        """The user's turn through the chat template, up to where the assistant starts to speak."""
+        return self.tokenizer.apply_chat_template(user_turn(user_text, num_images), chat_template=self.chat_template,
+                                                  add_generation_prompt=True, tokenize=False)
+
     def encode_prompt(self, user_text: str, images: list[Image.Image]) -> EncodedPrompt:
-        text = chat_prompt(user_text, len(images))
+        text = self.prompt_text(user_text, len(images))
         images = [image.convert("RGB") for image in images]
         if self.stock is not None:
             out = self.stock(text=[text], images=images or None, return_tensors="pt")

@@ -8,7 +8,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from cpt.data.prompts import TEMPLATES, render_prompt, render_response
 from cpt.data.synthetic import TASKS, make_example
-from cpt.model.processor import VisionTextProcessor, chat_prompt
+from cpt.model.chat import render, user_turn
+from cpt.model.processor import VisionTextProcessor
 from cpt.model.tokenizer import IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START, train_tokenizer
 
 TINY_PATCH = 8
@@ -43,7 +44,8 @@ def tokenizer_corpus(seed: int, image_size: int, per_task: int = 200) -> list[st
             example = make_example(name, "tokenizer", index, seed, image_size)
             for template in TEMPLATES:
                 corpus.append(render_prompt(template, example) + "\n" + render_response(template, example))
-    scaffold = chat_prompt("", 1)  # chat markers and the system prompt
+    # The chat markers and the system prompt, as the tokenizer's template (cpt.model.chat) will frame them.
+    scaffold = render(user_turn("", 1))
     return corpus + [scaffold] * 20
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from cpt.model.chat import QWEN_CHAT_TEMPLATE
+
 # The chat and vision markers Qwen2.5-VL's template and get_rope_index rely on.
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -41,4 +43,5 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 768) -> PreTrainedT
         pad_token=PAD_TOKEN,
         additional_special_tokens=SPECIAL_TOKENS[1:],
         padding_side="left",
+        chat_template=QWEN_CHAT_TEMPLATE,
     )

@@ -41,6 +41,7 @@ from cpt.data.tasks import Stage, Task, build_stages, build_tasks, general_set
 from cpt.errors import ConfigError
 from cpt.methods.rft import RFTModule
 from cpt.methods.sft import SFTModule
+from cpt.model.card import model_card
 from cpt.model.presets import resolve_checkpoint
 from cpt.plugins import load_object
 
@@ -149,7 +150,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     )
     callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), *experiments, evaluation]
     if cfg.save_checkpoints:
-        callbacks.append(TaskCheckpoint(run_dir, names))
+        adapters = cfg.model.finetune != "full"
+        callbacks.append(TaskCheckpoint(run_dir, names, lambda k: model_card(
+            cfg, k, names[k], evaluation.summary, adapters, str(checkpoint.resolve()))))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TaskProgressBar(names))
     if cfg.logger != "none":

@@ -8,6 +8,7 @@ memory and speed are measured without downloading anything.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import sys
 from pathlib import Path
@@ -40,6 +41,15 @@ def has_weights(checkpoint: Path) -> bool:
     return any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("*.bin"))
 
 
+def adapter_base(checkpoint: Path) -> Path | None:
+    """The base model of a directory that holds LoRA adapters only (a LoRA stage: its adapter_config.json names
+    the base), or None for a directory that holds a whole model."""
+    adapters = Path(checkpoint) / "adapter_config.json"
+    if (Path(checkpoint) / "config.json").is_file() or not adapters.is_file():
+        return None
+    return Path(json.loads(adapters.read_text())["base_model_name_or_path"])
+
+
 def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
     """The model from `checkpoint`, with adapters or frozen parts as `model_cfg.finetune` asks."""
     dtype = DTYPES[model_cfg.dtype]
@@ -55,7 +65,23 @@ def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.
             # ("model.visual"), older versions by substring ("visual"): give both.
             llm_int8_skip_modules=["model.visual", "visual", "lm_head"],
         )
-    if has_weights(checkpoint):
+    return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg)
+
+
+def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=None, seed: int = 0) -> PreTrainedModel:
+    """The whole model a checkpoint directory stands for: its weights, random ones from `seed` for a weightless
+    shape, or for a LoRA stage its base (itself loaded this way: a stage of a run that started from a stage) with
+    the adapters merged in. The model remembers the directory (absolute), which adapters trained on it record as
+    their base."""
+    checkpoint = checkpoint.resolve()
+    base = adapter_base(checkpoint)
+    if base is not None:
+        # The model this run starts from, so that RFT's `base` reference (the model with its own adapters off) is
+        # the stage's model, not the first base.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(base, dtype, attn, seed=seed), checkpoint).merge_and_unload()
+    elif has_weights(checkpoint):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             checkpoint, dtype=dtype, attn_implementation=attn, quantization_config=quantization
         )
@@ -65,7 +91,8 @@ def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.
         config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
-    return apply_finetune(model, model_cfg)
+    model.name_or_path = model.config._name_or_path = str(checkpoint)
+    return model
 
 
 def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
@@ -167,4 +194,6 @@ def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
     if not is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, state_dict=state)
+    # Adapters never include the embeddings (LoRA targets the projections): peft need not look for the base's
+    # vocabulary, which a base that is itself a LoRA stage does not state.
+    model.save_pretrained(path, state_dict=state, **({"save_embedding_layers": False} if adapters_only else {}))

@@ -16,6 +16,7 @@ from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from cpt.errors import ConfigError, DataError
+from cpt.model.backbone import adapter_base
 from cpt.model.foundation import cache_root, ensure_foundation
 from cpt.model.processor import VisionTextProcessor
 from cpt.model.tiny import build_tiny_processor, special_token_ids, tiny_config
@@ -63,6 +64,20 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
         processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size)
         return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, processor)
     path = Path(name).expanduser()
+    base = adapter_base(path)
+    if base is not None:  # a LoRA stage of an earlier run: the new sequence starts from base + its adapters
+        if cfg.model.finetune == "qlora":
+            raise ConfigError(f"{path} holds LoRA adapters, merged into their base to start from; QLoRA quantizes "
+                              "the base while loading and cannot take them: use model.finetune=lora or full")
+        stage = path
+        while base is not None:  # down to the whole model the first stage trained on
+            if not ((base / "config.json").is_file() or (base / "adapter_config.json").is_file()):
+                raise ConfigError(f"{stage} holds LoRA adapters trained on {base}, which is not there: put that "
+                                  "checkpoint back at that path (adapter_config.json names it)")
+            check_model_files(stage)
+            stage, base = base, adapter_base(base)
+        check_model_files(stage)
+        return path
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model.name_or_path={name!r} is neither a preset (tiny, qwen2.5-vl-7b) nor a directory with a "

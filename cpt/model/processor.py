@@ -101,5 +101,9 @@ class VisionTextProcessor:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def save_pretrained(self, path: str | Path) -> None:
+        """Tokenizer (with the chat template) and image processor, as AutoProcessor loads them back."""
+        if self.stock is not None:
+            self.stock.save_pretrained(path)
+            return
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)

@@ -38,6 +38,7 @@ from transformers import GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig, Qw
 
 from cpt.model.backbone import (
     DTYPES,
+    adapter_base,
     apply_finetune,
     attention_implementation,
     has_adapters,
@@ -235,12 +236,15 @@ def load_sharded_backbone(model_cfg: DictConfig, checkpoint: Path, mesh, seed: i
     shards (plus one unit while loading)."""
     checkpoint = Path(checkpoint)
     weights = SafetensorsWeights.find(checkpoint)
-    if model_cfg.finetune == "qlora" or (weights is None and has_weights(checkpoint)):
-        log.warning("%s: every process loads the whole checkpoint, then shards it (%s)", checkpoint,
-                    "QLoRA quantizes while loading" if model_cfg.finetune == "qlora" else "no model.safetensors")
+    whole_reason = ("QLoRA quantizes while loading" if model_cfg.finetune == "qlora" else
+                    "a LoRA stage: its adapters are merged into the base" if adapter_base(checkpoint) else
+                    "no model.safetensors" if weights is None and has_weights(checkpoint) else None)
+    if whole_reason:
+        log.warning("%s: every process loads the whole checkpoint, then shards it (%s)", checkpoint, whole_reason)
         return shard_backbone(load_backbone(model_cfg, checkpoint, seed=seed), mesh, param_dtype=param_dtype)
 
     config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
+    config._name_or_path = str(checkpoint.resolve())  # what adapters trained on it record as their base
     attn = attention_implementation(model_cfg.attn_implementation, DTYPES[model_cfg.dtype])
     with parameters_on_meta():
         base = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=DTYPES[model_cfg.dtype],

@@ -1,0 +1,54 @@
+"""Stage directories stand on their own: processor, chat template, generation config and a model card beside the
+weights, and a new sequence starts from one (LoRA or full) exactly where the earlier run left off."""
+
+import json
+
+import pytest
+
+from cpt.cli import main
+from cpt.model.chat import QWEN_CHAT_TEMPLATE
+from cpt.model.processor import VisionTextProcessor
+
+pytestmark = pytest.mark.slow  # every test here trains
+
+
+def fit(quick_cfg, run_dir, *overrides):
+    args = [*quick_cfg, "tasks=[colour,shape]", "steps_per_task=4", "optim.lr=5e-3", "data.eval_size=16",
+            "eval.batch_size=16", "logger=none", f"output_dir={run_dir}", *overrides]
+    assert main(["fit", *args]) == 0
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, quick_cfg, foundation_dir):
+    run_dir = tmp_path_factory.mktemp("first")
+    return run_dir, fit(quick_cfg, run_dir)
+
+
+def test_a_stage_directory_holds_what_loading_it_needs(first_run, foundation_dir):
+    run_dir, results = first_run
+    stage = run_dir / "checkpoints" / "2-shape"
+    adapters = json.loads((stage / "adapter_config.json").read_text())
+    assert adapters["base_model_name_or_path"] == str(foundation_dir.resolve())  # absolute: loads from anywhere
+    assert (stage / "generation_config.json").is_file() and (stage / "adapter_model.safetensors").is_file()
+    assert VisionTextProcessor.from_pretrained(stage).tokenizer.chat_template == QWEN_CHAT_TEMPLATE
+    card = (stage / "README.md").read_text()
+    assert card.startswith("# sft sequential: stage 2 of 2 (shape)")
+    row = results["accuracy_matrix"][2] + [results["general"][2]]
+    assert "| colour | shape | general |\n|---|---|---|\n| " + " | ".join(f"{v:.1f}" for v in row) + " |" in card
+    assert "optim:\n  lr: 0.005" in card  # the run's configuration
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_a_new_sequence_starts_from_a_lora_stage(first_run, tmp_path, quick_cfg, finetune):
+    run_dir, first = first_run
+    assert first["accuracy_matrix"][2] != first["accuracy_matrix"][0]  # the stage moved the model
+    second = fit(quick_cfg, tmp_path / "second", f"model.name_or_path={run_dir / 'checkpoints' / '2-shape'}",
+                 f"model.finetune={finetune}")
+    # Its base row is the first run's last: the same model, evaluated on the same examples.
+    assert second["accuracy_matrix"][0] == first["accuracy_matrix"][2]
+    assert second["general"][0] == first["general"][2]
+    if finetune == "full":  # and a third sequence from a full stage of the second
+        stage = tmp_path / "second" / "checkpoints" / "2-shape"
+        third = fit(quick_cfg, tmp_path / "third", f"model.name_or_path={stage}")
+        assert third["accuracy_matrix"][0] == second["accuracy_matrix"][2]

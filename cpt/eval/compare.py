@@ -89,7 +89,7 @@ def load_run(path: str | Path) -> dict:
     run["method"] = run.get("method") or _config_value(run_dir, "method")
     # Before multitask training existed every run was sequential.
     run["schedule"] = run.get("schedule") or _config_value(run_dir, "schedule") or "sequential"
-    if not run.get("stages"):
+    if run.get("stages") is None:  # an empty list is `cpt eval`'s row: a model evaluated, no stage trained
         run["stages"] = [list(tasks)] if run["schedule"] == "multitask" else [[t] for t in tasks]
     run.setdefault("complete", len(matrix) == len(run["stages"]) + 1)
     run.setdefault("chance", [None] * len(tasks))
@@ -129,18 +129,22 @@ def benchmark_names(runs: list[dict]) -> list[str]:
                               if any(rows or [])))
 
 
-def base_and_final(rows: list[dict | None]) -> tuple[float | None, float | None]:
-    """A benchmark's accuracy on the base model and on the last row after it where it was evaluated."""
+def base_and_final(rows: list[dict | None], trained: bool = True) -> tuple[float | None, float | None]:
+    """A benchmark's accuracy on the base model and on the last row after it where it was evaluated; for a model
+    evaluated without training (`cpt eval`, not `trained`), its one row is the final one."""
     accuracy = [None if row is None else row.get("accuracy") for row in rows or []]
+    if not trained:
+        return None, accuracy[0] if accuracy else None
     base = accuracy[0] if accuracy else None
     final = next((a for a in reversed(accuracy[1:]) if a is not None), None)
     return base, final
 
 
 def final_accuracy(run: dict, task: str) -> float | None:
-    """The task's accuracy on the run's last evaluated row; None where the run lacks the task or trained nothing."""
+    """The task's accuracy on the run's last evaluated row; None where the run lacks the task or stopped before
+    training anything (a `cpt eval` row, which trains nothing by design, is its own final row)."""
     matrix = run["accuracy_matrix"]
-    if task not in run["tasks"] or len(matrix) < 2:
+    if task not in run["tasks"] or (len(matrix) < 2 and run["stages"]):
         return None
     return matrix[-1][run["tasks"].index(task)]
 
@@ -154,7 +158,8 @@ def comparison_rows(runs: list[dict]) -> list[dict]:
     for run in runs:
         row = {key: run[key] for key in ("name", "method", "schedule", "complete", "avg_acc", "fm", "bwt")}
         for name in benchmarks:
-            row[f"{name}_base"], row[f"{name}_final"] = base_and_final(run["benchmarks"].get(name))
+            row[f"{name}_base"], row[f"{name}_final"] = base_and_final(run["benchmarks"].get(name),
+                                                                       trained=bool(run["stages"]))
         row["kept_fraction"], row["wall_time_s"] = run["kept_fraction"], run["wall_time_s"]
         row.update({f"final_{task}": final_accuracy(run, task) for task in tasks})
         rows.append(row)

@@ -24,7 +24,7 @@ def summarize(tasks: list[str], rows: list[list[float]], general: list[float | N
     so they are null. `info` adds fields as they are (name, method, schedule, wall_time_s, kept_fraction).
     """
     stages = stages if stages is not None else [[t] for t in tasks]
-    sequential = all(len(stage) == 1 for stage in stages)
+    sequential = bool(stages) and all(len(stage) == 1 for stage in stages)  # no stages: `cpt eval`'s one row
     seen = [0]  # tasks trained after each row, in sequence order
     for stage in stages:
         seen.append(seen[-1] + len(stage))

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from cpt.data.tasks import Task, build_stages
-from cpt.model.backbone import DTYPES, adapter_base, load_backbone
+from cpt.model.backbone import DTYPES, load_backbone, processor_source
 from cpt.model.processor import VisionTextProcessor
 from cpt.model.sharded_load import load_sharded_backbone
 
@@ -52,11 +52,8 @@ class CPTModule(L.LightningModule):
         self.tasks = list(tasks)
         self.stages = build_stages(cfg)
         self.checkpoint = Path(checkpoint)
-        # A stage directory carries its processor; a LoRA stage saved without one takes its base's.
-        source = self.checkpoint
-        while not (source / "tokenizer_config.json").is_file() and adapter_base(source) is not None:
-            source = adapter_base(source)
-        self.processor = VisionTextProcessor.from_pretrained(source, cfg.model.min_pixels, cfg.model.max_pixels)
+        self.processor = VisionTextProcessor.from_pretrained(processor_source(self.checkpoint), cfg.model.min_pixels,
+                                                             cfg.model.max_pixels)
         self.backbone: torch.nn.Module | None = None
         self.task_index = 0
         self.step_metrics: dict[str, float] = {}

@@ -50,6 +50,28 @@ def adapter_base(checkpoint: Path) -> Path | None:
     return Path(json.loads(adapters.read_text())["base_model_name_or_path"])
 
 
+def processor_source(checkpoint: Path) -> Path:
+    """The directory whose processor a checkpoint uses: its own, or for a LoRA stage saved without one, its
+    base's."""
+    source = Path(checkpoint)
+    while not (source / "tokenizer_config.json").is_file() and adapter_base(source) is not None:
+        source = adapter_base(source)
+    return source
+
+
+def load_for_inference(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
+    """A checkpoint as its run evaluated it: a LoRA stage as its base (merged down to the first) with the adapters
+    on top, unmerged, so that the greedy answers are the run's to the last bit; a whole model as it is."""
+    dtype = DTYPES[model_cfg.dtype]
+    attn = attention_implementation(model_cfg.attn_implementation, dtype)
+    base = adapter_base(checkpoint)
+    if base is None:
+        return load_model(Path(checkpoint), dtype, attn, seed=seed)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(base, dtype, attn, seed=seed), checkpoint)
+
+
 def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
     """The model from `checkpoint`, with adapters or frozen parts as `model_cfg.finetune` asks."""
     dtype = DTYPES[model_cfg.dtype]

@@ -52,3 +52,23 @@ def test_a_new_sequence_starts_from_a_lora_stage(first_run, tmp_path, quick_cfg,
         stage = tmp_path / "second" / "checkpoints" / "2-shape"
         third = fit(quick_cfg, tmp_path / "third", f"model.name_or_path={stage}")
         assert third["accuracy_matrix"][0] == second["accuracy_matrix"][2]
+
+
+def test_eval_of_a_stage_reproduces_its_row_and_compare_puts_it_beside_runs(first_run, tmp_path, quick_cfg, capsys):
+    run_dir, first = first_run
+    args = [*quick_cfg, "tasks=[colour,shape]", "data.eval_size=16", "eval.batch_size=16"]
+    for stage in (1, 2):
+        out = tmp_path / f"eval-{stage}"
+        name = ["1-colour", "2-shape"][stage - 1]
+        assert main(["eval", *args, f"checkpoint={run_dir / 'checkpoints' / name}", f"out={out}"]) == 0
+        row = json.loads((out / "results.json").read_text())
+        assert row["accuracy_matrix"] == [first["accuracy_matrix"][stage]]  # exactly the run's row
+        assert row["general"] == [first["general"][stage]]
+        assert f"Results in {out}" in capsys.readouterr().out
+    assert main(["compare", str(run_dir), str(tmp_path / "eval-2"), "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    evaluated = f"eval {run_dir / 'checkpoints' / '2-shape'}"
+    last = " | ".join(f"{v:.1f}" for v in first["accuracy_matrix"][2])
+    assert f"| sft sequential | {last} |" in table and f"| {evaluated} | {last} |" in table  # final accuracies
+    assert f"| {evaluated} | eval eval | {sum(first['accuracy_matrix'][2]) / 2:.1f} | - | - |" in table
+    assert main(["eval", *args, "checkpoint="]) == 2

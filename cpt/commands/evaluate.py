@@ -1,0 +1,92 @@
+"""`python -m cpt eval [CONFIG.yaml] checkpoint=PATH [out=DIR] [key=value ...]`: one accuracy row for a checkpoint
+(a stage directory, an exported model, a local checkpoint, or the config's own model when no checkpoint is named)
+on the config's tasks and general benchmarks, with nothing trained.
+
+The row is evaluated as `fit` evaluates (same examples, greedy decoding, batch size and lengths, a LoRA stage with
+its adapters on top of its base), so a stage's row comes back exactly. It is printed and written as a run directory
+with one row (`results.json`, `accuracy_matrix.csv`, `config.yaml`, `versions.json`), which `cpt compare` puts
+beside runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from cpt.atomic import write_json
+from cpt.commands.fit import general_benchmarks
+from cpt.commands.run_dir import versions
+from cpt.config import config_from_args, save_config
+from cpt.data.synthetic import GENERAL_NAME
+from cpt.data.tasks import build_tasks
+from cpt.errors import ConfigError
+from cpt.eval.evaluate import evaluate_by_category
+from cpt.eval.results import format_table, summarize, write_results
+from cpt.model.backbone import load_for_inference, processor_source
+from cpt.model.presets import resolve_checkpoint
+from cpt.model.processor import VisionTextProcessor
+
+OWN_KEYS = ("checkpoint", "out")
+
+
+def split_own(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """This command's own `key=value` arguments (OWN_KEYS), and the rest for the config."""
+    own, rest = {}, []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in OWN_KEYS and value:
+            own[key] = value
+        elif key in OWN_KEYS:
+            raise ConfigError(f"{key}= needs a value, e.g. {key}=runs/<run>/checkpoints/1-colour")
+        else:
+            rest.append(arg)
+    return own, rest
+
+
+def device_for(cfg: DictConfig) -> torch.device:
+    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def evaluate_checkpoint(cfg: DictConfig, progress: bool = True) -> dict:
+    """The summary (results.json's content) of one row: the checkpoint cfg.model.name_or_path on cfg's tasks and
+    general benchmarks."""
+    tasks = build_tasks(cfg)
+    benchmarks = general_benchmarks(cfg)
+    checkpoint = resolve_checkpoint(cfg)
+    device = device_for(cfg)
+    processor = VisionTextProcessor.from_pretrained(processor_source(checkpoint), cfg.model.min_pixels,
+                                                    cfg.model.max_pixels)
+    model = load_for_inference(cfg.model, checkpoint, seed=cfg.seed).to(device).eval()
+    scores = {}
+    for task in tqdm([*tasks, *benchmarks], desc=f"Evaluating {checkpoint.name}", disable=not progress):
+        scores[task.name] = evaluate_by_category(model, processor, task, cfg.eval.batch_size, cfg.eval.max_new_tokens,
+                                                 device)
+    results = {b.name: [{"accuracy": scores[b.name][0], "categories": scores[b.name][1]}] for b in benchmarks}
+    general = results.get(GENERAL_NAME, [None])[0]
+    return summarize([t.name for t in tasks], [[scores[t.name][0] for t in tasks]],
+                     [general and general["accuracy"]], [t.chance for t in tasks], stages=[], benchmarks=results,
+                     name=f"eval {cfg.model.name_or_path}", method="eval", schedule="eval",
+                     checkpoint=str(checkpoint))
+
+
+def main(args: list[str]) -> int:
+    own, rest = split_own(args)
+    cfg = config_from_args(rest)
+    if "checkpoint" in own:
+        cfg.model.name_or_path = own["checkpoint"]
+    out = Path(own.get("out") or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; name a directory")
+    summary = evaluate_checkpoint(cfg, progress=cfg.trainer.enable_progress_bar)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "versions.json", versions())
+    write_results(out, summary)
+    print(format_table(summary).replace("base", "eval", 1) + f"\n\nResults in {out}", file=sys.stdout)
+    return 0

@@ -21,6 +21,8 @@ USAGE = """usage: python -m cpt COMMAND [CONFIG.yaml] [key=value ...] [--log-lev
 commands:
   fit       train the task sequence and write the accuracy matrix (python -m cpt fit --help lists every key)
   eval      eval [CONFIG.yaml] checkpoint=PATH [out=DIR] [key=value ...]: one accuracy row for a checkpoint
+  generate  generate checkpoint=PATH [image=FILE ...] question="..." [...]: the model's answers
+  export    export STAGE_DIR OUT_DIR [--dtype D]: a standalone transformers model (LoRA merged into its base)
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
   bench     bench rft|sft|memory|fsdp-load: RFT and SFT steps against TRL's; an RFT update's, a sharded load's memory
   compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
@@ -31,9 +33,10 @@ commands:
 # Each module has main(args) -> exit code.
 COMMANDS = {"fit": "cpt.commands.fit", "eval": "cpt.commands.evaluate", "inspect": "cpt.commands.inspect",
             "bench": "cpt.commands.bench", "compare": "cpt.commands.compare", "data": "cpt.commands.data",
-            "smc": "cpt.smc.cli"}
+            "smc": "cpt.smc.cli",
+            "generate": "cpt.commands.generate", "export": "cpt.commands.export"}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
-OWN_HELP = ("bench", "compare", "data", "smc")
+OWN_HELP = ("bench", "compare", "data", "smc", "generate", "export")
 
 
 def main(argv: list[str] | None = None) -> int:

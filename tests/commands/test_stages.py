@@ -72,3 +72,77 @@ def test_eval_of_a_stage_reproduces_its_row_and_compare_puts_it_beside_runs(firs
     assert f"| sft sequential | {last} |" in table and f"| {evaluated} | {last} |" in table  # final accuracies
     assert f"| {evaluated} | eval eval | {sum(first['accuracy_matrix'][2]) / 2:.1f} | - | - |" in table
     assert main(["eval", *args, "checkpoint="]) == 2
+
+
+def test_export_loads_in_plain_transformers_with_the_answers_cpt_gives(first_run, tmp_path, quick_cfg, capsys):
+    """A LoRA stage merged and saved; transformers alone (the tokenizer's chat template, Qwen2.5-VL's image
+    processor: AutoProcessor where torchvision is installed) answers as cpt's evaluation does."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from cpt.config import load_config
+    from cpt.data.batches import Collator, EncodedDataset
+    from cpt.data.prompts import render_prompt
+    from cpt.data.synthetic import make_example
+    from cpt.model.backbone import load_for_inference
+    from cpt.model.generation import generate
+
+    run_dir, _ = first_run
+    stage, out = run_dir / "checkpoints" / "2-shape", tmp_path / "exported"
+    assert main(["export", str(stage), str(out)]) == 0
+    assert main(["export", str(stage), str(out)]) == 2  # never over an existing directory unasked
+    assert "exists; choose another directory or add --overwrite" in capsys.readouterr().err
+    examples = [make_example("shape", "eval", i, 0, 64) for i in range(8)]
+
+    cfg = load_config(None, [*quick_cfg])
+    ours_model = load_for_inference(cfg.model, stage).eval()
+    processor = VisionTextProcessor.from_pretrained(stage)
+    dataset = EncodedDataset(examples, processor, "direct", with_response=False)
+    batch = Collator(processor.pad_id)([dataset[i] for i in range(len(examples))])
+    ours = generate(ours_model, processor, batch, max_new_tokens=8)
+
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    images = Qwen2VLImageProcessorPil.from_pretrained(out)
+    theirs = []
+    for example in examples:
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": render_prompt("direct", example)}]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        vision = images(images=example.images, return_tensors="pt")
+        pads = int(vision["image_grid_thw"].prod()) // images.merge_size ** 2
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * pads)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        output = model.generate(**inputs, **vision, max_new_tokens=8, do_sample=False)
+        theirs.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    assert theirs == ours and any(answer.startswith("\\boxed{") for answer in ours)
+
+
+def test_generate_answers_as_the_run_asks(first_run, tmp_path, quick_cfg, capsys):
+    from cpt.config import load_config
+    from cpt.data.batches import Collator, EncodedDataset
+    from cpt.data.synthetic import make_example
+    from cpt.model.backbone import load_for_inference
+    from cpt.model.generation import generate
+
+    run_dir, _ = first_run
+    stage = run_dir / "checkpoints" / "1-colour"
+    example = make_example("colour", "eval", 3, 0, 64)
+    assert example.choices is None
+    example.images[0].save(tmp_path / "shape.png")
+    args = ["generate", f"checkpoint={stage}", f"image={tmp_path / 'shape.png'}", f"question={example.question}"]
+    assert main([*args, "max_new_tokens=8"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith(f"Q: {example.question}\nA: \\boxed{{")
+    # The answer cpt's evaluation gives the same example.
+    processor = VisionTextProcessor.from_pretrained(stage)
+    batch = Collator(processor.pad_id)([EncodedDataset([example], processor, "direct", with_response=False)[0]])
+    model = load_for_inference(load_config(None, quick_cfg).model, stage).eval()
+    assert first == f"Q: {example.question}\nA: {generate(model, processor, batch, 8)[0]}\n\n"
+    assert main([*args, "max_new_tokens=8"]) == 0 and capsys.readouterr().out == first  # greedy: the same again
+    assert main([*args, "temperature=1.0", "seed=3"]) == 0
+    sampled = capsys.readouterr().out
+    assert main([*args, "temperature=1.0", "seed=3"]) == 0 and capsys.readouterr().out == sampled  # seeded
+    assert main([*args[:2], "image=missing.png", "question=x"]) == 1
+    assert "image 'missing.png' does not exist" in capsys.readouterr().err
+    assert main([*args[:2], "colour=red"]) == 2

@@ -1,0 +1,100 @@
+"""`python -m cpt generate checkpoint=PATH image=FILE question="..." [image=... question=...] [key=value ...]`: the
+model's answers, each question asked about all the images given (none: text only), prompted as its run prompted
+(the run's `data.template` when the checkpoint is a stage of a run, through the checkpoint's chat template).
+
+Greedy by default; `temperature=T` (> 0) samples, `seed=S` fixes the draw, `max_new_tokens=N` bounds the answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cpt.commands.evaluate import device_for
+from cpt.config import load_config
+from cpt.data.batches import Collator, EncodedDataset
+from cpt.data.examples import Example
+from cpt.errors import ConfigError, DataError
+from cpt.model.backbone import load_for_inference, processor_source
+from cpt.model.generation import Sampling, generate_ids
+from cpt.model.presets import resolve_checkpoint
+from cpt.model.processor import VisionTextProcessor
+
+REPEATABLE = ("image", "question")
+SINGLE = ("checkpoint", "template", "temperature", "max_new_tokens", "seed")
+
+
+def parse(args: list[str]) -> dict:
+    found: dict = {"image": [], "question": []}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in (*REPEATABLE, *SINGLE):
+            raise ConfigError(f"unknown argument {arg!r}; give key=value with key one of "
+                              f"{', '.join((*REPEATABLE, *SINGLE))}")
+        if key in REPEATABLE:
+            found[key].append(value)
+        else:
+            found[key] = value
+    if not found["question"]:
+        raise ConfigError('give at least one question="..." (and image=FILE for each image it is about)')
+    if "checkpoint" not in found:
+        raise ConfigError("give checkpoint=PATH: a stage directory, an exported model, or a local checkpoint")
+    return found
+
+
+def run_config(checkpoint: str):
+    """The config of the run a stage directory belongs to (<run>/checkpoints/<k>-<task>), else the defaults."""
+    saved = Path(checkpoint).expanduser().parent.parent / "config.yaml"
+    cfg = load_config(saved if saved.is_file() else None, [])
+    cfg.model.name_or_path = checkpoint
+    return cfg
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        with Image.open(Path(path).expanduser()) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"image {path!r} cannot be read: {error}") from None
+
+
+def answers(found: dict) -> list[tuple[str, str]]:
+    cfg = run_config(found["checkpoint"])
+    template = found.get("template", cfg.data.template)
+    try:
+        temperature = float(found.get("temperature", 0))
+        max_new_tokens = int(found.get("max_new_tokens", cfg.eval.max_new_tokens))
+        seed = int(found.get("seed", cfg.seed))
+    except ValueError as error:
+        raise ConfigError(f"temperature, max_new_tokens and seed take numbers: {error}") from None
+    if temperature < 0 or max_new_tokens <= 0:
+        raise ConfigError("temperature must be >= 0 (0: greedy) and max_new_tokens positive")
+    images = [read_image(path) for path in found["image"]]
+    checkpoint = resolve_checkpoint(cfg)
+    device = device_for(cfg)
+    processor = VisionTextProcessor.from_pretrained(processor_source(checkpoint), cfg.model.min_pixels,
+                                                    cfg.model.max_pixels)
+    model = load_for_inference(cfg.model, checkpoint, seed=cfg.seed).to(device).eval()
+    examples = [Example(question=question, answer="", images=images) for question in found["question"]]
+    try:
+        dataset = EncodedDataset(examples, processor, template, with_response=False)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    batch = Collator(processor.pad_id)([dataset[i] for i in range(len(examples))]).to(device)
+    torch.manual_seed(seed)
+    sampling = Sampling(temperature=temperature) if temperature > 0 else None
+    ids = generate_ids(model, processor, batch, max_new_tokens, sampling=sampling)
+    return [(question, processor.decode(row)) for question, row in zip(found["question"], ids)]
+
+
+def main(args: list[str]) -> int:
+    if "-h" in args or "--help" in args:
+        print(__doc__)
+        return 0
+    for question, answer in answers(parse(args)):
+        print(f"Q: {question}\nA: {answer}\n")
+    return 0

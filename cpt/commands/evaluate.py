@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from cpt.atomic import write_json
 from cpt.commands.fit import general_benchmarks
-from cpt.commands.run_dir import versions
+from cpt.commands.run_dir import held_run, versions
 from cpt.config import config_from_args, save_config
 from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import build_tasks
@@ -84,6 +84,9 @@ def main(args: list[str]) -> int:
     out = Path(own.get("out") or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={str(out)!r} is a file; name a directory")
+    if held_run(out):  # a run's results.json would be replaced by this one row
+        raise ConfigError(f"out={str(out)!r} already holds results ({', '.join(held_run(out))}); name a new "
+                          "directory")
     summary = evaluate_checkpoint(cfg, progress=cfg.trainer.enable_progress_bar)
     save_config(cfg, out / "config.yaml")
     write_json(out / "versions.json", versions())

@@ -64,6 +64,8 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
         processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size)
         return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, processor)
     path = Path(name).expanduser()
+    if path.is_dir():
+        check_model_files(path)  # a damaged file named before anything reads it
     base = adapter_base(path)
     if base is not None:  # a LoRA stage of an earlier run: the new sequence starts from base + its adapters
         if cfg.model.finetune == "qlora":
@@ -74,16 +76,14 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
             if not ((base / "config.json").is_file() or (base / "adapter_config.json").is_file()):
                 raise ConfigError(f"{stage} holds LoRA adapters trained on {base}, which is not there: put that "
                                   "checkpoint back at that path (adapter_config.json names it)")
-            check_model_files(stage)
+            check_model_files(base)
             stage, base = base, adapter_base(base)
-        check_model_files(stage)
         return path
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model.name_or_path={name!r} is neither a preset (tiny, qwen2.5-vl-7b) nor a directory with a "
             f"config.json; download the checkpoint on a machine with internet and point to its directory"
         )
-    check_model_files(path)
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != "qwen2_5_vl":
         raise ConfigError(f"{path} holds a {config.get('model_type')!r} model; cpt trains Qwen2.5-VL (qwen2_5_vl)")

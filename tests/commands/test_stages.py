@@ -72,6 +72,9 @@ def test_eval_of_a_stage_reproduces_its_row_and_compare_puts_it_beside_runs(firs
     assert f"| sft sequential | {last} |" in table and f"| {evaluated} | {last} |" in table  # final accuracies
     assert f"| {evaluated} | eval eval | {sum(first['accuracy_matrix'][2]) / 2:.1f} | - | - |" in table
     assert main(["eval", *args, "checkpoint="]) == 2
+    before = (run_dir / "results.json").read_bytes()
+    assert main(["eval", *args, f"checkpoint={run_dir / 'checkpoints' / '1-colour'}", f"out={run_dir}"]) == 2
+    assert "already holds results" in capsys.readouterr().err and (run_dir / "results.json").read_bytes() == before
 
 
 def test_export_loads_in_plain_transformers_with_the_answers_cpt_gives(first_run, tmp_path, quick_cfg, capsys):

@@ -10,7 +10,6 @@ beside runs.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -91,5 +90,5 @@ def main(args: list[str]) -> int:
     save_config(cfg, out / "config.yaml")
     write_json(out / "versions.json", versions())
     write_results(out, summary)
-    print(format_table(summary).replace("base", "eval", 1) + f"\n\nResults in {out}", file=sys.stdout)
+    print(format_table(summary, first_row="eval") + f"\n\nResults in {out}")
     return 0

@@ -106,13 +106,14 @@ def headline(summary: dict) -> str:
     return "   ".join(parts)
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, first_row: str = "base") -> str:
+    """The matrix as printed at the end of a run; `first_row` labels row 0 (`cpt eval`'s one row: eval)."""
     tasks, rows = summary["tasks"], summary["accuracy_matrix"]
     width = 2 + max(7, *(len(t) for t in tasks))  # at least two spaces between columns
     head = f"{'after':<14}" + "".join(f"{t:>{width}}" for t in tasks) + f"{'general':>{width}}{'AvgAcc':>{width}}"
     lines = [head, "-" * len(head)]
     for t, row in enumerate(rows):
-        label = "base" if t == 0 else f"{t}:{stage_label(summary, t)}"
+        label = first_row if t == 0 else f"{t}:{stage_label(summary, t)}"
         general = summary["general"][t] if t < len(summary["general"]) else None
         cells = "".join(f"{v:>{width}.1f}" for v in row)
         g = f"{general:>{width}.1f}" if general is not None and not math.isnan(general) else f"{'-':>{width}}"

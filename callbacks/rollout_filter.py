@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm.auto import tqdm
 
-from cpt.atomic import write_json
+from cpt.atomic import replacing, write_json
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.datamodule import TaskSequenceData
 from cpt.eval.evaluate import shard_indices
@@ -146,9 +146,8 @@ class RolloutFiltering(Callback):
         return rewards[: len(pool)].cpu(), right[: len(pool)].cpu()
 
     def write(self, record: dict, pool: list[int], rewards: torch.Tensor, right: torch.Tensor, reasons: list) -> None:
-        folder = self.run_dir / "filtering"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{record['stage']}-{record['task']}.csv", "w", newline="") as f:
+        path = self.run_dir / "filtering" / f"{record['stage']}-{record['task']}.csv"
+        with replacing(path) as staging, open(staging, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["instance", "mean_reward", "right", "kept", "reason", "rewards"])
             for i, r, ok, reason in zip(pool, rewards, right, reasons):

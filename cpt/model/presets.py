@@ -70,7 +70,8 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
     if base is not None:  # a LoRA stage of an earlier run: the new sequence starts from base + its adapters
         if cfg.model.finetune == "qlora":
             raise ConfigError(f"{path} holds LoRA adapters, merged into their base to start from; QLoRA quantizes "
-                              "the base while loading and cannot take them: use model.finetune=lora or full")
+                              "the base while loading and cannot take them: use model.finetune=lora or full, or "
+                              f"merge them first (python -m cpt export {path} OUT_DIR) and QLoRA OUT_DIR")
         stage = path
         while base is not None:  # down to the whole model the first stage trained on
             if not ((base / "config.json").is_file() or (base / "adapter_config.json").is_file()):

@@ -36,7 +36,7 @@ COMMANDS = {"fit": "cpt.commands.fit", "eval": "cpt.commands.evaluate", "inspect
             "smc": "cpt.smc.cli",
             "generate": "cpt.commands.generate", "export": "cpt.commands.export"}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
-OWN_HELP = ("bench", "compare", "data", "smc", "generate", "export")
+OWN_HELP = ("bench", "compare", "data", "smc", "eval", "generate", "export")
 
 
 def main(argv: list[str] | None = None) -> int:

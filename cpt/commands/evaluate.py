@@ -76,6 +76,9 @@ def evaluate_checkpoint(cfg: DictConfig, progress: bool = True) -> dict:
 
 
 def main(args: list[str]) -> int:
+    if "-h" in args or "--help" in args:
+        print(__doc__ + "\nThe config keys are fit's: python -m cpt fit --help lists them.")
+        return 0
     own, rest = split_own(args)
     cfg = config_from_args(rest)
     if "checkpoint" in own:

@@ -126,8 +126,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
     resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
-    checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory before the run directory is touched
-    prepare_run_dir(cfg)
+    prepare_run_dir(cfg)  # a used output_dir refused before any time is spent
+    checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory named before the run directory is written
     save_config(cfg, run_dir / "config.yaml")
     recorded = versions()
     if rank_zero_only.rank == 0:

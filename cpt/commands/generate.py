@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from cpt.commands.evaluate import device_for
 from cpt.config import load_config
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.examples import Example
-from cpt.errors import ConfigError, DataError
+from cpt.data.files import open_image
+from cpt.errors import ConfigError
 from cpt.model.backbone import load_for_inference, processor_source
 from cpt.model.generation import Sampling, generate_ids
 from cpt.model.presets import resolve_checkpoint
@@ -52,16 +52,6 @@ def run_config(checkpoint: str):
     return cfg
 
 
-def read_image(path: str) -> Image.Image:
-    try:
-        with Image.open(Path(path).expanduser()) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image {path!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"image {path!r} cannot be read: {error}") from None
-
-
 def answers(found: dict) -> list[tuple[str, str]]:
     cfg = run_config(found["checkpoint"])
     template = found.get("template", cfg.data.template)
@@ -73,7 +63,7 @@ def answers(found: dict) -> list[tuple[str, str]]:
         raise ConfigError(f"temperature, max_new_tokens and seed take numbers: {error}") from None
     if temperature < 0 or max_new_tokens <= 0:
         raise ConfigError("temperature must be >= 0 (0: greedy) and max_new_tokens positive")
-    images = [read_image(path) for path in found["image"]]
+    images = [open_image(path, Path.cwd(), f"image={path}") for path in found["image"]]
     checkpoint = resolve_checkpoint(cfg)
     device = device_for(cfg)
     processor = VisionTextProcessor.from_pretrained(processor_source(checkpoint), cfg.model.min_pixels,

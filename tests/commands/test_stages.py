@@ -2,6 +2,7 @@
 weights, and a new sequence starts from one (LoRA or full) exactly where the earlier run left off."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -147,5 +148,5 @@ def test_generate_answers_as_the_run_asks(first_run, tmp_path, quick_cfg, capsys
     sampled = capsys.readouterr().out
     assert main([*args, "temperature=1.0", "seed=3"]) == 0 and capsys.readouterr().out == sampled  # seeded
     assert main([*args[:2], "image=missing.png", "question=x"]) == 1
-    assert "image 'missing.png' does not exist" in capsys.readouterr().err
+    assert f"image=missing.png: image 'missing.png' not found under {str(Path.cwd())!r}" in capsys.readouterr().err
     assert main([*args[:2], "colour=red"]) == 2

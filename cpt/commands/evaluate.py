@@ -53,16 +53,23 @@ def device_for(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate_checkpoint(cfg: DictConfig, progress: bool = True) -> dict:
-    """The summary (results.json's content) of one row: the checkpoint cfg.model.name_or_path on cfg's tasks and
-    general benchmarks."""
-    tasks = build_tasks(cfg)
-    benchmarks = general_benchmarks(cfg)
+def model_for_inference(cfg: DictConfig) -> tuple[Path, torch.nn.Module, VisionTextProcessor, torch.device]:
+    """cfg.model.name_or_path resolved, and its model (in eval mode, on the device) and processor as its run used
+    them: what `cpt eval` and `cpt generate` answer with."""
     checkpoint = resolve_checkpoint(cfg)
     device = device_for(cfg)
     processor = VisionTextProcessor.from_pretrained(processor_source(checkpoint), cfg.model.min_pixels,
                                                     cfg.model.max_pixels)
     model = load_for_inference(cfg.model, checkpoint, seed=cfg.seed).to(device).eval()
+    return checkpoint, model, processor, device
+
+
+def evaluate_checkpoint(cfg: DictConfig, progress: bool = True) -> dict:
+    """The summary (results.json's content) of one row: the checkpoint cfg.model.name_or_path on cfg's tasks and
+    general benchmarks."""
+    tasks = build_tasks(cfg)
+    benchmarks = general_benchmarks(cfg)
+    checkpoint, model, processor, device = model_for_inference(cfg)
     scores = {}
     for task in tqdm([*tasks, *benchmarks], desc=f"Evaluating {checkpoint.name}", disable=not progress):
         scores[task.name] = evaluate_by_category(model, processor, task, cfg.eval.batch_size, cfg.eval.max_new_tokens,

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import torch
 
-from cpt.commands.evaluate import device_for
+from cpt.commands.evaluate import model_for_inference
 from cpt.config import load_config
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.examples import Example
 from cpt.data.files import open_image
+from cpt.data.prompts import TEMPLATES
 from cpt.errors import ConfigError
-from cpt.model.backbone import load_for_inference, processor_source
 from cpt.model.generation import Sampling, generate_ids
-from cpt.model.presets import resolve_checkpoint
-from cpt.model.processor import VisionTextProcessor
 
 REPEATABLE = ("image", "question")
 SINGLE = ("checkpoint", "template", "temperature", "max_new_tokens", "seed")
@@ -63,17 +61,12 @@ def answers(found: dict) -> list[tuple[str, str]]:
         raise ConfigError(f"temperature, max_new_tokens and seed take numbers: {error}") from None
     if temperature < 0 or max_new_tokens <= 0:
         raise ConfigError("temperature must be >= 0 (0: greedy) and max_new_tokens positive")
+    if template not in TEMPLATES:
+        raise ConfigError(f"template={template!r}: choose one of {', '.join(TEMPLATES)}")
     images = [open_image(path, Path.cwd(), f"image={path}") for path in found["image"]]
-    checkpoint = resolve_checkpoint(cfg)
-    device = device_for(cfg)
-    processor = VisionTextProcessor.from_pretrained(processor_source(checkpoint), cfg.model.min_pixels,
-                                                    cfg.model.max_pixels)
-    model = load_for_inference(cfg.model, checkpoint, seed=cfg.seed).to(device).eval()
+    _, model, processor, device = model_for_inference(cfg)
     examples = [Example(question=question, answer="", images=images) for question in found["question"]]
-    try:
-        dataset = EncodedDataset(examples, processor, template, with_response=False)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    dataset = EncodedDataset(examples, processor, template, with_response=False)
     batch = Collator(processor.pad_id)([dataset[i] for i in range(len(examples))]).to(device)
     torch.manual_seed(seed)
     sampling = Sampling(temperature=temperature) if temperature > 0 else None

@@ -150,3 +150,5 @@ def test_generate_answers_as_the_run_asks(first_run, tmp_path, quick_cfg, capsys
     assert main([*args[:2], "image=missing.png", "question=x"]) == 1
     assert f"image=missing.png: image 'missing.png' not found under {str(Path.cwd())!r}" in capsys.readouterr().err
     assert main([*args[:2], "colour=red"]) == 2
+    assert main([*args, "template=bogus"]) == 2
+    assert "template='bogus': choose one of direct, cot" in capsys.readouterr().err

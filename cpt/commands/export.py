@@ -13,7 +13,7 @@ from pathlib import Path
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
 from cpt.model.backbone import DTYPES, adapter_base, load_model, processor_source
-from cpt.model.presets import check_model_files
+from cpt.model.presets import check_model_files, check_stage_chain
 from cpt.model.processor import VisionTextProcessor
 
 
@@ -22,6 +22,7 @@ def export(stage: Path, out: Path, dtype: str = "float32") -> None:
         raise ConfigError(f"{stage} holds no model: give a stage directory (runs/<run>/checkpoints/<k>-<task>) or "
                           "a checkpoint directory with config.json")
     check_model_files(stage)
+    check_stage_chain(stage)
     model = load_model(stage, DTYPES[dtype], "sdpa")
     processor = VisionTextProcessor.from_pretrained(processor_source(stage))
     with replacing(out) as staging:  # a stopped export leaves no half-written model behind

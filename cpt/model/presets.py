@@ -72,13 +72,7 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
             raise ConfigError(f"{path} holds LoRA adapters, merged into their base to start from; QLoRA quantizes "
                               "the base while loading and cannot take them: use model.finetune=lora or full, or "
                               f"merge them first (python -m cpt export {path} OUT_DIR) and QLoRA OUT_DIR")
-        stage = path
-        while base is not None:  # down to the whole model the first stage trained on
-            if not ((base / "config.json").is_file() or (base / "adapter_config.json").is_file()):
-                raise ConfigError(f"{stage} holds LoRA adapters trained on {base}, which is not there: put that "
-                                  "checkpoint back at that path (adapter_config.json names it)")
-            check_model_files(base)
-            stage, base = base, adapter_base(base)
+        check_stage_chain(path)
         return path
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -89,6 +83,18 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
     if config.get("model_type") != "qwen2_5_vl":
         raise ConfigError(f"{path} holds a {config.get('model_type')!r} model; cpt trains Qwen2.5-VL (qwen2_5_vl)")
     return path
+
+
+def check_stage_chain(path: Path) -> None:
+    """Every directory a LoRA stage stands on, down to the whole model the first stage trained on, is there and
+    readable (check_model_files)."""
+    stage, base = path, adapter_base(path)
+    while base is not None:
+        if not ((base / "config.json").is_file() or (base / "adapter_config.json").is_file()):
+            raise ConfigError(f"{stage} holds LoRA adapters trained on {base}, which is not there: put that "
+                              "checkpoint back at that path (adapter_config.json names it)")
+        check_model_files(base)
+        stage, base = base, adapter_base(base)
 
 
 def check_model_files(path: Path) -> None:

@@ -89,9 +89,9 @@ class AccuracyMatrix(Callback):
 
     def evaluate_row(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         row = len(self.rows)
-        label = "base model" if not row else f"after stage {row}"
+        label = "the base model" if not row else f"after stage {row}"
         sets = self.tasks + (self.benchmarks if self.general_due(row) else [])
-        bar = tqdm(sets, desc=f"Evaluating the {label}", leave=False,
+        bar = tqdm(sets, desc=f"Evaluating {label}", leave=False,
                    disable=not (self.progress and trainer.is_global_zero))
         scores = {}
         for task in bar:

@@ -25,7 +25,8 @@ commands:
   export    export STAGE_DIR OUT_DIR [--dtype D]: a standalone transformers model (LoRA merged into its base)
   inspect   size the configured backbone on the meta device: parameters, trainable, FSDP units
   bench     bench rft|sft|memory|fsdp-load: RFT and SFT steps against TRL's; an RFT update's, a sharded load's memory
-  compare   compare RUN_DIR [RUN_DIR ...] [--out DIR]: the runs' metrics side by side, as tables and figures
+  compare   compare RUN_DIR [RUN_DIR ...] [--out DIR] [--diff A B]: runs side by side, seeds grouped, 95% intervals
+  study     study STUDY.yaml [--dry-run]: every (experiment, seed) run of a study, resumable, then the comparison
   smc       smc complete INPUT OUTPUT | smc bench: similarity matrix completion (SMCNN, SMCNmF)
   data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows
 """
@@ -34,9 +35,9 @@ commands:
 COMMANDS = {"fit": "cpt.commands.fit", "eval": "cpt.commands.evaluate", "inspect": "cpt.commands.inspect",
             "bench": "cpt.commands.bench", "compare": "cpt.commands.compare", "data": "cpt.commands.data",
             "smc": "cpt.smc.cli",
-            "generate": "cpt.commands.generate", "export": "cpt.commands.export"}
+            "generate": "cpt.commands.generate", "export": "cpt.commands.export", "study": "cpt.commands.study"}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.
-OWN_HELP = ("bench", "compare", "data", "smc", "eval", "generate", "export")
+OWN_HELP = ("bench", "compare", "data", "smc", "eval", "generate", "export", "study")
 
 
 def main(argv: list[str] | None = None) -> int:

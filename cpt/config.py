@@ -94,6 +94,9 @@ class FoundationConfig:
     task_share: float = doc("Second pre-training stage: examples in the downstream tasks' format, as a fraction "
                             "of the general multiple-choice pool's size (gives the base some zero-shot ability).", 0.2)
     seed: int = doc("Seed of the toy foundation model (independent of the run seed, like a real base model).", 0)
+    use_shipped: bool = doc("Load the weights shipped with the package when the recipe above is theirs (the "
+                            "defaults), so every machine starts from the same base; false pre-trains them here.",
+                            True)
     cache_dir: Optional[str] = doc("Where the toy foundation model is cached; null = $CPT_CACHE_DIR or "
                                    "~/.cache/cpt.", None)
 
@@ -444,6 +447,27 @@ def load_config_with_recipe(path: str | Path | None = None,
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> DictConfig:
     """Schema defaults <- YAML file <- overrides, and the method's recipe where they leave its keys unset."""
     return load_config_with_recipe(path, overrides)[0]
+
+
+# Keys that change how a run reports, not what it trains: a resumed run may change them, and runs that differ only
+# in them (and the seed) are one experiment.
+REPORTING_KEYS = {"resume", "overwrite", "callbacks", "logger", "trainer.enable_progress_bar",
+                  "trainer.log_every_n_steps", "data.num_workers"}
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"optim.lr": value, ...}."""
+    items = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        items.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
+    return items
+
+
+def differing_keys(saved: DictConfig | dict, current: DictConfig | dict) -> list[str]:
+    """The keys, flattened, where two configs would train differently (reporting keys left out)."""
+    a, b = (flat(OmegaConf.to_container(c) if OmegaConf.is_config(c) else c) for c in (saved, current))
+    return sorted(k for k in a.keys() | b.keys() if k not in REPORTING_KEYS and a.get(k) != b.get(k))
 
 
 def config_path(name: str | Path) -> Path:

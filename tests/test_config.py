@@ -18,6 +18,7 @@ from cpt.config import (
 from cpt.errors import ConfigError
 from cpt.plugins import load_object
 from cpt.rl.rewards import task_reward
+from cpt.study import load_study, plan
 from tests.helpers import REPO
 
 
@@ -132,7 +133,8 @@ def test_experiment_config_errors(overrides, message):
         load_config(None, overrides)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").rglob("*.yaml") if "studies" not in p.parts),
+                         ids=lambda p: str(p.relative_to(REPO)))
 def test_every_config_loads(path):
     cfg = load_config(path)
     assert cfg.method in ("sft", "rft") and cfg.tasks
@@ -143,6 +145,15 @@ def test_every_config_loads(path):
 # --- method=rft brings the RFT recipe wherever the user leaves its keys unset --------------------------------
 
 RFT_RECIPE = {"optim.lr": 5e-5, "data.batch_size": 8, "rft.group_size": 8, "rft.max_new_tokens": 16}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_study_file_plans_its_runs(path):
+    """Each shipped study file loads, and every run it plans resolves to a valid config."""
+    study = load_study(path)
+    runs = plan(study)
+    assert len(runs) == len(study.experiments) * len(study.seeds) >= 4 and len(study.seeds) >= 3
+    assert all(run.config["seed"] == run.seed and run.config["output_dir"] == str(run.directory) for run in runs)
 
 
 def recipe_values(cfg) -> tuple:
@@ -197,7 +208,7 @@ def test_method_sft_is_unchanged():
     for args in ([], ["method=sft"]):
         cfg, applied = config_with_recipe_from_args(args)
         assert applied == {} and recipe_note(cfg.method, applied) == ""
-        assert (cfg.method, *recipe_values(cfg)) == ("sft", 5e-4, 16, 8, 32)
+        assert (cfg.method, *recipe_values(cfg)) == ("sft", 5e-4, 8, 8, 32)
     assert load_config_with_recipe(None, [])[1] == {}
 
 
@@ -230,12 +241,17 @@ def test_fit_says_which_recipe_defaults_it_used(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_an_installed_package_carries_the_configs(tmp_path):
-    """A non-editable install finds configs/rft.yaml by that name from any directory, and its default config."""
+    """A non-editable install finds configs/rft.yaml by that name from any directory, and its default config; it
+    carries the study files and the toy foundation model's weights, byte for byte."""
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
                               "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     assert (target / "cpt" / "configs" / "experiments" / "paper" / "sft_lora.yaml").is_file()
+    assert (target / "cpt" / "configs" / "studies" / "toy.yaml").is_file()
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.json"):
+        shipped = REPO / "cpt" / "model" / "tiny_foundation" / name
+        assert (target / "cpt" / "model" / "tiny_foundation" / name).read_bytes() == shipped.read_bytes()
     probe = ("from cpt.config import DEFAULT_CONFIG, config_path, load_config; "
              "print(DEFAULT_CONFIG.is_file(), config_path('configs/rft.yaml'), "
              "load_config(config_path('configs/rft.yaml')).method)")

@@ -154,7 +154,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         callbacks.append(TaskCheckpoint(run_dir, names, lambda k: model_card(
             cfg, k, names[k], evaluation.summary, adapters, str(checkpoint.resolve()))))
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TaskProgressBar(names))
+        callbacks.append(TaskProgressBar(names, label=f"{cfg.name} seed {cfg.seed}" if cfg.name else ""))
     if cfg.logger != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks += [load_callback(path) for path in cfg.callbacks] + list(extra_callbacks)

@@ -16,19 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.task_checkpoint import LAST
 from cpt.atomic import previous_path
+from cpt.config import differing_keys
 from cpt.errors import ConfigError
-
-# Keys a resumed run may change: how it reports, not what it trains.
-FREE_KEYS = {"resume", "overwrite", "callbacks", "logger", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-             "data.num_workers"}
-
-
-def flat(config: dict, prefix: str = "") -> dict:
-    items = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        items.update(flat(value, name + ".") if isinstance(value, dict) else {name: value})
-    return items
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
@@ -43,9 +32,7 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     if not checkpoint.exists() or not saved_config.is_file():
         raise ConfigError(f"resume=true, but {checkpoint} does not exist: the run did not finish a stage with "
                           "save_checkpoints=true. Start it again without resume=true")
-    saved = flat(OmegaConf.to_container(OmegaConf.load(saved_config)))
-    current = flat(OmegaConf.to_container(cfg))
-    differ = sorted(k for k in saved.keys() | current.keys() if k not in FREE_KEYS and saved.get(k) != current.get(k))
+    differ = differing_keys(OmegaConf.load(saved_config), cfg)
     if differ:
         raise ConfigError(f"resume=true continues the run as it was configured, but these keys differ from "
                           f"{saved_config}: {', '.join(differ)}. Resume with `python -m cpt fit {saved_config} "

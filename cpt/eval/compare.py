@@ -23,7 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import OmegaConf
 
+from cpt.atomic import replacing
 from cpt.errors import ConfigError
+from cpt.eval.metrics import learning_gain
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
     runs = [load_run(path) for path in paths]
     names = [run["name"] for run in runs]
     for run in runs:
+        run["experiment"] = run["name"]  # what groups it with its other seeds (cpt.eval.groups)
         if names.count(run["name"]) > 1:
             run["name"] = f"{run['name']} ({run['dir'].name})"
     if len({tuple(run["tasks"]) for run in runs}) > 1:
@@ -151,12 +154,13 @@ def final_accuracy(run: dict, task: str) -> float | None:
 
 def comparison_rows(runs: list[dict]) -> list[dict]:
     """One flat record per run, raw numbers (None where missing), keyed as comparison.csv's columns:
-    name, method, schedule, complete, avg_acc, fm, bwt, <benchmark>_base, <benchmark>_final, kept_fraction,
-    wall_time_s, final_<task>."""
+    name, method, schedule, complete, avg_acc, fm, bwt, gain, <benchmark>_base, <benchmark>_final, kept_fraction,
+    wall_time_s, final_<task>. gain is the mean learning on each new task (sequential runs)."""
     benchmarks, tasks = benchmark_names(runs), all_tasks(runs)
     rows = []
     for run in runs:
         row = {key: run[key] for key in ("name", "method", "schedule", "complete", "avg_acc", "fm", "bwt")}
+        row["gain"] = learning_gain(run["accuracy_matrix"]) if _sequential(run) else None
         for name in benchmarks:
             row[f"{name}_base"], row[f"{name}_final"] = base_and_final(run["benchmarks"].get(name),
                                                                        trained=bool(run["stages"]))
@@ -164,6 +168,12 @@ def comparison_rows(runs: list[dict]) -> list[dict]:
         row.update({f"final_{task}": final_accuracy(run, task) for task in tasks})
         rows.append(row)
     return rows
+
+
+def _sequential(run: dict) -> bool:
+    """Trained one task per stage and evaluated after at least one (FM, BWT and gain apply)."""
+    stages = run["stages"]
+    return bool(stages) and all(len(stage) == 1 for stage in stages) and len(run["accuracy_matrix"]) > 1
 
 
 def _number(value: float | None) -> str:
@@ -210,7 +220,7 @@ def _footnotes(runs: list[dict]) -> list[str]:
             "evaluated" for run in runs if not run["complete"]]
 
 
-def _text_table(header: list[str], body: list[list[str]]) -> str:
+def text_table(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -219,7 +229,7 @@ def _text_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), "-" * len(line(header)), *(line(row) for row in body)])
 
 
-def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
     rule = ["---", *("---:" for _ in header[1:])]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *body])
 
@@ -231,11 +241,11 @@ def _join(tables: list[str], runs: list[dict]) -> str:
 
 def format_comparison(runs: list[dict]) -> str:
     """The printed comparison: one row per run, then each task's final accuracy (%)."""
-    return _join([_text_table(*_summary_cells(runs)), _text_table(*_task_cells(runs))], runs)
+    return _join([text_table(*_summary_cells(runs)), text_table(*_task_cells(runs))], runs)
 
 
 def format_markdown(runs: list[dict]) -> str:
-    return _join([_markdown_table(*_summary_cells(runs)), _markdown_table(*_task_cells(runs))], runs) + "\n"
+    return _join([markdown_table(*_summary_cells(runs)), markdown_table(*_task_cells(runs))], runs) + "\n"
 
 
 def write_csv(runs: list[dict], path: Path) -> None:
@@ -385,18 +395,24 @@ def plot_analysis(runs: list[dict]) -> Figure | None:
     return fig
 
 
+def save_figures(figures: dict[str, Figure], out_dir: str | Path) -> list[Path]:
+    """Each figure as out_dir/<name>, written beside its place and renamed into it; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        FigureCanvasAgg(fig)  # the Agg canvas: no display, and no change to the session's pyplot backend
+        with replacing(out_dir / name) as staging:
+            fig.savefig(staging, dpi=100, bbox_inches="tight", format="png")
+        paths.append(out_dir / name)
+    return paths
+
+
 def write_figures(runs: list[dict], out_dir: str | Path) -> list[Path]:
     """compare_matrices.png, compare_task_curves.png, compare_general.png (and compare_analysis.png when a run
     has analysis.json) in out_dir; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     figures = dict(zip(FIGURES, (plot_matrices(runs), plot_task_curves(runs), plot_general(runs))))
     analysis = plot_analysis(runs)
     if analysis is not None:
         figures[ANALYSIS_FIGURE] = analysis
-    paths = []
-    for name, fig in figures.items():
-        FigureCanvasAgg(fig)  # the Agg canvas: no display, and no change to the session's pyplot backend
-        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
-        paths.append(out_dir / name)
-    return paths
+    return save_figures(figures, out_dir)

@@ -45,3 +45,19 @@ def backward_transfer(P: Matrix, after: int | None = None) -> float:
     if t < 2:
         return 0.0
     return sum(P[t][j - 1] - P[j][j - 1] for j in range(1, t)) / (t - 1)
+
+
+def learning_gain(P: Matrix, after: int | None = None) -> float:
+    """Plasticity: mean over t of (P[t][t] - P[t-1][t]), what training task t added to it over the row before."""
+    _check(P)
+    t = len(P) - 1 if after is None else after
+    if t < 1:
+        return 0.0
+    return sum(P[s][s - 1] - P[s - 1][s - 1] for s in range(1, t + 1)) / t
+
+
+def task_forgetting(P: Matrix) -> list[float | None]:
+    """Per task j, what FM averages: P[T][j] - max_{j <= t < T} P[t][j] (None for the last task, never followed)."""
+    _check(P)
+    T = len(P) - 1
+    return [P[T][j] - max(P[t][j] for t in range(j + 1, T)) if j + 1 < T else None for j in range(len(P[0]))]

@@ -5,6 +5,10 @@ The study starts from a model that already has general skills and some zero-shot
 full fine-tuning of a random tiny Qwen2.5-VL on the synthetic general pool, with a share of examples in the
 downstream tasks' format. The result is cached under a key made from the whole recipe, so a changed recipe
 never reuses a stale model.
+
+Pre-training is seeded but not bit-reproducible across CPUs (their float kernels differ), so the package ships
+the default recipe's weights (`tiny_foundation/`, 5 MB): every machine starts from the same base and sees the
+same base row. `foundation.use_shipped=false` rebuilds them from the recipe instead, into the cache.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 3
 POOL_SIZE = 20_000
 FIRST_STAGE_SHARE = 0.4
+# The default recipe's weights, built once and shipped; recipe.json says which recipe they are.
+SHIPPED = Path(__file__).parent / "tiny_foundation"
 
 
 def cache_root(configured: str | None) -> Path:
@@ -58,8 +64,19 @@ def foundation_dir(cfg: DictConfig, image_size: int) -> Path:
     return cache_root(cfg.cache_dir) / "foundation" / key
 
 
+def shipped_foundation(cfg: DictConfig, image_size: int) -> Path | None:
+    """The shipped weights' directory when the config asks for exactly their recipe, else None."""
+    if not cfg.use_shipped or not (SHIPPED / "recipe.json").is_file() or not has_weights(SHIPPED):
+        return None
+    return SHIPPED if json.loads((SHIPPED / "recipe.json").read_text()) == recipe(cfg, image_size) else None
+
+
 def ensure_foundation(cfg: DictConfig, image_size: int) -> Path:
-    """The cached toy foundation model's directory, pre-training it first if it is not there."""
+    """The toy foundation model's directory: the shipped weights for their recipe, else the cached model of the
+    configured recipe, pre-training it first if it is not there."""
+    shipped = shipped_foundation(cfg, image_size)
+    if shipped is not None:
+        return shipped
     directory = foundation_dir(cfg, image_size)
     if (directory / "config.json").is_file() and has_weights(directory):
         return directory

@@ -95,11 +95,13 @@ def test_csv_and_markdown_read_back(three_runs, tmp_path, capsys):
     assert main([*map(str, three_runs), "--out", str(out)]) == 0
     assert "SFT sequential" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    assert list(rows[0]) == ["name", "method", "schedule", "complete", "avg_acc", "fm", "bwt", "general_base",
+    assert list(rows[0]) == ["name", "method", "schedule", "complete", "avg_acc", "fm", "bwt", "gain", "general_base",
                              "general_final", "mmmu_base", "mmmu_final", "kept_fraction", "wall_time_s",
                              "final_count", "final_colour"]
     sft, rft, multitask = rows
     assert float(sft["avg_acc"]) == 80.0 and float(sft["fm"]) == -30.0 and float(sft["mmmu_final"]) == 32.5
+    # gain: what each stage added to its own task, ((90 - 50) + (100 - 30)) / 2 and ((70 - 50) + (80 - 45)) / 2.
+    assert float(sft["gain"]) == 55.0 and float(rft["gain"]) == 27.5 and multitask["gain"] == ""
     assert float(rft["general_final"]) == 42.5 and float(rft["kept_fraction"]) == 0.625
     assert float(rft["wall_time_s"]) == 59.6 and float(rft["final_colour"]) == 80.0
     assert multitask["fm"] == "" and multitask["bwt"] == "" and multitask["mmmu_base"] == ""
@@ -107,8 +109,9 @@ def test_csv_and_markdown_read_back(three_runs, tmp_path, capsys):
     markdown = (out / "comparison.md").read_text()
     assert "| SFT multitask | sft multitask | 87.5 | - | - | 40.0 -> 45.0 | - | - | 0:00:00 |" in markdown
     assert "| final accuracy | count | colour |" in markdown
-    assert {p.name for p in out.iterdir()} == {"comparison.csv", "comparison.md", "compare_matrices.png",
-                                               "compare_task_curves.png", "compare_general.png"}
+    assert {p.name for p in out.iterdir()} == {"comparison.csv", "comparison.md", "experiments.csv",
+                                               "compare_matrices.png", "compare_task_curves.png", "compare_general.png",
+                                               "stability_plasticity.png", "stability_plasticity_general.png"}
 
 
 def test_old_results_filled_in(tmp_path):
@@ -252,5 +255,8 @@ def test_two_real_runs(two_real_runs, tmp_path, capsys):
         assert float(row["final_count"]) == pytest.approx(result["accuracy_matrix"][-1][1])
         assert float(row["general_base"]) == pytest.approx(result["general"][0])
         assert float(row["general_final"]) == pytest.approx(result["general"][-1])
-        assert f"{result['avg_acc']:.1f}" in cells(printed, row["name"])
-    assert Image.open(tmp_path / "compare_matrices.png").size[0] > 600
+    # The two seeds of one config are one experiment: mean and 95% interval (t(0.975, 1) = 12.706) of the two.
+    a, b = (result["avg_acc"] for result in results)
+    group = cells(printed, results[0]["name"])
+    assert group[1:3] == ["2", f"{(a + b) / 2:.1f} ± {12.7062 * abs(a - b) / 2:.1f}"]
+    assert Image.open(tmp_path / "compare_matrices.png").size[0] > 400

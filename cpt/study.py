@@ -1,0 +1,165 @@
+"""A study: experiments (a config and overrides each) run over seeds, then compared with intervals.
+
+The study file (YAML; `configs/studies/` holds examples):
+
+    name: toy study
+    output_dir: runs/studies/toy          # one directory per run: <output_dir>/<experiment>/seed<k>
+    seeds: [0, 1, 2]
+    overrides: [data.eval_size=200]       # applied to every run
+    experiments:
+      sft:                                # the key names the run directories
+        config: configs/experiments/sft_sequential.yaml
+        name: SFT sequential              # its label in the comparison (default: the config's name)
+        overrides: [optim.lr=1.5e-4]
+    compare:
+      diff: [[RFT sequential, SFT sequential]]   # differences to test, by label
+
+Paths in it are relative to the directory `cpt study` runs in (like `cpt fit`); `configs/...` also finds the
+package's own configs. Each run's state is read from its directory: finished (results.json complete) runs are
+skipped, stopped ones (a saved stage) resumed, ones stopped before their first stage started again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from callbacks.task_checkpoint import LAST
+from cpt.atomic import previous_path
+from cpt.config import config_from_args, config_path, differing_keys, flat
+from cpt.errors import ConfigError
+
+STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
+EXPERIMENT_KEYS = {"config", "name", "overrides"}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    key: str
+    config: Path
+    name: str | None
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    output_dir: Path
+    seeds: list[int]
+    overrides: list[str]
+    experiments: list[Experiment]
+    diffs: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (experiment, seed) pair: where it runs, the `cpt fit` arguments that make it and the configuration they
+    resolve to (flattened)."""
+
+    experiment: Experiment
+    seed: int
+    directory: Path
+    args: tuple[str, ...]
+    config: dict
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.get('name') or self.experiment.key} seed {self.seed}"
+
+
+def _strings(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise ConfigError(f"{where} must be a list of key=value strings, got {value!r}")
+    return list(value)
+
+
+def load_study(path: str | Path) -> Study:
+    """The study file, checked: every key known, every experiment's config found, seeds integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file {str(path)!r} does not exist (examples: configs/studies/)")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+    except (OmegaConfBaseException, ValueError, OSError) as error:
+        raise ConfigError(f"cannot read study file {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping with keys {', '.join(sorted(STUDY_KEYS))}")
+    unknown = set(raw) - STUDY_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; a study has "
+                          f"{', '.join(sorted(STUDY_KEYS))}")
+    for key in ("output_dir", "seeds", "experiments"):
+        if not raw.get(key):
+            raise ConfigError(f"{path} needs {key!r} (see configs/studies/ for an example)")
+    seeds = raw["seeds"]
+    if (not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds)
+            or len(set(seeds)) < len(seeds)):
+        raise ConfigError(f"{path}: 'seeds' must be a list of distinct non-negative integers, got {seeds!r}")
+    if not isinstance(raw["experiments"], dict):
+        raise ConfigError(f"{path}: 'experiments' must map a key to {{config: ..., overrides: [...]}}")
+    experiments = []
+    for key, spec in raw["experiments"].items():
+        if not isinstance(spec, dict) or "config" not in spec or set(spec) - EXPERIMENT_KEYS:
+            raise ConfigError(f"{path}: experiment {key!r} must be a mapping with 'config' and optionally 'name' and "
+                              f"'overrides', got {spec!r}")
+        config = config_path(spec["config"])
+        if not config.is_file():
+            raise FileNotFoundError(f"{path}: experiment {key!r} names config {spec['config']!r}, which does not "
+                                    "exist")
+        experiments.append(Experiment(str(key), config, spec.get("name"),
+                                      tuple(_strings(spec.get("overrides"), f"{path}: {key}.overrides"))))
+    diffs = (raw.get("compare") or {}).get("diff") or []
+    if not all(isinstance(d, list) and len(d) == 2 and all(isinstance(n, str) for n in d) for d in diffs):
+        raise ConfigError(f"{path}: compare.diff must be a list of [A, B] pairs of experiment names, got {diffs!r}")
+    return Study(path, raw.get("name") or path.stem, Path(raw["output_dir"]), seeds,
+                 _strings(raw.get("overrides"), f"{path}: overrides"), experiments, [tuple(d) for d in diffs])
+
+
+def plan(study: Study) -> list[PlannedRun]:
+    """Every (experiment, seed) pair, seed-major: a study stopped part-way has each experiment at the same
+    number of seeds, so its comparison so far is already a matched one. Every configuration is resolved here, so
+    a bad key fails before the first run starts."""
+    runs = []
+    for seed in study.seeds:
+        for experiment in study.experiments:
+            directory = study.output_dir / experiment.key / f"seed{seed}"
+            args = (str(experiment.config), *study.overrides, *experiment.overrides,
+                    *((f"name={experiment.name}",) if experiment.name else ()), f"seed={seed}",
+                    f"output_dir={directory}")
+            try:
+                config = flat(OmegaConf.to_container(config_from_args(list(args))))
+            except ConfigError as error:
+                raise ConfigError(f"{study.path}: experiment {experiment.key!r}: {error}") from None
+            runs.append(PlannedRun(experiment, seed, directory, args, config))
+    return runs
+
+
+def state(run: PlannedRun) -> str:
+    """done (every stage evaluated), stopped (a saved stage to resume from), started (results but no saved stage:
+    run it again) or new."""
+    results = run.directory / "results.json"
+    if results.is_file():
+        try:
+            if json.loads(results.read_text()).get("complete"):
+                return "done"
+        except (OSError, json.JSONDecodeError):
+            pass  # cut short while writing: whatever was saved decides
+    checkpoint = run.directory / "checkpoints" / LAST
+    if checkpoint.exists() or previous_path(checkpoint).exists():
+        return "stopped"
+    return "started" if results.exists() or (run.directory / "checkpoints").exists() else "new"
+
+
+def changed_keys(run: PlannedRun) -> list[str]:
+    """Keys where the run's saved config differs from what the study asks now (empty for a new run)."""
+    saved_path = run.directory / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    return differing_keys(OmegaConf.load(saved_path), run.config)

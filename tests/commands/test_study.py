@@ -1,0 +1,111 @@
+"""`cpt study`: a two-experiment, two-seed study of two short tasks runs every pair, skips a finished run,
+resumes a stopped one, and writes the grouped comparison with intervals; bad study files are messages."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from scipy.stats import t as student_t
+
+from cpt import cli
+from cpt.study import load_study, plan, state
+from tests.helpers import REPO
+
+SHORT = ["tasks=[colour,count]", "steps_per_task=2", "logger=none", "save_checkpoints=true",
+         "trainer.enable_progress_bar=true"]
+
+
+def write_study(path, quick_cfg, out, **changes) -> None:
+    study = {"name": "two by two", "output_dir": str(out), "seeds": [0, 1], "overrides": [*quick_cfg, *SHORT],
+             "experiments": {"sft": {"config": "configs/experiments/sft_sequential.yaml"},
+                             "sft_fast": {"config": "configs/experiments/sft_sequential.yaml", "name": "SFT lr 1e-3",
+                                          "overrides": ["optim.lr=1e-3"]}},
+             "compare": {"diff": [["SFT lr 1e-3", "SFT sequential"]]}, **changes}
+    path.write_text(yaml.safe_dump(study))
+
+
+def fit(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cpt", "fit", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_a_study_skips_finished_runs_resumes_stopped_ones_and_compares(tmp_path, quick_cfg, foundation_dir, capsys):
+    study_file, out = tmp_path / "study.yaml", tmp_path / "study"
+    write_study(study_file, quick_cfg, out)
+    runs = plan(load_study(study_file))
+    assert [(run.label, run.directory.relative_to(out).as_posix()) for run in runs] == [
+        ("SFT sequential seed 0", "sft/seed0"), ("SFT lr 1e-3 seed 0", "sft_fast/seed0"),
+        ("SFT sequential seed 1", "sft/seed1"), ("SFT lr 1e-3 seed 1", "sft_fast/seed1")]
+    # Stopped part-way: one run finished, one crashed as its second task began (its first stage saved).
+    finished, stopped = runs[1], runs[2]
+    assert fit(list(finished.args)).returncode == 0
+    before = (finished.directory / "results.json").read_bytes()
+    crash = "callbacks=[{class: 'tests.helpers.poison_batch:CrashAtTask', task: 2}]"
+    assert fit([*stopped.args, crash]).returncode == 1
+    assert [state(run) for run in runs] == ["new", "done", "stopped", "new"]
+    first_stage = stopped.directory / "checkpoints" / "1-colour" / "README.md"
+    saved_at = first_stage.stat().st_mtime_ns
+
+    proc = subprocess.run([sys.executable, "-m", "cpt", "study", str(study_file)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[2/4] SFT lr 1e-3 seed 0: finished, skipped" in proc.stdout
+    assert "[3/4] SFT sequential seed 1: resuming after its last saved stage" in proc.stdout
+    assert "SFT sequential seed 1 · Task 2/2 count" in proc.stderr  # the progress bar names experiment and seed
+    assert (finished.directory / "results.json").read_bytes() == before  # not run again
+    assert first_stage.stat().st_mtime_ns == saved_at  # resumed after stage 1, not started again
+    assert [state(run) for run in runs] == ["done"] * 4
+
+    # The grouped comparison: each experiment's mean and 95% interval over its two seeds, by hand.
+    results = {run.label: json.loads((run.directory / "results.json").read_text()) for run in runs}
+    rows = {row["experiment"]: row for row in csv.DictReader(open(out / "compare" / "experiments.csv"))}
+    assert set(rows) == {"SFT sequential", "SFT lr 1e-3"}
+    t_1 = student_t.ppf(0.975, 1)  # 12.706
+    for name, row in rows.items():
+        assert row["n"] == "2" and row["seeds"] == "0 1"
+        for key, csv_key in (("wall_time_s", "wall_time_s"), ("avg_acc", "avg_acc"), ("general", "general_final")):
+            a, b = (results[f"{name} seed {seed}"][key] for seed in (0, 1))
+            a, b = (v[-1] if isinstance(v, list) else v for v in (a, b))
+            assert float(row[f"{csv_key}_mean"]) == pytest.approx((a + b) / 2)
+            # s = |a - b| / sqrt(2), so t s / sqrt(2) = t |a - b| / 2
+            assert float(row[f"{csv_key}_half_width"]) == pytest.approx(t_1 * abs(a - b) / 2)
+    assert "SFT sequential | 2 |" in (out / "compare" / "comparison.md").read_text()
+    assert {d["metric"] for d in csv.DictReader(open(out / "compare" / "differences.csv"))} >= {"avg_acc", "fm"}
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["finished"] == 4 and summary["wall_time_s"] == pytest.approx(
+        sum(r["wall_time_s"] for r in results.values()))
+
+    # Again: nothing left to run, the comparison is rewritten.
+    assert cli.main(["study", str(study_file)]) == 0
+    assert capsys.readouterr().out.count("finished, skipped") == 4
+    # A changed study file does not mix with the runs made before it.
+    write_study(study_file, quick_cfg, out, overrides=[*quick_cfg, *SHORT, "optim.warmup_ratio=0.5"])
+    assert cli.main(["study", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "these runs were made with another configuration" in err and "optim.warmup_ratio" in err
+
+
+def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsys):
+    study_file, out = tmp_path / "study.yaml", tmp_path / "out"
+    write_study(study_file, quick_cfg, out)
+    assert cli.main(["study", str(study_file), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 experiments x 2 seeds = 4 runs" in printed and "[4/4] SFT lr 1e-3 seed 1: starting" in printed
+    assert "'name=SFT lr 1e-3' seed=1" in printed and not out.exists()
+    for changes, message in [
+        ({"trials": 3}, "unknown key(s) trials"),
+        ({"seeds": [0, 0]}, "'seeds' must be a list of distinct non-negative integers"),
+        ({"experiments": {"x": {"config": "configs/experiments/nothing.yaml"}}}, "names config"),
+        ({"experiments": {"x": {"config": "configs/default.yaml", "overrides": ["optim.lrr=1"]}}},
+         "experiment 'x': unknown key 'optim.lrr'"),
+        ({"experiments": {"x": {"configs": "configs/default.yaml"}}}, "must be a mapping with 'config'"),
+    ]:
+        write_study(study_file, quick_cfg, out, **changes)
+        assert cli.main(["study", str(study_file)]) == 2, changes
+        assert message in capsys.readouterr().err
+    assert cli.main(["study", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist (examples: configs/studies/)" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""Runs of one experiment grouped over seeds: means and 95% intervals checked against hand-computed values, the
+difference between two experiments (Welch), experiments told apart by their configs, and the files read back."""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cpt import cli
+from cpt.commands.compare import main
+from cpt.eval.intervals import difference, estimate
+from tests.eval.test_compare import cells
+
+TASKS = ["count", "colour"]
+# t(0.975, 2), from a table of Student's t.
+T_2 = 4.302653
+
+
+def write_seed(directory: Path, name: str, method: str, seed: int, matrix: list[list[float]], general: list,
+               lr: float) -> Path:
+    """A finished sequential run of two tasks, as `cpt fit` writes it (results.json and config.yaml)."""
+    directory.mkdir(parents=True)
+    final = matrix[-1]
+    results = {"name": name, "method": method, "schedule": "sequential", "tasks": TASKS,
+               "stages": [["count"], ["colour"]], "accuracy_matrix": matrix, "complete": True,
+               "avg_acc": sum(final) / 2, "fm": final[0] - matrix[1][0], "bwt": final[0] - matrix[1][0],
+               "general": general, "benchmarks": {"general": [{"accuracy": g, "categories": {}} for g in general]},
+               "chance": [20.0, 25.0], "wall_time_s": 60.0 * (seed + 1), "kept_fraction": None}
+    (directory / "results.json").write_text(json.dumps(results))
+    (directory / "config.yaml").write_text(f"name: {name}\nmethod: {method}\nseed: {seed}\n"
+                                           f"output_dir: {directory}\noptim:\n  lr: {lr}\n")
+    return directory
+
+
+@pytest.fixture
+def study(tmp_path):
+    """SFT: AvgAcc 50, 54, 58 (count after colour 50, 58, 66 with colour at 50; FM -40, -32, -24).
+    RFT: AvgAcc 70, 71, 72 (count 70, 72, 74; colour 70). A second SFT at another lr, one seed, under the same name."""
+    dirs = []
+    for seed, b in enumerate((50.0, 58.0, 66.0)):
+        dirs.append(write_seed(tmp_path / f"sft/seed{seed}", "SFT sequential", "sft", seed,
+                               [[50.0, 40.0], [90.0, 30.0], [b, 50.0]], [40.0, 30.0, 20.0 + seed], 5e-4))
+    for seed, b in enumerate((70.0, 72.0, 74.0)):
+        dirs.append(write_seed(tmp_path / f"rft/seed{seed}", "RFT sequential", "rft", seed,
+                               [[50.0, 40.0], [75.0, 45.0], [b, 70.0]], [40.0, 41.0, 42.0], 5e-5))
+    dirs.append(write_seed(tmp_path / "sft-low/seed0", "SFT sequential", "sft", 0,
+                           [[50.0, 40.0], [60.0, 40.0], [58.0, 45.0]], [40.0, 39.0, 38.0], 5e-5))
+    return dirs
+
+
+def test_interval_of_three_values_by_hand():
+    mean_54 = estimate([50.0, 54.0, 58.0])  # s = 4: 4.302653 * 4 / sqrt(3)
+    assert mean_54.mean == 54.0 and mean_54.n == 3
+    assert mean_54.half_width == pytest.approx(T_2 * 4 / math.sqrt(3), rel=1e-6)
+    assert mean_54.format() == "54.0 ± 9.9"
+    assert estimate([7.0]).half_width is None and estimate([7.0]).format() == "7.0"
+    assert estimate([None, math.nan]) is None
+    # Welch: variances of the means 16/3 and 1/3; df = (17/3)^2 / ((16/3)^2 / 2 + (1/3)^2 / 2) = 2.249.
+    diff = difference([50.0, 54.0, 58.0], [70.0, 71.0, 72.0])
+    assert diff.mean == -17.0 and diff.df == pytest.approx((17 / 3) ** 2 / ((16 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2))
+    assert diff.df == pytest.approx(2.2490, abs=1e-4)
+    assert T_2 * math.sqrt(17 / 3) > diff.half_width > 2.776 * math.sqrt(17 / 3)  # between t(2) and t(4)
+    assert diff.half_width == pytest.approx(9.2288, abs=1e-3) and diff.beyond_noise
+    assert not difference([50.0, 54.0, 58.0], [52.0, 56.0, 57.0]).beyond_noise
+
+
+def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    sft_name = "SFT sequential (optim.lr=0.0005)"
+    assert main([*map(str, study), "--out", str(out), "--diff", "RFT sequential", sft_name]) == 0
+    printed = capsys.readouterr().out
+    sft = cells(printed, "SFT sequential (optim.lr=0.0005)")
+    # n, AvgAcc, FM (-40, -32, -24: s = 8), BWT, gain ((40 + 20) / 2 = 30 for every seed), general final, change
+    assert sft[1:8] == ["3", "54.0 ± 9.9", f"-32.0 ± {T_2 * 8 / math.sqrt(3):.1f}", "-32.0 ± 19.9", "30.0 ± 0.0",
+                        "21.0 ± 2.5", "-19.0 ± 2.5"]
+    assert cells(printed, "SFT sequential (optim.lr=5e-05)")[1:4] == ["1", "51.5", "-2.0"]
+    assert cells(printed, "RFT sequential")[1:3] == ["3", "71.0 ± 2.5"]
+    # Per task forgetting: count ends at 50, 58, 66 after its best of 90; colour, the last task, has none.
+    forgetting = printed.split("forgetting per task")[1]
+    assert cells(forgetting, "SFT sequential (optim.lr=0.0005)")[1:] == ["-32.0 ± 19.9", "-"]
+    # The difference table: RFT - SFT on AvgAcc, Welch's interval, beyond the noise.
+    diff_table = printed.split("RFT sequential - SFT sequential (optim.lr=0.0005)")[1]
+    assert cells(diff_table, "avg_acc")[1:] == ["71.0 ± 2.5", "54.0 ± 9.9", "+17.0", "[7.8, 26.2]", "yes"]
+
+    rows = {row["experiment"]: row for row in csv.DictReader(open(out / "experiments.csv"))}
+    assert set(rows) == {"SFT sequential (optim.lr=0.0005)", "RFT sequential", "SFT sequential (optim.lr=5e-05)"}
+    row = rows["SFT sequential (optim.lr=0.0005)"]
+    assert row["n"] == "3" and row["seeds"] == "0 1 2"
+    assert float(row["avg_acc_mean"]) == 54.0
+    assert float(row["avg_acc_half_width"]) == pytest.approx(T_2 * 4 / math.sqrt(3), rel=1e-6)
+    assert float(row["final_count_mean"]) == 58.0 and float(row["wall_time_s_mean"]) == 120.0
+    assert rows["SFT sequential (optim.lr=5e-05)"]["avg_acc_half_width"] == ""
+    differences = list(csv.DictReader(open(out / "differences.csv")))
+    avg = next(d for d in differences if d["metric"] == "avg_acc")
+    assert float(avg["difference"]) == 17.0 and float(avg["half_width"]) == pytest.approx(9.2288, abs=1e-3)
+    assert avg["beyond_noise"] == "True"
+    assert len(list(csv.DictReader(open(out / "comparison.csv")))) == 7  # every run still has its own row
+    assert "| RFT sequential | 3 | 71.0 ± 2.5 |" in (out / "comparison.md").read_text()
+    for figure in ("compare_matrices.png", "compare_task_curves.png", "compare_general.png",
+                   "stability_plasticity.png", "stability_plasticity_general.png"):
+        width, height = Image.open(out / figure).size
+        assert width > 400 and height > 250, figure
+
+
+def test_a_diff_naming_no_experiment_is_a_message(study, tmp_path, capsys):
+    assert cli.main(["compare", *map(str, study), "--out", str(tmp_path / "o"), "--diff", "RFT", "SFT"]) == 2
+    err = capsys.readouterr().err
+    assert "--diff names an experiment 'RFT' that is not among the runs" in err and "'RFT sequential'" in err

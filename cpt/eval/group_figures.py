@@ -73,7 +73,7 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
             if all(c is None for c in cells):
                 continue
             if not is_sequential(e):
-                final = cells[-1]
+                final = next(c for c in reversed(cells) if c is not None)
                 ax.plot([0, steps], [final.mean] * 2, "--", color=_colour(i), label=e.name)
                 ax.fill_between([0, steps], [final.mean - _error(final)] * 2, [final.mean + _error(final)] * 2,
                                 color=_colour(i), alpha=0.12)

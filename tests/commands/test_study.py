@@ -55,7 +55,7 @@ def test_a_study_skips_finished_runs_resumes_stopped_ones_and_compares(tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[2/4] SFT lr 1e-3 seed 0: finished, skipped" in proc.stdout
     assert "[3/4] SFT sequential seed 1: resuming after its last saved stage" in proc.stdout
-    assert "SFT sequential seed 1 · Task 2/2 count" in proc.stderr  # the progress bar names experiment and seed
+    assert "SFT sequential seed 1 · Task 2/2 count" in proc.stdout  # the progress bar names experiment and seed
     assert (finished.directory / "results.json").read_bytes() == before  # not run again
     assert first_stage.stat().st_mtime_ns == saved_at  # resumed after stage 1, not started again
     assert [state(run) for run in runs] == ["done"] * 4

@@ -4,11 +4,14 @@ every machine); any other recipe, or use_shipped=false, is pre-trained here and 
 import json
 import math
 
+import pytest
 from safetensors import safe_open
 
+from cpt import cli
 from cpt.config import load_config
 from cpt.model.foundation import SHIPPED, recipe, shipped_foundation
 from cpt.model.presets import resolve_checkpoint
+from tests.helpers import REPO
 
 
 def test_the_default_recipe_loads_the_shipped_weights():
@@ -28,3 +31,17 @@ def test_other_recipes_and_use_shipped_false_are_pre_trained():
                       ["data.image_size=32"]):
         cfg = load_config(None, overrides)
         assert shipped_foundation(cfg.foundation, cfg.data.image_size) is None, overrides
+
+
+@pytest.mark.slow
+def test_readmes_base_row_is_what_the_shipped_model_scores(tmp_path, capsys):
+    """The base row README shows for `python -m cpt fit` (seed 0) is the shipped model's evaluation here."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## What the default run shows"):]
+    table = section[section.index("```") + 3:]
+    header, base = (next(line for line in table.splitlines() if line.startswith(start)) for start in ("after", "base"))
+    assert cli.main(["eval", f"out={tmp_path / 'eval'}", "trainer.enable_progress_bar=false"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    row = [*results["accuracy_matrix"][0], results["general"][0]]
+    assert header.split()[1:9] == [*results["tasks"], "general"]
+    assert base.split()[1:9] == [f"{value:.1f}" for value in row]

@@ -28,8 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from callbacks.task_checkpoint import LAST
-from cpt.atomic import previous_path
+from cpt.commands.resume import saved_checkpoint
 from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
 
@@ -151,8 +150,7 @@ def state(run: PlannedRun) -> str:
                 return "done"
         except (OSError, json.JSONDecodeError):
             pass  # cut short while writing: whatever was saved decides
-    checkpoint = run.directory / "checkpoints" / LAST
-    if checkpoint.exists() or previous_path(checkpoint).exists():
+    if saved_checkpoint(run.directory).exists():
         return "stopped"
     return "started" if results.exists() or (run.directory / "checkpoints").exists() else "new"
 

@@ -20,14 +20,21 @@ from cpt.config import differing_keys
 from cpt.errors import ConfigError
 
 
+def saved_checkpoint(run_dir: Path) -> Path:
+    """The run's checkpoints/last.ckpt, or the copy a save that stopped between its two renames left beside it
+    (neither may exist)."""
+    checkpoint = run_dir / "checkpoints" / LAST
+    if not checkpoint.exists() and previous_path(checkpoint).exists():
+        return previous_path(checkpoint)
+    return checkpoint
+
+
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
     """The checkpoint to continue from, or None for a new run; ConfigError when resuming cannot be done."""
     if not cfg.resume:
         return None
     run_dir = Path(cfg.output_dir)
-    checkpoint = run_dir / "checkpoints" / LAST
-    if not checkpoint.exists() and previous_path(checkpoint).exists():  # stopped between the two renames of a save
-        checkpoint = previous_path(checkpoint)
+    checkpoint = saved_checkpoint(run_dir)
     saved_config = run_dir / "config.yaml"
     if not checkpoint.exists() or not saved_config.is_file():
         raise ConfigError(f"resume=true, but {checkpoint} does not exist: the run did not finish a stage with "

@@ -289,25 +289,18 @@ def plot_matrices(runs: list[dict]) -> Figure:
     return fig
 
 
-def plot_task_curves(runs: list[dict]) -> Figure:
-    """Each task's accuracy across the sequence; a multitask run (base and one final row) is its final value
-    over the whole range, dashed: the upper bound the sequence is measured against."""
-    tasks = all_tasks(runs)
-    steps = max(len(run["stages"]) if run["schedule"] != "multitask" else 1 for run in runs)
+def task_panels(tasks: list[str]) -> tuple[Figure, list]:
+    """One panel per task, four to a row: the layout of the task-curve figures."""
     columns = min(4, len(tasks))
     n_rows = math.ceil(len(tasks) / columns)
-    fig = Figure(figsize=(3.6 * columns + 1.6, 2.9 * n_rows + 0.6), layout="constrained")
-    axes = fig.subplots(n_rows, columns, squeeze=False).ravel()
+    fig = Figure(figsize=(3.6 * columns + 2.0, 2.9 * n_rows + 0.6), layout="constrained")
+    return fig, list(fig.subplots(n_rows, columns, squeeze=False).ravel())
+
+
+def finish_task_panels(fig: Figure, axes: list, tasks: list[str], steps: int, runs: list[dict]) -> None:
+    """Each panel's chance line, title and axes over base and the `steps` stages; spare panels hidden; one legend
+    with every line, a run absent from the first panel included."""
     for ax, task in zip(axes, tasks):
-        for i, run in enumerate(runs):
-            if task not in run["tasks"]:
-                continue
-            values = [row[run["tasks"].index(task)] for row in run["accuracy_matrix"]]
-            label = run["name"] + _incomplete_mark(run)
-            if run["schedule"] == "multitask" and len(values) > 1:
-                ax.plot([0, steps], [values[-1]] * 2, linestyle="--", color=_colour(i), label=f"{label} (final)")
-            else:
-                ax.plot(range(len(values)), values, marker="o", markersize=3, color=_colour(i), label=label)
         chance = next((run["chance"][run["tasks"].index(task)] for run in runs
                        if task in run["tasks"] and run["chance"][run["tasks"].index(task)] is not None), None)
         if chance is not None:
@@ -320,12 +313,31 @@ def plot_task_curves(runs: list[dict]) -> Figure:
     for ax in axes[len(tasks):]:
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1: len(tasks)]:  # a run absent from the first panel still gets its legend entry
+    for ax in axes[1: len(tasks)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+
+
+def plot_task_curves(runs: list[dict]) -> Figure:
+    """Each task's accuracy across the sequence; a multitask run (base and one final row) is its final value
+    over the whole range, dashed: the upper bound the sequence is measured against."""
+    tasks = all_tasks(runs)
+    steps = max(len(run["stages"]) if run["schedule"] != "multitask" else 1 for run in runs)
+    fig, axes = task_panels(tasks)
+    for ax, task in zip(axes, tasks):
+        for i, run in enumerate(runs):
+            if task not in run["tasks"]:
+                continue
+            values = [row[run["tasks"].index(task)] for row in run["accuracy_matrix"]]
+            label = run["name"] + _incomplete_mark(run)
+            if run["schedule"] == "multitask" and len(values) > 1:
+                ax.plot([0, steps], [values[-1]] * 2, linestyle="--", color=_colour(i), label=f"{label} (final)")
+            else:
+                ax.plot(range(len(values)), values, marker="o", markersize=3, color=_colour(i), label=label)
+    finish_task_panels(fig, axes, tasks, steps, runs)
     return fig
 
 

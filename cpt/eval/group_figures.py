@@ -8,6 +8,7 @@ import math
 
 from matplotlib.figure import Figure
 
+from cpt.eval.compare import finish_task_panels, task_panels
 from cpt.eval.groups import Experiment, is_sequential, lr_family
 from cpt.eval.intervals import Estimate
 
@@ -63,10 +64,7 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
     """Each task's mean accuracy across the sequence with its 95% band; multitask experiments dashed at their
     final mean."""
     steps = max((len(e.first["stages"]) if is_sequential(e) else 1) for e in experiments)
-    columns = min(4, len(tasks))
-    n_rows = math.ceil(len(tasks) / columns)
-    fig = Figure(figsize=(3.6 * columns + 2.4, 2.9 * n_rows + 0.6), layout="constrained")
-    axes = fig.subplots(n_rows, columns, squeeze=False).ravel()
+    fig, axes = task_panels(tasks)
     for ax, task in zip(axes, tasks):
         for i, e in enumerate(experiments):
             cells = [e.cell(row, task) for row in range(_rows(e))]
@@ -83,15 +81,7 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
             ax.plot(x, mean, marker="o", markersize=3, color=_colour(i), label=e.name)
             ax.fill_between(x, [m - _error(cells[k]) for m, k in zip(mean, x)],
                             [m + _error(cells[k]) for m, k in zip(mean, x)], color=_colour(i), alpha=0.18)
-        ax.set_title(task, fontsize=10)
-        ax.set_ylim(-3, 103)
-        ax.set_xticks(range(steps + 1), ["base"] + [f"after {k}" for k in range(1, steps + 1)], rotation=40,
-                      fontsize=7)
-        ax.set_ylabel("accuracy (%)", fontsize=8)
-    for ax in axes[len(tasks):]:
-        ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    finish_task_panels(fig, axes, tasks, steps, [run for e in experiments for run in e.runs])
     return fig
 
 

@@ -341,32 +341,44 @@ def plot_task_curves(runs: list[dict]) -> Figure:
     return fig
 
 
-def plot_general(runs: list[dict]) -> Figure:
-    """Per benchmark, each run's base (light) and final (solid) accuracy."""
-    benchmarks = benchmark_names(runs)
-    fig = Figure(figsize=(max(5.0, 1.2 * len(runs) * max(1, len(benchmarks)) + 3), 4), layout="constrained")
+Bar = tuple[float, float | None] | None  # an accuracy and its 95% half-width (None: not measured)
+
+
+def general_bars(names: list[str], benchmarks: list[str], bars: list[list[tuple[Bar, Bar]]], title: str) -> Figure:
+    """Per benchmark, each entry's base (light) and final (solid) accuracy, with error bars where known;
+    bars[i][b] = (base, final) of entry i on benchmark b."""
+    fig = Figure(figsize=(max(5.0, 1.2 * len(names) * max(1, len(benchmarks)) + 3), 4), layout="constrained")
     ax = fig.subplots()
     if not benchmarks:
         ax.text(0.5, 0.5, "no general benchmark was evaluated in these runs", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    width = 0.8 / (2 * len(runs))
-    for i, run in enumerate(runs):
-        for b, name in enumerate(benchmarks):
-            base, final = base_and_final(run["benchmarks"].get(name))
-            for k, (value, alpha) in enumerate(((base, 0.35), (final, 1.0))):
-                if value is None:
+    width = 0.8 / (2 * len(names))
+    for i, name in enumerate(names):
+        for b in range(len(benchmarks)):
+            for k, (bar, alpha) in enumerate(zip(bars[i][b], (0.35, 1.0))):
+                if bar is None:
                     continue
+                value, error = bar
                 x = b - 0.4 + (2 * i + k + 0.5) * width
-                ax.bar(x, value, width, color=_colour(i), alpha=alpha,
-                       label=(f"{run['name']} base" if k == 0 else run["name"]) if b == 0 else None)
-                ax.text(x, value + 1, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
+                ax.bar(x, value, width, yerr=error, capsize=2, color=_colour(i), alpha=alpha,
+                       label=(f"{name} base" if k == 0 else name) if b == 0 else None)
+                ax.text(x, value + (error or 0) + 1, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(benchmarks)), benchmarks)
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("General benchmarks: base (light) and after the sequence (solid)")
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
     return fig
+
+
+def plot_general(runs: list[dict]) -> Figure:
+    """Per benchmark, each run's base (light) and final (solid) accuracy."""
+    benchmarks = benchmark_names(runs)
+    bars = [[tuple(None if v is None else (v, None) for v in base_and_final(run["benchmarks"].get(name)))
+             for name in benchmarks] for run in runs]
+    return general_bars([run["name"] for run in runs], benchmarks, bars,
+                        "General benchmarks: base (light) and after the sequence (solid)")
 
 
 def plot_analysis(runs: list[dict]) -> Figure | None:

@@ -8,7 +8,7 @@ import math
 
 from matplotlib.figure import Figure
 
-from cpt.eval.compare import finish_task_panels, task_panels
+from cpt.eval.compare import finish_task_panels, general_bars, task_panels
 from cpt.eval.groups import Experiment, is_sequential, lr_family
 from cpt.eval.intervals import Estimate
 
@@ -87,29 +87,10 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
 
 def plot_experiment_general(experiments: list[Experiment], benchmarks: list[str]) -> Figure:
     """Per benchmark, each experiment's mean base (light) and final (solid) accuracy with 95% error bars."""
-    fig = Figure(figsize=(max(6.0, 0.9 * len(experiments) * max(1, len(benchmarks)) + 4), 4.2),
-                 layout="constrained")
-    ax = fig.subplots()
-    if not benchmarks:
-        ax.text(0.5, 0.5, "no general benchmark was evaluated in these runs", ha="center", va="center")
-        ax.set_axis_off()
-        return fig
-    width = 0.8 / (2 * len(experiments))
-    for i, e in enumerate(experiments):
-        for b, name in enumerate(benchmarks):
-            for k, (part, alpha) in enumerate((("base", 0.35), ("final", 1.0))):
-                value = e.estimate(f"{name}_{part}")
-                if value is None:
-                    continue
-                x = b - 0.4 + (2 * i + k + 0.5) * width
-                ax.bar(x, value.mean, width, yerr=_error(value) or None, capsize=2, color=_colour(i), alpha=alpha,
-                       label=(e.name if k else None) if b == 0 else None)
-    ax.set_xticks(range(len(benchmarks)), benchmarks)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("mean accuracy (%)")
-    ax.set_title("General benchmarks: base (light) and after the sequence (solid), 95% intervals")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
-    return fig
+    bars = [[tuple(None if (value := e.estimate(f"{name}_{part}")) is None else (value.mean, value.half_width)
+                   for part in ("base", "final")) for name in benchmarks] for e in experiments]
+    return general_bars([e.name for e in experiments], benchmarks, bars,
+                        "General benchmarks: base (light) and after the sequence (solid), means and 95% intervals")
 
 
 def _lr_label(experiment: Experiment) -> str:

@@ -4,8 +4,9 @@ synthetic general set, MMMU, MMLU-Pro) run before the sequence, after every `gen
 last.
 
 After every row it writes results.json (with each benchmark's accuracy overall and per category),
-accuracy_matrix.csv and accuracy_matrix.png to the run directory and logs `eval/<task>`, `eval/<benchmark>` and
-`eval/avg_acc`; at the end it prints the table.
+accuracy_matrix.csv, accuracy_matrix.png and correctness.json (every row's 1/0 per evaluation example of every set
+evaluated, for sample-level forgetting: `correct[k][name]`) to the run directory and logs `eval/<task>`,
+`eval/<benchmark>` and `eval/avg_acc`; at the end it prints the table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from tqdm.auto import tqdm
 
+from cpt.atomic import write_json
 from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import Task
 from cpt.errors import ConfigError
@@ -39,6 +41,7 @@ class AccuracyMatrix(Callback):
         self.info, self.extra = dict(info or {}), extra  # static fields of results.json, and fields from callbacks
         self.rows: list[list[float]] = []
         self.benchmark_rows: dict[str, list[dict | None]] = {b.name: [] for b in self.benchmarks}
+        self.correct: list[dict[str, list[int]]] = []  # per row, each evaluated set's 1/0 per example
         self.started = time.perf_counter()
         self.wall_time_s = 0.0
 
@@ -57,10 +60,13 @@ class AccuracyMatrix(Callback):
                          [t.chance for t in self.tasks], self.stages, self.benchmark_rows, **info)
 
     def state_dict(self) -> dict:
-        return {"rows": self.rows, "benchmark_rows": self.benchmark_rows, "wall_time_s": self.wall_time_s}
+        return {"rows": self.rows, "benchmark_rows": self.benchmark_rows, "wall_time_s": self.wall_time_s,
+                "correct": self.correct}
 
     def load_state_dict(self, state: dict) -> None:
         self.rows, self.benchmark_rows = list(state["rows"]), dict(state["benchmark_rows"])
+        # A run stopped before correctness was kept has none for its finished rows.
+        self.correct = list(state.get("correct", [{} for _ in self.rows]))
         self.wall_time_s = state["wall_time_s"]
         self.started = time.perf_counter() - self.wall_time_s  # wall time counts the run before it stopped
 
@@ -82,6 +88,10 @@ class AccuracyMatrix(Callback):
         if trainer.is_global_zero and self.rows:
             print("\n" + format_table(self.summary) + f"\n\nResults in {self.run_dir}")
 
+    def row_labels(self) -> list[str]:
+        """"base", then each stage by its tasks (joined by "+" under multitask)."""
+        return ["base", *("+".join(stage) for stage in self.stages)]
+
     def general_due(self, row: int) -> bool:
         """Benchmarks run on the base model, after every `general_every`-th stage, and after the last."""
         last = row == len(self.stages)
@@ -98,17 +108,20 @@ class AccuracyMatrix(Callback):
             scores[task.name] = evaluate_by_category(pl_module.backbone, pl_module.processor, task, self.batch_size,
                                                      self.max_new_tokens, pl_module.device, trainer.global_rank,
                                                      trainer.world_size)
-        self.rows.append([scores[t.name][0] for t in self.tasks])
+        self.rows.append([scores[t.name].accuracy for t in self.tasks])
+        self.correct.append({name: result.correct for name, result in scores.items()})
         self.wall_time_s = round(time.perf_counter() - self.started, 1)  # from fit start to this row's end
         for benchmark in self.benchmarks:
             result = scores.get(benchmark.name)
             self.benchmark_rows[benchmark.name].append(
-                None if result is None else {"accuracy": result[0], "categories": result[1]})
+                None if result is None else {"accuracy": result.accuracy, "categories": result.categories})
         summary = self.summary
         if trainer.is_global_zero:
             write_results(self.run_dir, summary)
+            write_json(self.run_dir / "correctness.json",
+                       {"rows": self.row_labels()[:len(self.correct)], "correct": self.correct})
             if trainer.logger is not None:
-                metrics = {f"eval/{name}": accuracy for name, (accuracy, _) in scores.items()}
+                metrics = {f"eval/{name}": result.accuracy for name, result in scores.items()}
                 metrics["eval/avg_acc"] = summary["avg_acc"]
                 trainer.logger.log_metrics(metrics, step=trainer.global_step)
         trainer.strategy.barrier()

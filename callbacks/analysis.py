@@ -1,28 +1,47 @@
-"""Why forgetting happens: per training stage, how far each part of the model moved, how much reward variance
-drove the policy gradient, and how far the model drifted from the base on every task's prompts.
+"""Why forgetting happens: per training stage, the quantities behind the competing explanations, side by side
+for every method: how far each part of the model moved and how sparsely, how much reward variance drove the
+policy gradient, how much the update weighed on earlier tasks' Fisher, how far the model drifted from the base on
+every task's prompts (the new task's included), and which evaluation examples the stage broke or mended.
 
-Hooks (every rank runs them; only rank 0 writes):
+Hooks (every rank runs them; only rank 0 writes). The callback must come after the AccuracyMatrix it is given, so
+that at a stage's end that stage's accuracy row already exists:
   on_train_start       fixes each task's probe set (its first `probe_size` evaluation prompts), samples one
                        completion per prompt from the base model (temperature 1, seeded) and keeps the base
                        log-probabilities of its tokens;
-  on_train_epoch_start copies the trainable parameters (the local shards under FSDP);
+  on_train_epoch_start copies the trainable parameters (the local shards under FSDP) and, from the second stage
+                       on, estimates the diagonal Fisher of the earlier tasks at these parameters;
   on_train_batch_end   collects `reward/group_var` from `pl_module.step_metrics` (RFT: the mean within-group
                        reward variance, which scales the policy gradient; SFT has none);
   on_train_epoch_end   measures the stage and writes `analysis.json` and `analysis.png` to the run directory, and
                        logs `analysis/...` metrics.
 
 Per stage `analysis.json` holds:
-  update_norm  per module group (vision, attention, mlp, embeddings_head, other; LoRA adapters count with the
-               module they adapt) the norm of the stage's change of the trainable parameters ||theta_end -
-               theta_start|| (`abs`) and that divided by ||theta_start|| (`rel`; null when theta_start is 0).
-               Groups without trainable parameters are left out; under LoRA theta is the adapters' weights;
-  reward_var   the mean of `reward/group_var` over the stage's steps, null without rewards;
-  kl_to_base   per task, KL(base || current) on the probe prompts: for completions y sampled from the base,
-               log p_base(y) - log p_current(y) estimated per token with k3 (never negative, exactly 0 while the
-               model is unchanged; capped at 10 per token as in training), summed over each completion's tokens
-               and averaged over the prompts (`kl_unit`).
+  update_norm    per module group (vision, attention, mlp, embeddings_head, other; LoRA adapters count with the
+                 module they adapt) the norm of the stage's change of the trainable parameters ||theta_end -
+                 theta_start|| (`abs`) and that divided by ||theta_start|| (`rel`; null when theta_start is 0).
+                 Groups without trainable parameters are left out; under LoRA theta is the adapters' weights;
+  updated        the share of trainable parameters the stage moved by more than `tolerance` of their start value
+                 (|d theta| > tolerance * |theta_start|; a parameter that starts at 0 counts once it moves), over
+                 all (`all`) and per module group: how sparse the update was (RL is reported to move 5-30%);
+  reward_var     the mean of `reward/group_var` over the stage's steps, null without rewards;
+  fisher_update  d theta^T F_prev d theta with d theta the stage's update and F_prev the diagonal empirical Fisher
+                 of the earlier tasks at the stage's start: the squared gradient of the SFT loss on each earlier
+                 task's probe examples (with their answers; one batch per task), averaged over those tasks. The
+                 study's proposition: for RFT it is about reward_var times SFT's. Null in the first stage;
+  kl_to_base     per task, KL(base || current) on the probe prompts: for completions y sampled from the base,
+                 log p_base(y) - log p_current(y) estimated per token with k3 (never negative, exactly 0 while the
+                 model is unchanged; capped at 10 per token as in training), summed over each completion's tokens
+                 and averaged over the prompts (`kl_unit`);
+  kl_new_task    kl_to_base on the prompts of the stage's own task(s) (their mean under multitask): RL's Razor
+                 says this predicts forgetting, whatever the method;
+  forgetting     what the stage cost the earlier tasks: their mean accuracy in the row before less in this row
+                 (points; null in the first stage); `general_change` the general set's change over the stage
+                 (null when either row did not evaluate it);
+  examples       per evaluated set, how many evaluation examples went from right to wrong (`right_to_wrong`)
+                 and from wrong to right (`wrong_to_right`) over the stage (from the AccuracyMatrix's per-example
+                 correctness).
 The base is measured once, so no copy of it is kept; a resumed run takes the base's samples and log-probs from
-the checkpoint (a stage resumed midway measures its update from the resume point).
+the checkpoint (a stage resumed midway measures its update, and its Fisher, from the resume point).
 """
 
 from __future__ import annotations
@@ -38,11 +57,15 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from callbacks.accuracy_matrix import AccuracyMatrix
 from cpt.atomic import replacing, write_json
 from cpt.data.batches import Collator, EncodedDataset
+from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
+from cpt.methods.sft import sft_loss
 from cpt.model.backbone import local_part, reshard
+from cpt.model.fisher import diagonal_fisher, sum_over_shards
 from cpt.model.generation import Sampling, generate_ids
 from cpt.rl.log_probs import token_log_probs
 from cpt.rl.policy_loss import kl_estimate
@@ -77,13 +100,17 @@ class Probe:
 
 class ForgettingAnalysis(Callback):
     def __init__(self, run_dir: str | Path, probe_size: int = 16, max_new_tokens: int = 16,
-                 seed: int = 0):
+                 seed: int = 0, evaluation: AccuracyMatrix | None = None, tolerance: float = 1e-3):
         if probe_size < 1:
             raise ValueError(f"probe_size is {probe_size}; the KL to the base needs at least 1 prompt per task")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens is {max_new_tokens}; probe completions need at least 1 token")
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance is {tolerance}; the share of updated parameters needs one >= 0")
         self.run_dir = Path(run_dir)
         self.probe_size, self.max_new_tokens, self.seed = probe_size, max_new_tokens, seed
+        self.evaluation, self.tolerance = evaluation, tolerance  # without an AccuracyMatrix: no forgetting fields
+        self.fisher: dict[str, torch.Tensor] = {}  # the earlier tasks' diagonal Fisher at the stage's start
         self.stages: list[dict] = []
         self.probes: dict[str, Probe] = {}
         self.templates: dict[str, str] = {}  # each task's prompt template, which its probes use
@@ -117,6 +144,8 @@ class ForgettingAnalysis(Callback):
         reshard(pl_module.backbone)  # read the shards, not a gathered copy FSDP2 left behind
         self.start = {name: local_part(p).detach().clone() for name, p in pl_module.backbone.named_parameters()
                       if p.requires_grad}
+        earlier = [task for stage in pl_module.stages[:pl_module.task_index] for task in stage.tasks]
+        self.fisher = self.earlier_fisher(trainer, pl_module, [pl_module.tasks[k] for k in earlier])
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -127,11 +156,17 @@ class ForgettingAnalysis(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stage = pl_module.task_index
+        kl = self.kl_to_base(pl_module)
+        own = [pl_module.tasks[k].name for k in pl_module.stages[stage].tasks]
         record = {"stage": stage + 1, "name": pl_module.stages[stage].name,
                   "update_norm": self.update_norms(trainer, pl_module),
-                  "reward_var": self.stage_reward_var(trainer, pl_module), "kl_to_base": self.kl_to_base(pl_module)}
+                  "updated": self.updated_share(trainer, pl_module),
+                  "reward_var": self.stage_reward_var(trainer, pl_module),
+                  "fisher_update": self.fisher_update(trainer, pl_module),
+                  "kl_to_base": kl, "kl_new_task": sum(kl[name] for name in own) / len(own),
+                  **self.stage_forgetting(stage + 1, pl_module)}
         self.stages.append(record)
-        self.start, self.reward_var_sum, self.reward_var_steps = {}, 0.0, 0
+        self.start, self.fisher, self.reward_var_sum, self.reward_var_steps = {}, {}, 0.0, 0
         if trainer.is_global_zero:
             self.write()
             if trainer.logger is not None:
@@ -197,6 +232,72 @@ class ForgettingAnalysis(Callback):
         moved, size = sums.sqrt().tolist()
         return {g: {"abs": m, "rel": m / s if s > 0 else None} for g, m, s in zip(groups, moved, size)}
 
+    @torch.no_grad()
+    def updated_share(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """The share of trainable parameters that moved by more than `tolerance` of their start value: over all
+        (`all`) and per module group."""
+        parts: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}  # per group: (parameter, moved here)
+        sizes: dict[str, int] = {}
+        for name, param in pl_module.backbone.named_parameters():
+            if name in self.start:
+                group, start = module_group(name), self.start[name]
+                moved = (local_part(param.detach()) - start).abs() > self.tolerance * start.abs()
+                parts.setdefault(group, []).append((param, moved.sum()))
+                sizes[group] = sizes.get(group, 0) + param.numel()  # a DTensor's numel is its global size
+        moved = {group: float(sum_over_shards(found, trainer.strategy)) for group, found in parts.items()}
+        shares = {group: moved[group] / sizes[group] for group in sorted(moved, key=GROUPS.index)}
+        return {"all": sum(moved.values()) / sum(sizes.values()), **shares}
+
+    def earlier_fisher(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                       earlier: list[Task]) -> dict[str, torch.Tensor]:
+        """The diagonal empirical Fisher of `earlier` tasks at the current parameters: one batch of each task's
+        probe examples with their answers, SFT loss. Every rank uses the same batches, so the gradients FSDP
+        averages are already the whole Fisher's. Empty without earlier tasks."""
+        if not earlier:
+            return {}
+        collate = Collator(pl_module.processor.pad_id)
+        batches = []
+        for task in earlier:
+            examples = [task.eval[i] for i in range(min(self.probe_size, len(task.eval)))]
+            dataset = EncodedDataset(examples, pl_module.processor, task.template, with_response=True)
+            batches.append(collate([dataset[i] for i in range(len(examples))]))
+
+        def loss(model: nn.Module, batch) -> torch.Tensor:
+            with trainer.precision_plugin.forward_context():
+                return sft_loss(model, batch.to(pl_module.device))
+
+        fisher = diagonal_fisher(pl_module.backbone, batches, loss)
+        reshard(pl_module.backbone)
+        return fisher
+
+    @torch.no_grad()
+    def fisher_update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+        """d theta^T F_prev d theta over the trainable parameters; None without earlier tasks."""
+        if not self.fisher:
+            return None
+        parts = [(param, (local_part(self.fisher[name]).float()
+                          * (local_part(param.detach()).float() - self.start[name].float()).square()).sum())
+                 for name, param in pl_module.backbone.named_parameters() if name in self.fisher]
+        return float(sum_over_shards(parts, trainer.strategy))
+
+    def stage_forgetting(self, row: int, pl_module: L.LightningModule) -> dict:
+        """From the accuracy rows before and after the stage: the mean drop on the earlier tasks, the general set's
+        change, and per set the examples that turned right to wrong and wrong to right."""
+        evaluation = self.evaluation
+        if evaluation is None:
+            return {}
+        if len(evaluation.rows) <= row:
+            raise RuntimeError("ForgettingAnalysis found no accuracy row for this stage: it must come after the "
+                               "AccuracyMatrix in the trainer's callbacks")
+        before, after = evaluation.rows[row - 1], evaluation.rows[row]
+        earlier = [k for stage in pl_module.stages[:row - 1] for k in stage.tasks]
+        general = evaluation.benchmark_rows.get(GENERAL_NAME, [])
+        general_change = (general[row]["accuracy"] - general[row - 1]["accuracy"]
+                          if len(general) > row and general[row] and general[row - 1] else None)
+        return {"forgetting": sum(before[k] - after[k] for k in earlier) / len(earlier) if earlier else None,
+                "general_change": general_change,
+                "examples": example_changes(evaluation.correct[row - 1], evaluation.correct[row])}
+
     def stage_reward_var(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
         """The stage's mean `reward/group_var` over all ranks' steps; None when no step reported one."""
         totals = torch.tensor([self.reward_var_sum, float(self.reward_var_steps)], dtype=torch.float64,
@@ -209,8 +310,16 @@ class ForgettingAnalysis(Callback):
     def write(self) -> None:
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
                    "max_new_tokens": self.max_new_tokens, "templates": self.templates, "stages": self.stages}
+        content["tolerance"] = self.tolerance
         write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")
+
+
+def example_changes(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    """Per set evaluated in both rows, the examples right before and wrong after, and the other way round."""
+    return {name: {"right_to_wrong": sum(b and not a for b, a in zip(before[name], after[name])),
+                   "wrong_to_right": sum(a and not b for b, a in zip(before[name], after[name]))}
+            for name in before if name in after and len(before[name]) == len(after[name])}
 
 
 @contextmanager
@@ -234,8 +343,11 @@ def stage_metrics(record: dict) -> dict[str, float]:
         metrics[f"analysis/update_norm/{group}"] = norm["abs"]
         if norm["rel"] is not None:
             metrics[f"analysis/update_rel/{group}"] = norm["rel"]
-    if record["reward_var"] is not None:
-        metrics["analysis/reward_var"] = record["reward_var"]
+    for group, share in record["updated"].items():
+        metrics[f"analysis/updated/{group}"] = share
+    for name in ("reward_var", "fisher_update", "kl_new_task", "forgetting", "general_change"):
+        if record.get(name) is not None:
+            metrics[f"analysis/{name}"] = record[name]
     for task, kl in record["kl_to_base"].items():
         metrics[f"analysis/kl_to_base/{task}"] = kl
     return metrics

@@ -31,7 +31,6 @@ parameters' dtype and placement (sharded under FSDP). Both are in `state_dict`, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
 from itertools import islice
 
 import lightning as L
@@ -43,62 +42,15 @@ from torch.distributed.tensor import DTensor
 
 from cpt.methods.sft import sft_loss
 from cpt.model.backbone import local_part
+from cpt.model.fisher import diagonal_fisher, sum_over_shards, trainable_parameters
 
 KINDS = ("ewc", "l2")
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: param for name, param in model.named_parameters() if param.requires_grad}
-
-
-def total(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], strategy: Strategy) -> torch.Tensor:
-    """The sum over (parameter, sum over this rank's part of it) pairs: the parts of sharded parameters are added
-    up over ranks (one reduction); a plain parameter is whole on every rank and counts once. Elementwise
-    arithmetic between a parameter, its gradient and copies of the parameter is the same on every rank's part."""
-    sharded, whole = [], []
-    for param, value in parts:
-        (sharded if isinstance(param, DTensor) else whole).append(value.float())
-    result = torch.zeros(())
-    if sharded:  # every rank holds the same parameters, so every rank takes part in this reduction
-        result = strategy.reduce(torch.stack(sharded).sum(), reduce_op="sum")
-    if whole:
-        result = result.to(whole[0].device) + torch.stack(whole).sum()
-    return result
-
-
-def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable[[nn.Module, dict], torch.Tensor]
-                    ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the trainable parameters: the squared gradient of each batch's loss, averaged
-    over the batches (one backward per batch, not per example).
-
-    The model runs in eval mode (no dropout) and is put back in the mode it was in; gradients are cleared
-    before and after, so the training step that follows starts clean.
-    """
-    params = trainable_parameters(model)
-    fisher = {name: torch.zeros_like(param) for name, param in params.items()}
-    was_training = model.training
-    model.eval()
-    count = 0
-    try:
-        for batch in batches:
-            model.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
-            for name, param in params.items():
-                if param.grad is not None:
-                    local_part(fisher[name]).add_(local_part(param.grad).detach() ** 2)
-            count += 1
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("diagonal_fisher got no batches; the Fisher needs at least one")
-    return {name: value / count for name, value in fisher.items()}
 
 
 def normalised(fisher: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
                strategy: Strategy) -> dict[str, torch.Tensor]:
     """The Fisher divided by its mean over all trainable parameters (over all ranks' shards)."""
-    mass = total(((params[name], local_part(value).sum()) for name, value in fisher.items()), strategy)
+    mass = sum_over_shards(((params[name], local_part(value).sum()) for name, value in fisher.items()), strategy)
     numel = sum(params[name].numel() for name in fisher)  # a DTensor's numel is its global size
     mean = mass.item() / numel
     if not mean > 0:
@@ -181,7 +133,7 @@ class ParameterRegularizer(Callback):
             if param.grad is not None:
                 local_part(param.grad).add_(gradient)
             parts.append((param, 0.5 * (gradient * (theta - anchor)).sum()))
-        pl_module.log("train/reg_penalty", total(parts, trainer.strategy), on_step=True, on_epoch=False)
+        pl_module.log("train/reg_penalty", sum_over_shards(parts, trainer.strategy), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "anchor": self.anchor, "fisher": self.fisher}

@@ -121,7 +121,7 @@ class RolloutFiltering(Callback):
                                  task=task_index)
         collate = Collator(pl_module.processor.pad_id)
         rank, world = trainer.global_rank, trainer.world_size
-        mine, weights = shard_indices(len(pool), rank, world, self.prompts_per_batch)
+        mine, weights = shard_indices(len(pool), rank, world)
         rewards = torch.zeros(len(mine), self.k, device=pl_module.device)
         right = torch.zeros(len(mine), self.k, dtype=torch.bool, device=pl_module.device)
         starts = range(0, len(mine), self.prompts_per_batch)
@@ -131,9 +131,8 @@ class RolloutFiltering(Callback):
             rows = slice(start, start + self.prompts_per_batch)
             batch = collate([dataset[pool[i]] for i in mine[rows]]).to(pl_module.device)
             rollouts = pl_module.roll_out(batch, self.k)
-            accuracy = rollouts.components.get("accuracy", rollouts.rewards)
             rewards[rows] = rollouts.group_rewards().to(rewards.device)
-            right[rows] = (accuracy >= self.correct_threshold).view(-1, self.k).to(right.device)
+            right[rows] = rollouts.right(self.correct_threshold).view(-1, self.k).to(right.device)
         if world > 1:
             order = torch.tensor(mine, device=rewards.device)
             valid = torch.tensor(weights, device=rewards.device)

@@ -43,6 +43,15 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 RECIPES: dict[str, dict[str, Any]] = {
     "rft": {"optim.lr": 5e-5, "data.batch_size": 8, "rft.group_size": 8, "rft.max_new_tokens": 16},
 }
+# On-policy SFT takes RFT's recipe: the two differ only in the loss, which has no KL term.
+RECIPES["onpolicy_sft"] = {**RECIPES["rft"], "rft.kl.coef": 0.0}
+ROLLOUT_METHODS = ("rft", "onpolicy_sft")  # the methods that sample and score rollouts (the rft section)
+METHOD_LABELS = {"sft": "SFT", "rft": "RFT", "onpolicy_sft": "on-policy SFT"}
+
+
+def method_label(method: str | None) -> str:
+    """How tables and figures name a method."""
+    return METHOD_LABELS.get(method, str(method))
 
 
 def _run_time(pattern: str) -> str:
@@ -92,7 +101,8 @@ class FoundationConfig:
     batch_size: int = doc("Pre-training batch size.", 32)
     lr: float = doc("Pre-training peak learning rate.", 1e-3)
     task_share: float = doc("Second pre-training stage: examples in the downstream tasks' format, as a fraction "
-                            "of the general multiple-choice pool's size (gives the base some zero-shot ability).", 0.2)
+                            "of the general multiple-choice pool's size (gives the base some zero-shot ability: "
+                            "at 0.5 its sampled answers are right often enough for RFT to learn every task).", 0.5)
     seed: int = doc("Seed of the toy foundation model (independent of the run seed, like a real base model).", 0)
     use_shipped: bool = doc("Load the weights shipped with the package when the recipe above is theirs (the "
                             "defaults), so every machine starts from the same base; false pre-trains them here.",
@@ -262,9 +272,14 @@ class RegularizerConfig:
 @dataclass
 class AnalysisConfig:
     enabled: bool = doc("Record why forgetting happens (callbacks/analysis.py): per stage, the parameter update "
-                        "by module group, the reward variance, and the KL to the base model on every task's "
-                        "prompts; writes analysis.json and analysis.png.", False)
-    probe_size: int = doc("Prompts per task the KL to the base model is estimated on.", 16)
+                        "by module group and its sparsity, the reward variance, the update weighed by the earlier "
+                        "tasks' Fisher, the KL to the base model on every task's prompts (the new task's "
+                        "included), the forgetting the stage caused and the examples it broke or mended; writes "
+                        "analysis.json and analysis.png.", False)
+    probe_size: int = doc("Prompts per task the KL to the base model (and the earlier tasks' Fisher) is estimated "
+                          "on.", 16)
+    tolerance: float = doc("A parameter counts as updated when it moved by more than this share of its value at "
+                           "the stage's start (bf16 resolves about 0.004).", 1e-3)
 
 
 @dataclass
@@ -283,8 +298,8 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    method: str = doc("Training paradigm: sft (supervised fine-tuning) | rft (reinforcement fine-tuning, GRPO family).",
-                      "sft")
+    method: str = doc("Training paradigm: sft (supervised fine-tuning) | rft (reinforcement fine-tuning, GRPO family) "
+                      "| onpolicy_sft (SFT on the model's own right rollouts, sampled and scored as rft's).", "sft")
     schedule: str = doc("sequential (one stage per task, in order) | multitask (all tasks mixed in one stage of "
                         "steps_per_task x tasks steps: the upper bound).", "sequential")
     name: Optional[str] = doc("Label of the run in results.json and `cpt compare`; null = '<method> <schedule>'.",
@@ -320,7 +335,7 @@ class Config:
 
 
 CHOICES = {
-    "method": ("sft", "rft"),
+    "method": ("sft", *ROLLOUT_METHODS),
     "schedule": ("sequential", "multitask"),
     "model.finetune": ("lora", "qlora", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -347,8 +362,9 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
 # Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
 RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
-          ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1), ("data.num_workers", 0, None),
-          ("rft.filter.correct_threshold", 0, 1), ("seed", 0, 2**32 - 1), ("foundation.seed", 0, 2**32 - 1))
+          ("analysis.tolerance", 0, None), ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
+          ("data.num_workers", 0, None), ("rft.filter.correct_threshold", 0, 1), ("seed", 0, 2**32 - 1),
+          ("foundation.seed", 0, 2**32 - 1))
 
 
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -554,10 +570,11 @@ def _validate(cfg: DictConfig) -> None:
                               "RFT's KL term already pulls towards a reference)")
         if cfg.regularizer.strength < 0:
             raise ConfigError(f"bad value for 'regularizer.strength': must be >= 0, got {cfg.regularizer.strength}")
-    if cfg.method == "rft":
+    if cfg.method in ROLLOUT_METHODS:
         _validate_rft(cfg)
     elif cfg.rft.filter.rule != "none" or cfg.rft.filter.online:
-        raise ConfigError("rft.filter selects instances by their rollouts' rewards: it needs method=rft")
+        raise ConfigError("rft.filter selects instances by their rollouts' rewards: it needs method=rft or "
+                          "onpolicy_sft")
     if cfg.trainer.strategy == "fsdp":
         if cfg.model.finetune == "qlora":
             raise ConfigError("model.finetune=qlora cannot be sharded with trainer.strategy=fsdp (4-bit weights); "
@@ -584,7 +601,7 @@ def _validate_local_task(name: str, spec: DictConfig) -> None:
 
 def _validate_rft(cfg: DictConfig) -> None:
     rft = cfg.rft
-    if rft.group_size < 2 and rft.advantage != "remax":
+    if cfg.method == "rft" and rft.group_size < 2 and rft.advantage != "remax":
         raise ConfigError(f"rft.advantage={rft.advantage} compares rollouts within a group: set rft.group_size >= 2")
     if not 0 < rft.top_p <= 1:
         raise ConfigError(f"bad value for 'rft.top_p': must be in (0, 1], got {rft.top_p}")
@@ -592,7 +609,7 @@ def _validate_rft(cfg: DictConfig) -> None:
         raise ConfigError(f"rft.clip_low must be in [0, 1) and rft.clip_high >= 0, got {rft.clip_low}, {rft.clip_high}")
     if rft.reward.weights is not None and not any(rft.reward.weights.values()):
         raise ConfigError("rft.reward.weights gives no component a non-zero weight")
-    if max(kl_values(cfg)) > 0 and rft.kl.estimator == "k1" and rft.kl.placement == "loss":
+    if cfg.method == "rft" and max(kl_values(cfg)) > 0 and rft.kl.estimator == "k1" and rft.kl.placement == "loss":
         raise ConfigError("rft.kl.estimator=k1 in the loss has zero expected gradient (E[grad log p] = 0): use k1 "
                           "with rft.kl.placement=reward, or k2/k3 in the loss")
     stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)

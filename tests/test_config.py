@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from cpt.cli import main
 from cpt.config import (
     RECIPES,
+    ROLLOUT_METHODS,
     RUN_TIME_ENV,
     config_with_recipe_from_args,
     field_docs,
@@ -137,8 +138,8 @@ def test_experiment_config_errors(overrides, message):
                          ids=lambda p: str(p.relative_to(REPO)))
 def test_every_config_loads(path):
     cfg = load_config(path)
-    assert cfg.method in ("sft", "rft") and cfg.tasks
-    if cfg.method == "rft":  # the reward function a config names can be imported
+    assert cfg.method in ("sft", *ROLLOUT_METHODS) and cfg.tasks
+    if cfg.method in ROLLOUT_METHODS:  # the reward function a config names can be imported
         assert load_object(cfg.rft.reward.function, "reward function") is task_reward
 
 

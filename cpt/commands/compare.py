@@ -37,12 +37,15 @@ from cpt.eval.group_report import (
     differences,
     find,
     footnote,
+    mechanism_cells,
     summary_cells,
     task_cells,
     write_differences_csv,
     write_experiments_csv,
 )
 from cpt.eval.groups import group_runs
+from cpt.eval.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
+from cpt.eval.mechanisms import stage_points, write_points_csv
 
 STABILITY_FIGURES = {"stability_plasticity.png": ("fm", "forgetting: FM (points; 0 = none, negative is worse)"),
                      "stability_plasticity_general.png": ("general_change",
@@ -75,6 +78,17 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     plane = {name: plot_stability_plasticity(experiments, key, label)
              for name, (key, label) in STABILITY_FIGURES.items()}
     save_figures({name: fig for name, fig in plane.items() if fig is not None}, out)
+    points = stage_points(runs)
+    if points:  # runs with analysis.enabled=true: the competing explanations side by side
+        write_points_csv(points, out / "mechanisms.csv")
+        mechanisms = {"mechanisms_forgetting_kl.png": plot_forgetting_against_kl(points),
+                      "mechanisms_fisher_update.png": plot_fisher_update(points),
+                      "mechanisms_sparsity.png": plot_update_sparsity(experiments)}
+        save_figures({name: fig for name, fig in mechanisms.items() if fig is not None}, out)
+        cells = mechanism_cells(experiments)
+        if cells is not None:
+            text += f"\n\n{text_table(*cells)}"
+            markdown += f"\n{markdown_table(*cells)}\n"
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
         section = f"{a.name} - {b.name} (Welch's 95% interval; beyond noise when it excludes 0)"

@@ -74,9 +74,10 @@ def evaluate_checkpoint(cfg: DictConfig, progress: bool = True) -> dict:
     for task in tqdm([*tasks, *benchmarks], desc=f"Evaluating {checkpoint.name}", disable=not progress):
         scores[task.name] = evaluate_by_category(model, processor, task, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                                  device)
-    results = {b.name: [{"accuracy": scores[b.name][0], "categories": scores[b.name][1]}] for b in benchmarks}
+    results = {b.name: [{"accuracy": scores[b.name].accuracy, "categories": scores[b.name].categories}]
+               for b in benchmarks}
     general = results.get(GENERAL_NAME, [None])[0]
-    return summarize([t.name for t in tasks], [[scores[t.name][0] for t in tasks]],
+    return summarize([t.name for t in tasks], [[scores[t.name].accuracy for t in tasks]],
                      [general and general["accuracy"]], [t.chance for t in tasks], stages=[], benchmarks=results,
                      name=f"eval {cfg.model.name_or_path}", method="eval", schedule="eval",
                      checkpoint=str(checkpoint))

@@ -33,19 +33,20 @@ from callbacks import (
 from cpt.atomic import write_json
 from cpt.commands.resume import resume_checkpoint
 from cpt.commands.run_dir import prepare_run_dir, versions
-from cpt.config import config_with_recipe_from_args, recipe_note, save_config
+from cpt.config import ROLLOUT_METHODS, config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
 from cpt.data.datamodule import TaskSequenceData
 from cpt.data.general_benchmarks import load_benchmark
 from cpt.data.tasks import Stage, Task, build_stages, build_tasks, general_set
 from cpt.errors import ConfigError
+from cpt.methods.onpolicy_sft import OnPolicySFTModule
 from cpt.methods.rft import RFTModule
 from cpt.methods.sft import SFTModule
 from cpt.model.card import model_card
 from cpt.model.presets import resolve_checkpoint
 from cpt.plugins import load_object
 
-METHODS = {"sft": SFTModule, "rft": RFTModule}
+METHODS = {"sft": SFTModule, "rft": RFTModule, "onpolicy_sft": OnPolicySFTModule}
 
 
 def load_callback(spec) -> Callback:
@@ -104,6 +105,7 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
         kl = rft.kl
         callbacks.append(KLSchedule(kl.schedule, kl.coef, kl.per_task, kl.final_coef,
                                     cfg.steps_per_task * len(stages[0].tasks)))
+    if cfg.method in ROLLOUT_METHODS:
         f = rft.filter
         if f.rule != "none":
             callbacks.append(RolloutFiltering(run_dir, f.rule, f.k, f.low, f.high, f.pool_size, f.correct_threshold,
@@ -116,8 +118,6 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
     if cfg.regularizer.kind != "none":
         r = cfg.regularizer
         callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
-    if cfg.analysis.enabled:
-        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens, cfg.seed))
     return callbacks
 
 
@@ -149,6 +149,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         extra=lambda: {"kept_fraction": filtering.kept_fraction if filtering else None},
     )
     callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), *experiments, evaluation]
+    if cfg.analysis.enabled:  # after the evaluation: a stage's forgetting needs that stage's accuracy row
+        callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens, cfg.seed,
+                                            evaluation, cfg.analysis.tolerance))
     if cfg.save_checkpoints:
         adapters = cfg.model.finetune != "full"
         callbacks.append(TaskCheckpoint(run_dir, names, lambda k: model_card(

@@ -1,19 +1,29 @@
-"""`python -m cpt study STUDY.yaml [--dry-run]`: every (experiment, seed) run of a study, then their comparison.
+"""`python -m cpt study STUDY.yaml [--jobs N] [--dry-run]`: every (experiment, seed) run of a study, then their
+comparison.
 
 Finished runs are skipped and stopped ones resumed, so the same command continues a study that was stopped
 (Ctrl-C, a crash, a time limit) where it was. Each run is its own `python -m cpt fit` process; its progress bar
-names the experiment, the seed and the task. At the end `cpt compare` groups the seeds of every experiment and
-writes the tables and figures, with 95% intervals, to <output_dir>/compare/. (cpt.study has the file's format.)
+names the experiment, the seed and the task. With --jobs N, N runs go at once: the CPU cores are shared out
+(OMP_NUM_THREADS) and, on a machine with GPUs, each run gets one (CUDA_VISIBLE_DEVICES), unless those are set
+already; each run's output then goes to <output_dir>/logs/ instead of the console. At the end `cpt compare` groups
+the seeds of every experiment and writes the tables and figures, with 95% intervals, to <output_dir>/compare/.
+(cpt.study has the file's format.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import torch
 
 from cpt.atomic import write_json
 from cpt.commands.compare import report
@@ -29,6 +39,89 @@ def fit_args(run: PlannedRun, run_state: str) -> list[str]:
     stopped before saving a stage replaces what it left."""
     extra = {"stopped": ["resume=true"], "started": ["overwrite=true"]}.get(run_state, [])
     return [*run.args, *extra]
+
+
+def run_environment(slot: int, jobs: int) -> dict[str, str]:
+    """The environment of the run in `slot` (0..jobs-1) while `jobs` runs go at once: the CPU cores shared out
+    and one GPU per slot where there are GPUs, each unless the caller's environment sets it."""
+    env = dict(os.environ)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        gpus = torch.cuda.device_count()
+        if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    return env
+
+
+@dataclass
+class Running:
+    """A run's `cpt fit` process, in a slot."""
+
+    number: int  # its place in the plan, from 1
+    run: PlannedRun
+    process: subprocess.Popen
+    log: IO | None  # where its output goes with --jobs above 1
+    started: float
+
+
+def log_path(study: Study, run: PlannedRun) -> Path:
+    """Where a run's output goes with --jobs above 1."""
+    return study.output_dir / "logs" / f"{run.experiment.key}-seed{run.seed}.log"
+
+
+def start(number: int, run: PlannedRun, run_state: str, slot: int, jobs: int, study: Study) -> Running:
+    """The run's `cpt fit` process: in the foreground with one job, else quiet with its output in a log file."""
+    args = fit_args(run, run_state)
+    log = None
+    if jobs > 1:
+        log_path(study, run).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path(study, run), "a")
+        args.append("trainer.enable_progress_bar=false")  # N bars in one console would garble each other
+    process = subprocess.Popen([sys.executable, "-m", "cpt", "fit", *args], env=run_environment(slot, jobs),
+                               stdout=log, stderr=subprocess.STDOUT if log else None)
+    return Running(number, run, process, log, time.monotonic())
+
+
+def run_all(study: Study, runs: list[PlannedRun], jobs: int) -> list[PlannedRun]:
+    """Every run not finished, `jobs` at a time in the plan's order; returns those that failed. Ctrl-C stops the
+    runs going (they keep what they saved) and is raised again."""
+    pending = list(enumerate(runs, 1))
+    running: dict[int, Running] = {}  # by slot
+    failed = []
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                number, run = pending.pop(0)
+                run_state = state(run)
+                where = str(run.directory) + (f"; log {log_path(study, run)}" if jobs > 1 and run_state != "done"
+                                              else "")
+                print(f"\n[{number}/{len(runs)}] {run.label}: {ACTION[run_state]} ({where})", flush=True)
+                if run_state != "done":
+                    slot = min(set(range(jobs)) - set(running))
+                    running[slot] = start(number, run, run_state, slot, jobs, study)
+            time.sleep(0.5 if jobs > 1 else 0)
+            for slot, job in list(running.items()):
+                code = job.process.wait() if jobs == 1 else job.process.poll()
+                if code is None:
+                    continue
+                del running[slot]
+                if job.log:
+                    job.log.close()
+                minutes = (time.monotonic() - job.started) / 60
+                if code == 0:
+                    if jobs > 1:
+                        print(f"[{job.number}/{len(runs)}] {job.run.label}: finished in {minutes:.1f} min", flush=True)
+                else:
+                    failed.append(job.run)
+                    output = f" (its output: {job.log.name})" if job.log else ""
+                    print(f"error: {job.run.label} exited with code {code}{output}; the study goes on with the other "
+                          "runs", file=sys.stderr)
+    except KeyboardInterrupt:
+        for job in running.values():
+            job.process.terminate()
+            job.process.wait()
+        raise
+    return failed
 
 
 def check_unchanged(runs: list[PlannedRun]) -> None:
@@ -60,7 +153,11 @@ def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt study", description=__doc__.split("\n\n")[0])
     parser.add_argument("study", metavar="STUDY.yaml", help="the study file (examples: configs/studies/)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be done, run nothing")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs at once, sharing the CPU cores (and one GPU each where there are GPUs); default 1")
     known = parser.parse_args(args)
+    if known.jobs < 1:
+        raise ConfigError(f"--jobs {known.jobs}: give the number of runs to go at once, 1 or more")
     study = load_study(known.study)
     runs = plan(study)
     check_unchanged(runs)
@@ -72,24 +169,14 @@ def main(args: list[str]) -> int:
             print(f"[{k}/{len(runs)}] {run.label}: {ACTION[run_state]}\n    python -m cpt fit "
                   + shlex.join(fit_args(run, run_state)))
         return 0
-    failed = []
     started = time.monotonic()
-    for k, run in enumerate(runs, 1):
-        run_state = state(run)
-        print(f"\n[{k}/{len(runs)}] {run.label}: {ACTION[run_state]} ({run.directory})", flush=True)
-        if run_state == "done":
-            continue
-        try:
-            code = subprocess.run([sys.executable, "-m", "cpt", "fit", *fit_args(run, run_state)]).returncode
-        except KeyboardInterrupt:
-            write_summary(study, runs, [state(r) for r in runs])
-            print(f"\nStudy stopped. Finished runs are kept; `python -m cpt study {study.path}` resumes it.",
-                  file=sys.stderr)
-            return 130
-        if code != 0:
-            failed.append(run)
-            print(f"error: {run.label} exited with code {code}; the study goes on with the other runs",
-                  file=sys.stderr)
+    try:
+        failed = run_all(study, runs, known.jobs)
+    except KeyboardInterrupt:
+        write_summary(study, runs, [state(r) for r in runs])
+        print(f"\nStudy stopped. Finished runs are kept; `python -m cpt study {study.path}` resumes it.",
+              file=sys.stderr)
+        return 130
     summary = write_summary(study, runs, [state(r) for r in runs])
     done = [run.directory for run, s in zip(runs, (e["state"] for e in summary["runs"])) if s == "done"]
     print(f"\n{summary['finished']}/{len(runs)} runs finished; {(time.monotonic() - started) / 60:.1f} min in this "

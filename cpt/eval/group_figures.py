@@ -8,6 +8,7 @@ import math
 
 from matplotlib.figure import Figure
 
+from cpt.config import method_label
 from cpt.eval.compare import finish_task_panels, general_bars, task_panels
 from cpt.eval.groups import Experiment, is_sequential, lr_family
 from cpt.eval.intervals import Estimate
@@ -126,7 +127,7 @@ def plot_stability_plasticity(experiments: list[Experiment], y_key: str, y_label
         ax.annotate(e.name + (f"\n{_lr_label(e)}" if _lr_label(e) and "optim.lr" not in e.name else ""),
                     (x.mean, y.mean), textcoords="offset points", xytext=(6, 4), fontsize=7)
     for method in methods:
-        ax.plot([], [], "o", color=_colour(methods.index(method)), label=str(method).upper())
+        ax.plot([], [], "o", color=_colour(methods.index(method)), label=method_label(method))
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("learning: mean gain on each new task over the row before (points)")
     ax.set_ylabel(y_label)

@@ -10,15 +10,16 @@ from cpt.atomic import replacing
 from cpt.errors import ConfigError
 from cpt.eval.groups import Experiment
 from cpt.eval.intervals import Estimate
+from cpt.eval.mechanisms import RUN_KEYS
 
 METRICS = (("avg_acc", "AvgAcc"), ("fm", "FM"), ("bwt", "BWT"), ("gain", "gain"))
 
 
-def _cell(value: Estimate | None, scale: float = 1.0, suffix: str = "") -> str:
+def _cell(value: Estimate | None, scale: float = 1.0, suffix: str = "", spec: str = ".1f") -> str:
     if value is None:
         return "-"
     scaled = Estimate(value.mean * scale, None if value.half_width is None else value.half_width * scale, value.n)
-    return scaled.format() + suffix
+    return scaled.format(spec) + suffix
 
 
 def _duration(value: Estimate | None) -> str:
@@ -33,7 +34,7 @@ def keys(benchmarks: list[str], tasks: list[str]) -> list[str]:
     """Every number an experiment reports, in table order."""
     return [*(key for key, _ in METRICS), *(f"{b}_{part}" for b in benchmarks for part in ("base", "final", "change")),
             "kept_fraction", "wall_time_s", *(f"final_{task}" for task in tasks),
-            *(f"forget_{task}" for task in tasks)]
+            *(f"forget_{task}" for task in tasks), *RUN_KEYS]
 
 
 def summary_cells(experiments: list[Experiment], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -54,6 +55,16 @@ def task_cells(experiments: list[Experiment], tasks: list[str],
     title = {"final": "final accuracy", "forget": "forgetting per task"}[prefix]
     shown = [e for e in experiments if any(e.estimate(f"{prefix}_{task}") for task in tasks)]
     return [title, *tasks], [[e.name, *(_cell(e.estimate(f"{prefix}_{task}")) for task in tasks)] for e in shown]
+
+
+def mechanism_cells(experiments: list[Experiment]) -> tuple[list[str], list[list[str]]] | None:
+    """Per experiment with analysis.json, the mechanisms' numbers (cpt.eval.mechanisms.RUN_KEYS); None when no
+    experiment recorded them."""
+    shown = [e for e in experiments if any(e.estimate(key) for key in RUN_KEYS)]
+    if not shown:
+        return None
+    return (["mechanisms (mean over stages)", *RUN_KEYS.values()],
+            [[e.name, *(_cell(e.estimate(key), spec=".3g") for key in RUN_KEYS)] for e in shown])
 
 
 def footnote(experiments: list[Experiment]) -> str:
@@ -91,10 +102,12 @@ def difference_cells(a: Experiment, b: Experiment, rows: list[dict]) -> tuple[li
     header = ["metric", a.name, b.name, "difference", "95% interval", "beyond noise"]
     body = []
     for row in rows:
-        hw = row["half_width"]
-        interval = "-" if hw is None else f"[{row['difference'] - hw:.1f}, {row['difference'] + hw:.1f}]"
+        spec = ".3g" if row["metric"] in RUN_KEYS else ".1f"  # the mechanisms' quantities come in any size
+        hw, diff = row["half_width"], row["difference"]
+        interval = "-" if hw is None else f"[{diff - hw:{spec}}, {diff + hw:{spec}}]"
         verdict = {True: "yes", False: "no", None: "-"}[row["beyond_noise"]]
-        body.append([row["metric"], _cell(row["a"]), _cell(row["b"]), f"{row['difference']:+.1f}", interval, verdict])
+        body.append([row["metric"], _cell(row["a"], spec=spec), _cell(row["b"], spec=spec), f"{diff:+{spec}}",
+                     interval, verdict])
     return header, body
 
 

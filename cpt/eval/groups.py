@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from cpt.config import REPORTING_KEYS, flat
 from cpt.eval.intervals import Difference, Estimate, difference, estimate
+from cpt.eval.mechanisms import run_mechanisms
 from cpt.eval.metrics import task_forgetting
 
 # Keys two seeds of one experiment may differ in.
@@ -32,9 +33,10 @@ def saved_config(run: dict) -> dict | None:
 
 def run_values(run: dict, row: dict, benchmarks: list[str]) -> dict:
     """The numbers a run contributes to its experiment: its comparison_rows record plus, per benchmark,
-    `<name>_change` (final - base) and, for a finished sequential run, per task `forget_<task>` (its final
-    accuracy less its best after it was trained; FM is their mean)."""
-    values = dict(row)
+    `<name>_change` (final - base), for a finished sequential run per task `forget_<task>` (its final accuracy
+    less its best after it was trained; FM is their mean), and the mechanisms' numbers from its analysis.json
+    (cpt.eval.mechanisms.RUN_KEYS)."""
+    values = {**row, **run_mechanisms(run)}
     if row["gain"] is not None and run["complete"]:
         forgetting = task_forgetting(run["accuracy_matrix"])
         values.update({f"forget_{task}": f for task, f in zip(run["tasks"], forgetting) if f is not None})

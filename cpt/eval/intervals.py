@@ -37,9 +37,10 @@ class Estimate:
     def high(self) -> float | None:
         return None if self.half_width is None else self.mean + self.half_width
 
-    def format(self, digits: int = 1) -> str:
-        mean = f"{self.mean:.{digits}f}"
-        return mean if self.half_width is None else f"{mean} ± {self.half_width:.{digits}f}"
+    def format(self, spec: str = ".1f") -> str:
+        """"mean ± half-width", each with the format spec (".1f" for points, ".3g" for quantities of any size)."""
+        mean = f"{self.mean:{spec}}"
+        return mean if self.half_width is None else f"{mean} ± {self.half_width:{spec}}"
 
 
 def estimate(values: Iterable[float | None]) -> Estimate | None:

@@ -50,6 +50,11 @@ class Rollouts:
         """(groups, group_size) rewards."""
         return self.rewards.view(-1, self.group_size)
 
+    def right(self, threshold: float) -> torch.Tensor:
+        """(rollouts,) bool: the rollout is right, its `accuracy` reward component (the total reward if the reward
+        function gives none) at least `threshold`."""
+        return self.components.get("accuracy", self.rewards) >= threshold
+
     def varied_groups(self) -> torch.Tensor:
         """(groups,) bool: the group's rewards are not all equal (an all-equal group has zero advantage)."""
         groups = self.group_rewards()

@@ -1,20 +1,23 @@
-"""ForgettingAnalysis: update norms by module group against hand-computed values, the KL to the base (0 when
-unchanged, restored from a checkpoint), the stage's reward variance, and an SFT run that writes analysis.json."""
+"""ForgettingAnalysis: update norms by module group, the share of parameters updated, the Fisher-weighted update and
+the per-stage forgetting and example changes against hand-computed values; the KL to the base (0 when unchanged,
+restored from a checkpoint), the stage's reward variance, and an SFT run that writes analysis.json."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from PIL import Image
 
-from callbacks.analysis import ForgettingAnalysis, module_group
+from callbacks.analysis import ForgettingAnalysis, example_changes, module_group
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.data.tasks import build_tasks
 from cpt.methods.rft import RFTModule
 from cpt.methods.sft import SFTModule
+from cpt.model.fisher import diagonal_fisher
 from tests.helpers import REPO, metric_rows
 
 
@@ -151,3 +154,72 @@ def test_sft_run_writes_the_analysis(tmp_path, quick_cfg, foundation_dir):
     logged = metric_rows(tmp_path, "analysis/kl_to_base/colour")
     assert len(logged) == 2
     assert float(logged[1]["analysis/update_norm/mlp"]) == pytest.approx(stages[1]["update_norm"]["mlp"]["abs"])
+
+
+# --- the competing explanations' quantities ------------------------------------------------------------------------
+
+class TwoGroups(torch.nn.Module):
+    """Parameters named like a language model's MLP and attention weights, set by hand."""
+
+    def __init__(self, mlp: list[float], attention: list[float]):
+        super().__init__()
+        self.mlp = torch.nn.ParameterDict({"up_proj": torch.nn.Parameter(torch.tensor(mlp))})
+        self.self_attn = torch.nn.ParameterDict({"q_proj": torch.nn.Parameter(torch.tensor(attention))})
+
+
+def measured(start: TwoGroups, end: TwoGroups, tolerance: float = 1e-3, fisher=None) -> ForgettingAnalysis:
+    """An analysis whose stage started at `start`'s parameters, with `fisher` as the earlier tasks' Fisher."""
+    analysis = ForgettingAnalysis("unused", tolerance=tolerance)
+    analysis.start = {name: p.detach().clone() for name, p in start.named_parameters()}
+    analysis.fisher = fisher or {}
+    return analysis
+
+
+def test_updated_share_counts_parameters_moved_beyond_the_tolerance(trainer):
+    start = TwoGroups([1.0, 2.0, 0.0, -4.0], [0.0, 1.0])
+    end = TwoGroups([1.0005, 2.01, 0.0, -4.0], [1e-6, 1.0])
+    # mlp: 0.0005 <= 0.001 * 1 stays, 0.01 > 0.002 moved, 0 and 0 stay; attention: 1e-6 from 0 moved, 0 stays.
+    shares = measured(start, end).updated_share(trainer, SimpleNamespace(backbone=end))
+    assert shares == {"all": pytest.approx(2 / 6), "attention": pytest.approx(1 / 2), "mlp": pytest.approx(1 / 4)}
+    # A looser tolerance lets the 0.5% move pass too; the move away from 0 still counts.
+    looser = measured(start, end, tolerance=0.01).updated_share(trainer, SimpleNamespace(backbone=end))
+    assert looser == {"all": pytest.approx(1 / 6), "attention": pytest.approx(1 / 2), "mlp": 0.0}
+
+
+def test_fisher_weighted_update_of_two_parameters(trainer):
+    # One parameter per group; the loss w_mlp * a + w_attn * b has gradient (a, b), so over the batches (1, 2) and
+    # (3, 0) the diagonal Fisher is ((1 + 9) / 2, (4 + 0) / 2) = (5, 2).
+    start, end = TwoGroups([0.5], [1.0]), TwoGroups([0.6], [0.5])
+    fisher = diagonal_fisher(start, [(1.0, 2.0), (3.0, 0.0)],
+                             lambda model, ab: model.mlp["up_proj"][0] * ab[0] + model.self_attn["q_proj"][0] * ab[1])
+    assert {name: value.item() for name, value in fisher.items()} == {"mlp.up_proj": 5.0, "self_attn.q_proj": 2.0}
+    # d theta = (0.1, -0.5): 5 * 0.01 + 2 * 0.25 = 0.55
+    analysis = measured(start, end, fisher=fisher)
+    assert analysis.fisher_update(trainer, SimpleNamespace(backbone=end)) == pytest.approx(0.55)
+    assert measured(start, end).fisher_update(trainer, SimpleNamespace(backbone=end)) is None  # no earlier task
+
+
+def test_examples_that_turned_right_to_wrong_and_back():
+    before = {"count": [1, 1, 0, 0, 1], "general": [1, 0], "colour": [1]}
+    after = {"count": [1, 0, 1, 0, 0], "general": [0, 1]}  # colour not evaluated in this row
+    assert example_changes(before, after) == {"count": {"right_to_wrong": 2, "wrong_to_right": 1},
+                                              "general": {"right_to_wrong": 1, "wrong_to_right": 1}}
+
+
+def test_stage_forgetting_from_the_accuracy_rows():
+    evaluation = SimpleNamespace(
+        rows=[[50.0, 20.0, 10.0], [80.0, 20.0, 10.0], [60.0, 70.0, 12.0], [55.0, 40.0, 90.0]],
+        benchmark_rows={"general": [{"accuracy": 40.0}, None, {"accuracy": 35.0}, {"accuracy": 30.0}]},
+        correct=[{"count": [0, 1]}, {"count": [1, 1]}, {"count": [1, 0]}, {"count": [0, 1]}])
+    stages = [SimpleNamespace(tasks=[0]), SimpleNamespace(tasks=[1]), SimpleNamespace(tasks=[2])]
+    analysis = ForgettingAnalysis("unused", evaluation=evaluation)
+    module = SimpleNamespace(stages=stages)
+    first = analysis.stage_forgetting(1, module)
+    assert first == {"forgetting": None, "general_change": None,  # general not evaluated after stage 1
+                     "examples": {"count": {"right_to_wrong": 0, "wrong_to_right": 1}}}
+    assert analysis.stage_forgetting(2, module)["forgetting"] == pytest.approx(20.0)  # task 1: 80 -> 60
+    third = analysis.stage_forgetting(3, module)
+    assert third["forgetting"] == pytest.approx((5.0 + 30.0) / 2)  # tasks 1 and 2: 60 -> 55, 70 -> 40
+    assert third["general_change"] == pytest.approx(-5.0)
+    with pytest.raises(RuntimeError, match="must come after the AccuracyMatrix"):
+        analysis.stage_forgetting(4, module)

@@ -10,15 +10,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
-from callbacks.regularizer import (
-    ParameterRegularizer,
-    diagonal_fisher,
-    normalised,
-    penalty_gradient,
-    trainable_parameters,
-)
+from callbacks.regularizer import ParameterRegularizer, normalised, penalty_gradient
 from cpt.commands.fit import run
 from cpt.config import load_config
+from cpt.model.fisher import diagonal_fisher, trainable_parameters
 from tests.helpers import REPO, metric_rows
 
 # A trainer stand-in for hooks that only reduce over processes: here there is one.

@@ -112,10 +112,14 @@ def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):
     # RFT under full fine-tuning: the frozen reference copy is sharded too and refreshed at each task start.
     ["method=rft", "model.finetune=full", "rft.kl.reference=task_start", "rft.group_size=2", "data.batch_size=2",
      "rft.max_new_tokens=6"],
-])
+    # On-policy SFT with the analysis: its Fisher, update and sparsity are summed over the shards.
+    ["method=onpolicy_sft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6", "analysis.enabled=true",
+     "analysis.probe_size=2"],
+], ids=["sft", "rft", "onpolicy_sft-analysis"])
 def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir, method):
     """trainer.strategy=fsdp with 2 CPU processes (gloo): every rank holds about half of each sharded weight."""
-    args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2", "data.eval_size=4",
+    # 5 evaluation examples: 3 on one rank, 2 and a padding repeat on the other.
+    args = [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2", "data.eval_size=5",
             "eval.general=false", "trainer.devices=2", "trainer.strategy=fsdp",
             "callbacks=[tests.helpers.shard_probe:ShardProbe]", *method]
     # One thread per rank: two ranks on two cores.
@@ -134,6 +138,14 @@ def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir, me
     # Every rank draws its own batches: each task is steps_per_task steps, not a pass over the dataset.
     steps = [row["train/task"] for row in metric_rows(tmp_path, "train/task")]
     assert steps == ["1.0", "1.0", "2.0", "2.0"]
+    # Each example's correctness, gathered from both ranks in the examples' order, gives the row's accuracy.
+    correct = json.loads((tmp_path / "correctness.json").read_text())["correct"]
+    for row, accuracies in zip(correct, results["accuracy_matrix"]):
+        assert [len(row[task]) for task in ("colour", "count")] == [5, 5]
+        assert [100 * sum(row[task]) / 5 for task in ("colour", "count")] == pytest.approx(accuracies)
+    if "analysis.enabled=true" in method:
+        stages = json.loads((tmp_path / "analysis.json").read_text())["stages"]
+        assert stages[1]["fisher_update"] is not None and 0 <= stages[1]["updated"]["all"] <= 1
 
 
 def test_quickstart_notebook_reads_the_run(two_task_run, monkeypatch):

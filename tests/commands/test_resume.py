@@ -55,15 +55,23 @@ def test_nonfinite_loss_stops_every_process_and_the_run_resumes(tmp_path, quick_
     assert resumed["wall_time_s"] > 0
 
 
+ANALYSED = ("updated", "fisher_update", "kl_new_task", "forgetting", "general_change", "examples")
+# Rollouts whose rewards vary within a group, so that both methods with rollouts move the weights in two steps.
+VARIED = ["rft.reward.function=tests.helpers.plugins:odd_length_reward", "rft.reward.weights={accuracy: 1.0}"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     # The generators are restored with the stage: the resumed run samples the rollouts the uninterrupted one did.
-    ["method=rft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6", "tasks=[colour,count]"],
+    ["method=rft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6", *VARIED,
+     "analysis.enabled=true", "tasks=[colour,count]"],
+    ["method=onpolicy_sft", "rft.group_size=2", "data.batch_size=2", "rft.max_new_tokens=6", *VARIED,
+     "analysis.enabled=true", "tasks=[colour,count]"],
     # EWC's Fisher and anchor, and the analysis probes, come back: the same penalty, the same analysis.json.
     ["regularizer.kind=ewc", "regularizer.strength=1000", "analysis.enabled=true", "tasks=[colour,count,shape]"],
-], ids=["rft", "ewc-analysis"])
+], ids=["rft", "onpolicy_sft", "ewc-analysis"])
 def test_resumes_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundation_dir, case):
-    args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=false", *case]
+    args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=true", *case]
     last = len(case[-1].split(","))
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert fit([*args, f"output_dir={whole}"]).returncode == 0
@@ -80,9 +88,22 @@ def test_resumes_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundati
     assert len(expected) == 2 and last_task(stopped) == expected
     if "method=rft" in case:
         assert all(r["policy/entropy"] and r["rollout/completion_length"] for r in expected)
+    elif "method=onpolicy_sft" in case:
+        assert all(r["onpolicy/right"] and r["train/loss"] for r in expected)
     else:
         assert float(expected[-1]["train/reg_penalty"]) > 0
-        assert json.loads((stopped / "analysis.json").read_text()) == json.loads((whole / "analysis.json").read_text())
+    # Every method writes the explanations' quantities, and the resumed run writes the same ones.
+    analysis = json.loads((whole / "analysis.json").read_text())
+    assert json.loads((stopped / "analysis.json").read_text()) == analysis
+    first, *later = analysis["stages"]
+    assert all(key in stage for stage in analysis["stages"] for key in ANALYSED)
+    assert first["fisher_update"] is None and first["forgetting"] is None
+    assert all(stage["fisher_update"] > 0 and stage["forgetting"] is not None for stage in later)
+    assert all(stage["kl_new_task"] == stage["kl_to_base"][stage["name"]] for stage in analysis["stages"])
+    assert all(0 < stage["updated"]["all"] <= 1 for stage in analysis["stages"])
+    correctness = json.loads((whole / "correctness.json").read_text())
+    assert json.loads((stopped / "correctness.json").read_text()) == correctness
+    assert len(correctness["correct"]) == last + 1 and len(correctness["correct"][0]["colour"]) == 4
 
 
 def test_resume_errors_are_named(tmp_path, quick_cfg, capsys):

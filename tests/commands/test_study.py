@@ -3,14 +3,18 @@ resumes a stopped one, and writes the grouped comparison with intervals; bad stu
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from scipy.stats import t as student_t
 
 from cpt import cli
+from cpt.commands.study import run_environment
 from cpt.study import load_study, plan, state
 from tests.helpers import REPO
 
@@ -82,6 +86,18 @@ def test_a_study_skips_finished_runs_resumes_stopped_ones_and_compares(tmp_path,
     # Again: nothing left to run, the comparison is rewritten.
     assert cli.main(["study", str(study_file)]) == 0
     assert capsys.readouterr().out.count("finished, skipped") == 4
+    # Two runs at once, a core each, their output in logs/: the same results as one at a time on both cores.
+    for run in runs[2:]:
+        shutil.rmtree(run.directory)
+    proc = subprocess.run([sys.executable, "-m", "cpt", "study", str(study_file), "--jobs", "2"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[4/4] SFT lr 1e-3 seed 1: finished in" in proc.stdout
+    for run in runs[2:]:
+        again = json.loads((run.directory / "results.json").read_text())
+        assert {**again, "wall_time_s": 0} == {**results[run.label], "wall_time_s": 0}
+        log = (out / "logs" / f"{run.experiment.key}-seed1.log").read_text()
+        assert "AvgAcc" in log and "Task 2/2" not in log  # the table at the end; no progress bar
     # A changed study file does not mix with the runs made before it.
     write_study(study_file, quick_cfg, out, overrides=[*quick_cfg, *SHORT, "optim.warmup_ratio=0.5"])
     assert cli.main(["study", str(study_file)]) == 2
@@ -109,3 +125,20 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
         assert message in capsys.readouterr().err
     assert cli.main(["study", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist (examples: configs/studies/)" in capsys.readouterr().err
+    write_study(study_file, quick_cfg, out)
+    assert cli.main(["study", str(study_file), "--jobs", "0"]) == 2
+    assert "--jobs 0: give the number of runs to go at once" in capsys.readouterr().err
+
+
+def test_runs_going_at_once_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert run_environment(0, 1) == dict(os.environ)  # one run: the environment as it is
+    assert run_environment(1, 4)["OMP_NUM_THREADS"] == "2"
+    assert run_environment(0, 16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the caller's own setting stays
+    assert run_environment(0, 4)["OMP_NUM_THREADS"] == "3"
+    # On a machine with GPUs each slot gets one, round the GPUs.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [run_environment(slot, 3)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["0", "1", "0"]

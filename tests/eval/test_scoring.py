@@ -56,10 +56,11 @@ def test_numeric_tolerance_and_bad_numbers():
     assert numeric("\\boxed{1,000}", Example("q", "1000"))
 
 
-def test_evaluation_shards_pad_every_rank_to_the_same_batches():
-    # 5 examples, 2 ranks, batches of 2: rank 0 has 0, 2, 4 and rank 1 has 1, 3; both make 2 batches.
-    assert shard_indices(5, 0, 2, 2) == ([0, 2, 4, 0], [1.0, 1.0, 1.0, 0.0])
-    assert shard_indices(5, 1, 2, 2) == ([1, 3, 1, 1], [1.0, 1.0, 0.0, 0.0])
-    assert shard_indices(5, 0, 1, 4) == ([0, 1, 2, 3, 4, 0, 0, 0], [1.0] * 5 + [0.0] * 3)
-    assert shard_indices(1, 1, 2, 8)[1] == [0.0] * 8  # a rank with nothing to score still steps along
-    assert shard_indices(0, 0, 1, 4) == ([], [])
+def test_evaluation_shards_pad_every_rank_to_the_same_count():
+    # 5 examples, 2 ranks: rank 0 scores 0, 2, 4 and rank 1 scores 1, 3 and a repeat of weight 0, so in batches
+    # of 2 both make two batches, the second of one.
+    assert shard_indices(5, 0, 2) == ([0, 2, 4], [1.0, 1.0, 1.0])
+    assert shard_indices(5, 1, 2) == ([1, 3, 1], [1.0, 1.0, 0.0])
+    assert shard_indices(5, 0, 1) == ([0, 1, 2, 3, 4], [1.0] * 5)  # one process: no padding
+    assert shard_indices(1, 1, 2) == ([0], [0.0])  # a rank with nothing to score still steps along
+    assert shard_indices(0, 0, 1) == ([], [])

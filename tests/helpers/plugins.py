@@ -1,5 +1,5 @@
-"""A user's own callbacks, named by import path in a config, that use the module's and the data module's
-extension points: a rollout filter and an extra data source."""
+"""A user's own plugins, named by import path in a config: callbacks that use the module's and the data module's
+extension points (a rollout filter and an extra data source), and a reward function."""
 
 import json
 from pathlib import Path
@@ -43,3 +43,9 @@ class FirstTaskRehearsal(Callback):
 
     def examples(self, data: TaskSequenceData, stage: int):
         return [(0, data.tasks[0].train)] if stage > 0 else []
+
+
+def odd_length_reward(completion: str, example, **_) -> dict[str, float]:
+    """Right when the completion has an odd number of characters: sampled completions of one prompt then differ in
+    reward, so short RFT and on-policy SFT runs of a barely trained model still update it."""
+    return {"accuracy": float(len(completion) % 2)}

@@ -1,0 +1,138 @@
+"""Figures of the competing explanations across runs (`cpt compare` when runs recorded analysis.json): forgetting
+against the KL on the new task with fitted lines, the Fisher-weighted update against the reward variance, and the
+share of parameters each experiment's updates moved."""
+
+from __future__ import annotations
+
+import math
+
+from matplotlib.figure import Figure
+
+from cpt.config import method_label
+from cpt.eval.groups import Experiment
+from cpt.eval.mechanisms import Fit, fit_line
+
+
+def _colours(points: list[dict]) -> dict[str, str]:
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    return {method: f"C{i % 10}" for i, method in enumerate(methods)}
+
+
+def _fit_label(name: str, fit: Fit | None) -> str:
+    if fit is None:
+        return f"{name}: no line (fewer than two distinct x)"
+    r2 = "-" if fit.r2 is None else f"{fit.r2:.2f}"
+    return f"{name}: R² {r2}, slope {fit.slope:.3g} (n={fit.n})"
+
+
+def _draw_fit(ax, fit: Fit | None, xs: list[float], **style) -> None:
+    if fit is not None:
+        low, high = min(xs), max(xs)
+        ax.plot([low, high], [fit.slope * low + fit.intercept, fit.slope * high + fit.intercept], **style)
+
+
+def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
+    """RL's Razor: each stage after the first of every run at x = KL(base || model) on the new task's prompts,
+    y = the forgetting it caused on the earlier tasks; a least-squares line with R^2 per method and over all.
+    None when no stage has both."""
+    shown = [p for p in points if p["forgetting"] is not None and p["kl_new_task"] is not None]
+    if not shown:
+        return None
+    colours = _colours(shown)
+    fig = Figure(figsize=(8.5, 6), layout="constrained")
+    ax = fig.subplots()
+    for method, colour in colours.items():
+        mine = [p for p in shown if p["method"] == method]
+        xs, ys = [p["kl_new_task"] for p in mine], [p["forgetting"] for p in mine]
+        fit = fit_line(xs, ys)
+        ax.scatter(xs, ys, color=colour, s=22, alpha=0.75, label=_fit_label(method_label(method), fit))
+        _draw_fit(ax, fit, xs, color=colour, linewidth=1.5)
+    xs, ys = [p["kl_new_task"] for p in shown], [p["forgetting"] for p in shown]
+    fit = fit_line(xs, ys)
+    _draw_fit(ax, fit, xs, color="black", linestyle="--", linewidth=1.2, label=_fit_label("all runs", fit))
+    ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("KL(base || model) on the new task's prompts at the stage's end (nats per completion)")
+    ax.set_ylabel("forgetting the stage caused: earlier tasks' mean drop (points)")
+    ax.set_title("Does the KL on the new task predict forgetting? (one point per run and stage after the first)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_fisher_update(points: list[dict]) -> Figure | None:
+    """The study's proposition. Left: every stage's update weighed by the earlier tasks' Fisher, per method (log
+    scale), with the ratio of each method's mean to SFT's beside its mean reward variance. Right: the same
+    against the stage's reward variance, for the methods that have one. None when no stage recorded it."""
+    shown = [p for p in points if p["fisher_update"] is not None and p["fisher_update"] > 0]
+    if not shown:
+        return None
+    colours = _colours(shown)
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
+    by_method, against_var = fig.subplots(1, 2)
+    means = {m: sum(p["fisher_update"] for p in shown if p["method"] == m)
+             / sum(p["method"] == m for p in shown) for m in colours}
+    labels = []
+    for i, (method, colour) in enumerate(colours.items()):
+        values = [p["fisher_update"] for p in shown if p["method"] == method]
+        spread = [i + 0.25 * ((k * 0.618) % 1 - 0.5) for k in range(len(values))]  # spread, not random
+        by_method.scatter(spread, values, color=colour, s=18, alpha=0.75)
+        by_method.plot([i - 0.3, i + 0.3], [means[method]] * 2, color=colour, linewidth=2)
+        label = method_label(method)
+        variances = [p["reward_var"] for p in shown if p["method"] == method and p["reward_var"] is not None]
+        if "sft" in means and method != "sft":
+            label += f"\nmean / SFT's = {means[method] / means['sft']:.3g}"
+        if variances:
+            label += f"\nmean Var[r] = {sum(variances) / len(variances):.3g}"
+        labels.append(label)
+    by_method.set_xticks(range(len(colours)), labels, fontsize=8)
+    by_method.set_yscale("log")
+    by_method.set_ylabel("dθᵀ F_prev dθ (earlier tasks' diagonal Fisher)")
+    by_method.set_title("Fisher-weighted update per stage (bars: means). The proposition: RFT / SFT ≈ Var[r]",
+                        fontsize=10)
+
+    rewarded = [p for p in shown if p["reward_var"] is not None]
+    for method, colour in colours.items():
+        mine = [p for p in rewarded if p["method"] == method]
+        if not mine:
+            continue
+        xs, ys = [p["reward_var"] for p in mine], [p["fisher_update"] for p in mine]
+        fit = fit_line(xs, ys)
+        against_var.scatter(xs, ys, color=colour, s=18, alpha=0.75, label=_fit_label(method_label(method), fit))
+        _draw_fit(against_var, fit, xs, color=colour, linewidth=1.5)
+    if "sft" in means:
+        against_var.axhline(means["sft"], color=colours["sft"], linestyle="--", linewidth=1,
+                            label="SFT's mean (no reward)")
+    if not rewarded:
+        against_var.text(0.5, 0.5, "no reward variance (SFT runs only)", ha="center", va="center",
+                         transform=against_var.transAxes)
+    against_var.set_xlabel("the stage's mean within-group reward variance")
+    against_var.set_ylabel("dθᵀ F_prev dθ")
+    against_var.set_title("Against the reward variance (one point per run and stage after the first)", fontsize=10)
+    if against_var.get_legend_handles_labels()[0]:
+        against_var.legend(fontsize=8)
+    return fig
+
+
+def plot_update_sparsity(experiments: list[Experiment]) -> Figure | None:
+    """Per experiment, the share of parameters its stages moved beyond the tolerance (mean over stages, then over
+    seeds, with the 95% interval). None when no experiment recorded it."""
+    shown = [(e, e.estimate("updated_share")) for e in experiments]
+    shown = [(e, value) for e, value in shown if value is not None]
+    if not shown:
+        return None
+    methods = list(dict.fromkeys(e.first["method"] for e, _ in shown))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(shown) + 2), 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (e, value) in enumerate(shown):
+        error = value.half_width if value.half_width is not None and not math.isnan(value.half_width) else None
+        ax.bar(i, value.mean, yerr=error, capsize=3, color=f"C{methods.index(e.first['method']) % 10}")
+        ax.annotate(f"{value.mean:.1f}", (i, value.mean), textcoords="offset points", xytext=(0, 3), ha="center",
+                    fontsize=7)
+    ax.set_xticks(range(len(shown)), [e.name for e, _ in shown], rotation=30, ha="right", fontsize=8)
+    for method in methods:
+        ax.bar([], [], color=f"C{methods.index(method) % 10}", label=method_label(method))
+    ax.set_ylabel("parameters updated per stage (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("How sparse is the update? (mean over stages and seeds, 95% interval)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

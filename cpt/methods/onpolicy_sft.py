@@ -1,0 +1,70 @@
+"""On-policy SFT (rejection-sampling fine-tuning): supervised fine-tuning on the model's own correct rollouts.
+
+Each step samples G completions of every prompt from the current policy with RFT's rollout settings
+(rft.group_size, temperature, top_p, max_new_tokens; the rollout filters apply too), scores them with RFT's reward
+function, keeps the right ones (the `accuracy` component, or the total reward if there is none, at least
+rft.filter.correct_threshold) and takes one optimizer step on their next-token cross-entropy, averaged over the
+kept completions' tokens. A step with no right rollout changes nothing (the optimizer has no gradient to use),
+but its learning-rate schedule moves on, so every run takes the same schedule.
+
+The data are RFT's, the loss is SFT's: beside SFT (off-policy data, SFT loss) and RFT (on-policy data, RL loss) it
+tells whether on-policy data or the RL objective keeps earlier knowledge (Retaining by Doing, arXiv 2510.18874).
+There is no KL term, so no reference model is loaded and rft.kl is not used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from cpt.config import kl_values
+from cpt.data.batches import Batch
+from cpt.methods.base import CPTModule
+from cpt.methods.rft import RFTModule
+from cpt.rl.rollouts import Rollouts
+
+log = logging.getLogger(__name__)
+
+
+class OnPolicySFTModule(RFTModule):
+    def configure_model(self) -> None:
+        CPTModule.configure_model(self)  # RFT's would load a reference model for the KL term
+        if max(kl_values(self.cfg)) > 0:
+            log.warning("method=onpolicy_sft has no KL term: rft.kl (coef %s) is not used", self.cfg.rft.kl.coef)
+
+    def optimizer_steps_per_stage(self) -> int:
+        return CPTModule.optimizer_steps_per_stage(self)  # one step per batch: rft.epochs is RFT's
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        self.timing = {"generate": 0.0, "score": 0.0, "update": 0.0}
+        drawn = self.roll_out(batch)
+        rollouts, filter_stats = self.filter(drawn)
+        with self.timed("update"):
+            right = rollouts.right(self.cfg.rft.filter.correct_threshold)
+            loss = self.update_on_right(rollouts, right)
+        self.log_step(drawn, rollouts, None, {**filter_stats, "train/loss": loss,
+                                              "onpolicy/right": float(right.float().mean())})
+
+    def update_on_right(self, rollouts: Rollouts, right: torch.Tensor) -> float:
+        """One optimizer step on the mean negative log-likelihood (temperature 1: the model's own distribution) of
+        the right rollouts' tokens. Every rollout goes through the forward and backward passes, the wrong ones
+        with weight 0: under FSDP every process must run the same passes, whatever it kept."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        counted = self.counted_tokens(rollouts) * right.to(self.device).unsqueeze(1).float()
+        tokens = max(float(counted.sum()), 1.0)
+        size = self.cfg.rft.micro_batch_size or len(rollouts)
+        total = 0.0
+        for start in range(0, len(rollouts), size):
+            logp = self.rollout_log_probs(self.backbone, rollouts, start, start + size, temperature=1.0)[0]
+            loss = -(logp * counted[start:start + size]).sum() / tokens
+            self.check_finite_loss(loss, "on-policy SFT")
+            self.manual_backward(loss)
+            total += float(loss.detach())
+        if self.cfg.trainer.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return total

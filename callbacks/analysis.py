@@ -41,7 +41,8 @@ Per stage `analysis.json` holds:
                  and from wrong to right (`wrong_to_right`) over the stage (from the AccuracyMatrix's per-example
                  correctness).
 The base is measured once, so no copy of it is kept; a resumed run takes the base's samples and log-probs from
-the checkpoint (a stage resumed midway measures its update, and its Fisher, from the resume point).
+the checkpoint (a stage resumed midway measures its update, and its Fisher, from the resume point). While a stage
+trains the callback holds two copies of the trainable parameters (the start and the Fisher), sharded under FSDP.
 """
 
 from __future__ import annotations
@@ -309,8 +310,8 @@ class ForgettingAnalysis(Callback):
 
     def write(self) -> None:
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
-                   "max_new_tokens": self.max_new_tokens, "templates": self.templates, "stages": self.stages}
-        content["tolerance"] = self.tolerance
+                   "max_new_tokens": self.max_new_tokens, "tolerance": self.tolerance, "templates": self.templates,
+                   "stages": self.stages}
         write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")
 

@@ -61,10 +61,5 @@ class OnPolicySFTModule(RFTModule):
             self.check_finite_loss(loss, "on-policy SFT")
             self.manual_backward(loss)
             total += float(loss.detach())
-        if self.cfg.trainer.gradient_clip_val is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
-                                gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        self.step_optimizer(optimizer, scheduler)
         return total

@@ -238,12 +238,7 @@ class RFTModule(CPTModule):
                 sums["clip_high"] += (high * m).sum() / rft.epochs
                 if entropy is not None:
                     sums["entropy"] += (entropy * m).sum()
-            if self.cfg.trainer.gradient_clip_val is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            self.step_optimizer(optimizer, scheduler)
         stats = {"train/loss": sums["loss"], "policy/entropy": sums["entropy"] / tokens,
                  "policy/clip_low": sums["clip_low"] / tokens, "policy/clip_high": sums["clip_high"] / tokens}
         if beta > 0:
@@ -251,6 +246,16 @@ class RFTModule(CPTModule):
         return {name: float(value) for name, value in stats.items()}
 
     # --- helpers ----------------------------------------------------------------------------------------------
+
+    def step_optimizer(self, optimizer, scheduler) -> None:
+        """One optimizer step on the accumulated gradient, clipped to trainer.gradient_clip_val, and one
+        learning-rate step (a manually optimised module clips and steps itself)."""
+        if self.cfg.trainer.gradient_clip_val is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
 
     def counted_tokens(self, rollouts: Rollouts) -> torch.Tensor:
         """(rollouts, tokens) 1.0 on the tokens the loss counts: each completion's, or none of a truncated one's

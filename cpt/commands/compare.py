@@ -82,7 +82,7 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     if points:  # runs with analysis.enabled=true: the competing explanations side by side
         write_points_csv(points, out / "mechanisms.csv")
         mechanisms = {"mechanisms_forgetting_kl.png": plot_forgetting_against_kl(points),
-                      "mechanisms_fisher_update.png": plot_fisher_update(points),
+                      "mechanisms_fisher_update.png": plot_fisher_update(experiments),
                       "mechanisms_sparsity.png": plot_update_sparsity(experiments)}
         save_figures({name: fig for name, fig in mechanisms.items() if fig is not None}, out)
         cells = mechanism_cells(experiments)

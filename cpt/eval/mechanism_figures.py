@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from cpt.config import method_label
 from cpt.eval.groups import Experiment
-from cpt.eval.mechanisms import Fit, fit_line
+from cpt.eval.mechanisms import Fit, fit_line, stage_points
 
 
 def _colours(points: list[dict]) -> dict[str, str]:
@@ -59,57 +59,52 @@ def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
     return fig
 
 
-def plot_fisher_update(points: list[dict]) -> Figure | None:
-    """The study's proposition. Left: every stage's update weighed by the earlier tasks' Fisher, per method (log
-    scale), with the ratio of each method's mean to SFT's beside its mean reward variance. Right: the same
-    against the stage's reward variance, for the methods that have one. None when no stage recorded it."""
-    shown = [p for p in points if p["fisher_update"] is not None and p["fisher_update"] > 0]
-    if not shown:
+def plot_fisher_update(experiments: list[Experiment]) -> Figure | None:
+    """The study's proposition (RFT's update weighs on earlier tasks about Var[r] times as much as SFT's). Left:
+    every stage's update weighed by the earlier tasks' Fisher, per experiment (log scale; bars: means), with the
+    experiment's mean reward variance. Right: the same against the stage's reward variance, for the methods that
+    have one. None when no stage recorded it."""
+    by_experiment = [(e, [p for p in stage_points(e.runs) if p["fisher_update"] is not None and p["fisher_update"] > 0])
+                     for e in experiments]
+    by_experiment = [(e, points) for e, points in by_experiment if points]
+    if not by_experiment:
         return None
-    colours = _colours(shown)
-    fig = Figure(figsize=(13, 5.2), layout="constrained")
-    by_method, against_var = fig.subplots(1, 2)
-    means = {m: sum(p["fisher_update"] for p in shown if p["method"] == m)
-             / sum(p["method"] == m for p in shown) for m in colours}
+    colours = _colours([p for _, points in by_experiment for p in points])
+    fig = Figure(figsize=(max(13.0, 1.2 * len(by_experiment) + 7), 5.4), layout="constrained")
+    per_experiment, against_var = fig.subplots(1, 2, width_ratios=[max(1.0, len(by_experiment) / 5), 1])
     labels = []
-    for i, (method, colour) in enumerate(colours.items()):
-        values = [p["fisher_update"] for p in shown if p["method"] == method]
+    for i, (e, points) in enumerate(by_experiment):
+        values = [p["fisher_update"] for p in points]
+        colour = colours[points[0]["method"]]
         spread = [i + 0.25 * ((k * 0.618) % 1 - 0.5) for k in range(len(values))]  # spread, not random
-        by_method.scatter(spread, values, color=colour, s=18, alpha=0.75)
-        by_method.plot([i - 0.3, i + 0.3], [means[method]] * 2, color=colour, linewidth=2)
-        label = method_label(method)
-        variances = [p["reward_var"] for p in shown if p["method"] == method and p["reward_var"] is not None]
-        if "sft" in means and method != "sft":
-            label += f"\nmean / SFT's = {means[method] / means['sft']:.3g}"
-        if variances:
-            label += f"\nmean Var[r] = {sum(variances) / len(variances):.3g}"
-        labels.append(label)
-    by_method.set_xticks(range(len(colours)), labels, fontsize=8)
-    by_method.set_yscale("log")
-    by_method.set_ylabel("dθᵀ F_prev dθ (earlier tasks' diagonal Fisher)")
-    by_method.set_title("Fisher-weighted update per stage (bars: means). The proposition: RFT / SFT ≈ Var[r]",
-                        fontsize=10)
+        per_experiment.scatter(spread, values, color=colour, s=14, alpha=0.7)
+        per_experiment.plot([i - 0.3, i + 0.3], [sum(values) / len(values)] * 2, color=colour, linewidth=2)
+        variances = [p["reward_var"] for p in points if p["reward_var"] is not None]
+        labels.append(e.name + (f"\nVar[r] {sum(variances) / len(variances):.3g}" if variances else ""))
+    per_experiment.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    per_experiment.set_yscale("log")
+    per_experiment.set_ylabel("dθᵀ F_prev dθ (earlier tasks' diagonal Fisher)")
+    per_experiment.set_title("Fisher-weighted update per stage (bars: means). The proposition: RFT's ≈ Var[r] × "
+                             "SFT's at a matched update", fontsize=10)
+    for method, colour in colours.items():
+        per_experiment.scatter([], [], color=colour, label=method_label(method))
+    per_experiment.legend(fontsize=8)
 
-    rewarded = [p for p in shown if p["reward_var"] is not None]
+    rewarded = [p for _, points in by_experiment for p in points if p["reward_var"] is not None]
     for method, colour in colours.items():
         mine = [p for p in rewarded if p["method"] == method]
-        if not mine:
-            continue
-        xs, ys = [p["reward_var"] for p in mine], [p["fisher_update"] for p in mine]
-        fit = fit_line(xs, ys)
-        against_var.scatter(xs, ys, color=colour, s=18, alpha=0.75, label=_fit_label(method_label(method), fit))
-        _draw_fit(against_var, fit, xs, color=colour, linewidth=1.5)
-    if "sft" in means:
-        against_var.axhline(means["sft"], color=colours["sft"], linestyle="--", linewidth=1,
-                            label="SFT's mean (no reward)")
-    if not rewarded:
+        if mine:
+            xs, ys = [p["reward_var"] for p in mine], [p["fisher_update"] for p in mine]
+            against_var.scatter(xs, ys, color=colour, s=14, alpha=0.7, label=method_label(method))
+    if rewarded:
+        against_var.set_yscale("log")
+        against_var.legend(fontsize=8)
+    else:
         against_var.text(0.5, 0.5, "no reward variance (SFT runs only)", ha="center", va="center",
                          transform=against_var.transAxes)
     against_var.set_xlabel("the stage's mean within-group reward variance")
     against_var.set_ylabel("dθᵀ F_prev dθ")
     against_var.set_title("Against the reward variance (one point per run and stage after the first)", fontsize=10)
-    if against_var.get_legend_handles_labels()[0]:
-        against_var.legend(fontsize=8)
     return fig
 
 

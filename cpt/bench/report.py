@@ -57,14 +57,14 @@ def say(text: str = "") -> None:
 
 
 class RoundsTable:
-    """The table of an alternating comparison: one row per round (each side's median s/step in that round, and
-    each ratio of that round), then the median over rounds and the min-max range of each ratio.
+    """The table of an alternating comparison: one row per round (each side's median s/step, or `unit`, in that
+    round, and each ratio of that round), then the median over rounds and the min-max range of each ratio.
 
     sides: (key, column label) of each side; ratios: (column label, numerator key, denominator key).
     """
 
-    def __init__(self, sides: Sequence[tuple[str, str]], ratios: Sequence[tuple[str, str, str]]):
-        self.sides, self.ratios = list(sides), list(ratios)
+    def __init__(self, sides: Sequence[tuple[str, str]], ratios: Sequence[tuple[str, str, str]], unit: str = "s/step"):
+        self.sides, self.ratios, self.unit = list(sides), list(ratios), unit
         self.widths = [max(len(label), 10) for _, label in self.sides] + [max(len(label), 11)
                                                                           for label, _, _ in self.ratios]
 
@@ -73,7 +73,7 @@ class RoundsTable:
 
     def header(self) -> str:
         labels = [label for _, label in self.sides] + [label for label, _, _ in self.ratios]
-        units = ["s/step"] * len(self.sides) + ["ratio"] * len(self.ratios)
+        units = [self.unit] * len(self.sides) + ["ratio"] * len(self.ratios)
         return "\n".join([self._line("round", labels), self._line("", units)])
 
     def row(self, index: int, rnd: Round) -> str:

@@ -1,4 +1,5 @@
-"""`python -m cpt bench rft|sft|memory|fsdp-load`: figures that answer a user's question, measured on this machine.
+"""`python -m cpt bench rft|sft|memory|fsdp-load|jobs`: figures that answer a user's question, measured on this
+machine.
 
   rft      seconds per RFT step: our RFTModule (shared prompt prefix, and the prompt repeated per rollout) against
            TRL's GRPOTrainer, alternating in one process, for the current images and for long prompts
@@ -7,6 +8,8 @@
            the chunked one, each in a fresh process
   fsdp-load  host memory per process while a ~0.5B Qwen2.5-VL loads sharded on 2 CPU processes: the whole
            checkpoint on every process, then sharded, against each process reading its own shards
+  jobs     runs per hour of `cpt study --jobs N` (N short runs at once, the cores shared out) against one run at a
+           time on all the cores
 
 A speed figure is a ratio to a peer measured in the same process, over several rounds in which the sides take
 turns: the median over rounds and its min-max range. TRL is an optional dependency: `pip install -e ".[bench]"`.
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cpt bench", description=__doc__.split("\n\n")[0],
                                      epilog="rft and sft also take key=value config overrides, as `fit` does "
                                             "(e.g. rft.group_size=16 data.batch_size=8).")
-    commands = parser.add_subparsers(dest="what", required=True, metavar="rft|sft|memory|fsdp-load")
+    commands = parser.add_subparsers(dest="what", required=True, metavar="rft|sft|memory|fsdp-load|jobs")
     rft = commands.add_parser("rft", help="our RFT step against TRL's GRPOTrainer",
                               description="Seconds per RFT step: cpt with a shared prompt prefix, cpt with the "
                                           "prompt repeated per rollout, and TRL's GRPOTrainer, in alternating rounds.")
@@ -56,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_options(memory)
     commands.add_parser("fsdp-load", add_help=False, help="host memory per process of a sharded load (FSDP)")
+    jobs = commands.add_parser("jobs", help="runs per hour with N runs at once against one at a time",
+                               description="Wall time per run of N short `cpt fit` runs at once (the cores shared "
+                                           "out) against one on all the cores, in alternating rounds.")
+    jobs.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
+    jobs.add_argument("--rounds", type=int, default=3, help="rounds; in each, both sides run once, in turn "
+                                                            "(default 3)")
     return parser
 
 
@@ -65,6 +74,11 @@ def main(args: list[str]) -> int:
 
         return bench_fsdp_load(args[1:])
     known, overrides = build_parser().parse_known_args(args)
+    if known.what == "jobs":
+        from cpt.bench.jobs import bench_jobs
+
+        bench_jobs(overrides, known.jobs, known.rounds)
+        return 0
     if known.what == "memory":
         if overrides:
             raise SystemExit(f"bench memory takes no config overrides: {' '.join(overrides)}")

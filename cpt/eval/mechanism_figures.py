@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from cpt.config import method_label
 from cpt.eval.groups import Experiment
@@ -84,7 +85,7 @@ def plot_fisher_update(experiments: list[Experiment]) -> Figure | None:
     per_experiment.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     per_experiment.set_yscale("log")
     per_experiment.set_ylabel("dθᵀ F_prev dθ (earlier tasks' diagonal Fisher)")
-    per_experiment.set_title("Fisher-weighted update per stage (bars: means). The proposition: RFT's ≈ Var[r] × "
+    per_experiment.set_title("Fisher-weighted update per stage (bars: means)\nthe proposition: RFT's ≈ Var[r] × "
                              "SFT's at a matched update", fontsize=10)
     for method, colour in colours.items():
         per_experiment.scatter([], [], color=colour, label=method_label(method))
@@ -104,7 +105,7 @@ def plot_fisher_update(experiments: list[Experiment]) -> Figure | None:
                          transform=against_var.transAxes)
     against_var.set_xlabel("the stage's mean within-group reward variance")
     against_var.set_ylabel("dθᵀ F_prev dθ")
-    against_var.set_title("Against the reward variance (one point per run and stage after the first)", fontsize=10)
+    against_var.set_title("Against the reward variance\n(one point per run and stage after the first)", fontsize=10)
     return fig
 
 
@@ -124,10 +125,9 @@ def plot_update_sparsity(experiments: list[Experiment]) -> Figure | None:
         ax.annotate(f"{value.mean:.1f}", (i, value.mean), textcoords="offset points", xytext=(0, 3), ha="center",
                     fontsize=7)
     ax.set_xticks(range(len(shown)), [e.name for e, _ in shown], rotation=30, ha="right", fontsize=8)
-    for method in methods:
-        ax.bar([], [], color=f"C{methods.index(method) % 10}", label=method_label(method))
+    ax.legend(handles=[Patch(color=f"C{i % 10}", label=method_label(method)) for i, method in enumerate(methods)],
+              fontsize=8)
     ax.set_ylabel("parameters updated per stage (%)")
     ax.set_ylim(0, 105)
     ax.set_title("How sparse is the update? (mean over stages and seeds, 95% interval)", fontsize=10)
-    ax.legend(fontsize=8)
     return fig

@@ -2,12 +2,12 @@
 comparison.
 
 Finished runs are skipped and stopped ones resumed, so the same command continues a study that was stopped
-(Ctrl-C, a crash, a time limit) where it was. Each run is its own `python -m cpt fit` process; its progress bar
-names the experiment, the seed and the task. With --jobs N, N runs go at once: the CPU cores are shared out
-(OMP_NUM_THREADS) and, on a machine with GPUs, each run gets one (CUDA_VISIBLE_DEVICES), unless those are set
-already; each run's output then goes to <output_dir>/logs/ instead of the console. At the end `cpt compare` groups
-the seeds of every experiment and writes the tables and figures, with 95% intervals, to <output_dir>/compare/.
-(cpt.study has the file's format.)
+(Ctrl-C or SIGTERM, which stop the runs going too; a crash; a time limit) where it was. Each run is its own
+`python -m cpt fit` process; its progress bar names the experiment, the seed and the task. With --jobs N, N runs
+go at once: the CPU cores are shared out (OMP_NUM_THREADS) and, on a machine with GPUs, each run gets one
+(CUDA_VISIBLE_DEVICES), unless those are set already; each run's output then goes to <output_dir>/logs/ instead
+of the console. At the end `cpt compare` groups the seeds of every experiment and writes the tables and figures,
+with 95% intervals, to <output_dir>/compare/. (cpt.study has the file's format.)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +125,12 @@ def run_all(study: Study, runs: list[PlannedRun], jobs: int) -> list[PlannedRun]
     return failed
 
 
+def stop_on_term(signum, frame) -> None:
+    """SIGTERM (a scheduler's time limit, `kill`) stops the study as Ctrl-C does: the runs going are stopped too,
+    rather than left running without it."""
+    raise KeyboardInterrupt
+
+
 def check_unchanged(runs: list[PlannedRun]) -> None:
     """Every run already on disk was made with the configuration the study asks for now."""
     changed = [(run, keys) for run in runs if state(run) != "new" and (keys := changed_keys(run))]
@@ -170,6 +177,7 @@ def main(args: list[str]) -> int:
                   + shlex.join(fit_args(run, run_state)))
         return 0
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, stop_on_term)
     try:
         failed = run_all(study, runs, known.jobs)
     except KeyboardInterrupt:

@@ -5,8 +5,11 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +145,32 @@ def test_runs_going_at_once_share_the_cores(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert [run_environment(slot, 3)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["0", "1", "0"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_and_its_runs(tmp_path, quick_cfg, foundation_dir):
+    study_file, out = tmp_path / "study.yaml", tmp_path / "study"
+    write_study(study_file, quick_cfg, out, overrides=[*quick_cfg, *SHORT, "steps_per_task=500"], seeds=[0])
+    study = subprocess.Popen([sys.executable, "-m", "cpt", "study", str(study_file), "--jobs", "2"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "sft" / "seed0" / "config.yaml").exists():  # the first run has started
+        assert time.monotonic() < deadline and study.poll() is None
+        time.sleep(0.5)
+
+    def fits() -> list[str]:  # the command lines of this study's cpt fit processes still alive
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if " fit " in text and str(out) in text:
+                found.append(text)
+        return found
+
+    assert fits()
+    study.send_signal(signal.SIGTERM)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 130 and "Study stopped. Finished runs are kept" in err
+    assert not fits()  # its runs were stopped with it, not left behind

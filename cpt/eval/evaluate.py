@@ -1,7 +1,8 @@
 """Greedy decoding of a task's evaluation split and its accuracy, shared out over ranks.
 
 Under FSDP every rank must run the same number of forward passes (each one gathers shards), so ranks get
-equally many batches (the last padded with repeats that carry zero weight) and generation runs synced.
+equally many examples (the short ones padded with a repeat that carries zero weight), hence equally many batches,
+and generation runs synced.
 """
 
 from __future__ import annotations

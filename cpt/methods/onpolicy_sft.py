@@ -4,8 +4,9 @@ Each step samples G completions of every prompt from the current policy with RFT
 (rft.group_size, temperature, top_p, max_new_tokens; the rollout filters apply too), scores them with RFT's reward
 function, keeps the right ones (the `accuracy` component, or the total reward if there is none, at least
 rft.filter.correct_threshold) and takes one optimizer step on their next-token cross-entropy, averaged over the
-kept completions' tokens. A step with no right rollout changes nothing (the optimizer has no gradient to use),
-but its learning-rate schedule moves on, so every run takes the same schedule.
+kept completions' tokens. A step with no right rollout has a zero gradient, and the optimizer and the schedule
+still take their step (as RFT's do on a batch whose groups all have equal rewards), so every run takes the same
+schedule.
 
 The data are RFT's, the loss is SFT's: beside SFT (off-policy data, SFT loss) and RFT (on-policy data, RL loss) it
 tells whether on-policy data or the RL objective keeps earlier knowledge (Retaining by Doing, arXiv 2510.18874).

@@ -97,7 +97,7 @@ def test_update_is_the_right_rollouts_likelihood_gradient(module):
         torch.testing.assert_close(applied[name], param.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_a_step_without_a_right_rollout_changes_nothing(module):
+def test_a_step_without_a_right_rollout_has_no_gradient(module):
     module.right_rows = torch.zeros(GROUP)
     module.training_step(prompts(module), 0)
     assert all(grad is None or float(grad.abs().max()) == 0 for grad in module.optimizer.steps[0].values())

@@ -10,12 +10,12 @@ one point per run and stage, line fits with R^2, and per run the numbers its exp
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cpt.atomic import replacing
+from cpt.eval.intervals import estimate
 
 # Per run, the mean over its stages (those after the first where the quantity concerns earlier tasks).
 RUN_KEYS = {
@@ -83,8 +83,8 @@ def stage_points(runs: list[dict]) -> list[dict]:
 
 
 def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(present) / len(present) if present else None
+    found = estimate(values)  # None and NaN left out, as for the seeds' intervals
+    return None if found is None else found.mean
 
 
 def run_mechanisms(run: dict) -> dict[str, float | None]:

@@ -102,13 +102,14 @@ def _lr_label(experiment: Experiment) -> str:
 def plot_stability_plasticity(experiments: list[Experiment], y_key: str, y_label: str) -> Figure | None:
     """x = mean learning on each new task (gain over the row before), y = `y_key`; one point per sequential
     experiment with its 95% interval on both axes. Experiments that differ only in the learning rate are joined
-    by a line, in lr order, and marked with their lr. None when no sequential experiment reports both."""
+    by a line, in lr order. Points are numbered and named in a key beside the plot, where labels on the points
+    would overlap (experiments of one method crowd together). None when no sequential experiment reports both."""
     points = [(e, e.estimate("gain"), e.estimate(y_key)) for e in experiments if is_sequential(e)]
     points = [(e, x, y) for e, x, y in points if x is not None and y is not None]
     if not points:
         return None
-    fig = Figure(figsize=(8.5, 6), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(11.5, 6), layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[3, 1])
     methods = list(dict.fromkeys(e.first["method"] for e, _, _ in points))
     families: dict[tuple, list] = {}
     for e, x, y in points:
@@ -119,13 +120,21 @@ def plot_stability_plasticity(experiments: list[Experiment], y_key: str, y_label
         family.sort(key=lambda p: (p[0].config or {}).get("optim.lr") or 0)
         colour = _colour(methods.index(family[0][0].first["method"]))
         ax.plot([p[1].mean for p in family], [p[2].mean for p in family], "-", color=colour, alpha=0.4)
-    for e, x, y in points:
+    key = []
+    for number, (e, x, y) in enumerate(points, 1):
         colour = _colour(methods.index(e.first["method"]))
         marker = "o" if any(len(f) > 1 and e in [p[0] for p in f] for f in families.values()) else "s"
         ax.errorbar(x.mean, y.mean, xerr=_error(x) or None, yerr=_error(y) or None, fmt=marker, color=colour,
                     capsize=3, markersize=6)
-        ax.annotate(e.name + (f"\n{_lr_label(e)}" if _lr_label(e) and "optim.lr" not in e.name else ""),
-                    (x.mean, y.mean), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        ax.annotate(str(number), (x.mean, y.mean), textcoords="offset points", xytext=(5, 3), fontsize=8,
+                    color=colour, fontweight="bold")
+        lr = _lr_label(e) if "optim.lr" not in e.name and "lr" not in e.name.split() else ""
+        key.append((f"{number}  {e.name}" + (f" ({lr})" if lr else "")
+                    + f"\n     {x.mean:.1f}, {y.mean:.1f}", colour))
+    side.axis("off")
+    for row, (text, colour) in enumerate(key):
+        side.text(0, 1 - row / max(len(key), 12), text, color=colour, fontsize=8, va="top",
+                  transform=side.transAxes)
     for method in methods:
         ax.plot([], [], "o", color=_colour(methods.index(method)), label=method_label(method))
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")

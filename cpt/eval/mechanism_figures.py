@@ -27,9 +27,10 @@ def _fit_label(name: str, fit: Fit | None) -> str:
 
 
 def _draw_fit(ax, fit: Fit | None, xs: list[float], **style) -> None:
-    if fit is not None:
+    if fit is not None:  # as a curve of many points, so that it is right on a symlog axis too
         low, high = min(xs), max(xs)
-        ax.plot([low, high], [fit.slope * low + fit.intercept, fit.slope * high + fit.intercept], **style)
+        line = [low + (high - low) * k / 100 for k in range(101)]
+        ax.plot(line, [fit.slope * x + fit.intercept for x in line], **style)
 
 
 def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
@@ -52,7 +53,13 @@ def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
     fit = fit_line(xs, ys)
     _draw_fit(ax, fit, xs, color="black", linestyle="--", linewidth=1.2, label=_fit_label("all runs", fit))
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("KL(base || model) on the new task's prompts at the stage's end (nats per completion)")
+    kl = sorted(xs)
+    wide = kl[-1] > 10 * max(kl[len(kl) // 2], 1e-3)  # a collapsed run's KL would squeeze all others to the left
+    if wide:
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
+    ax.set_xlabel("KL(base || model) on the new task's prompts at the stage's end (nats per completion"
+                  + ("; linear below 0.1, log above)" if wide else ")"))
     ax.set_ylabel("forgetting the stage caused: earlier tasks' mean drop (points)")
     ax.set_title("Does the KL on the new task predict forgetting? (one point per run and stage after the first)",
                  fontsize=10)

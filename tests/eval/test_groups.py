@@ -109,3 +109,23 @@ def test_a_diff_naming_no_experiment_is_a_message(study, tmp_path, capsys):
     assert cli.main(["compare", *map(str, study), "--out", str(tmp_path / "o"), "--diff", "RFT", "SFT"]) == 2
     err = capsys.readouterr().err
     assert "--diff names an experiment 'RFT' that is not among the runs" in err and "'RFT sequential'" in err
+
+
+def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study):
+    from cpt.eval.compare import benchmark_names, comparison_rows, load_runs
+    from cpt.eval.group_figures import plot_stability_plasticity
+    from cpt.eval.groups import group_runs
+
+    runs = load_runs(study)
+    experiments = group_runs(runs, comparison_rows(runs), benchmark_names(runs))
+    fig = plot_stability_plasticity(experiments, "fm", "FM")
+    plane, key = fig.axes
+    numbers = [text.get_text() for text in plane.texts]
+    entries = [text.get_text() for text in key.texts]
+    assert numbers == [str(k) for k in range(1, len(experiments) + 1)]
+    # Each key entry: the number, the name, the lr where the name lacks it, and the point (gain, FM). RFT's seeds
+    # gain 25 on each task (count 50 -> 75, colour 45 -> 70) and forget count by 5, 3, 1: FM -3.
+    rft = next(entry for entry in entries if "RFT sequential" in entry)
+    assert rft.split("\n")[0].endswith("RFT sequential (lr 5e-05)")
+    assert rft.split("\n")[1].split() == ["25.0,", "-3.0"]
+    assert len(entries) == len(experiments)

@@ -106,3 +106,17 @@ def test_compare_writes_the_mechanisms(tmp_path, capsys):
         assert Image.open(out / name).size[0] > 500
     # The differences table reports the mechanisms too, at their own precision.
     assert cells(printed, "fisher_update")[1:4] == ["0.001 ± 0", "0.006 ± 0.0254", "-0.005"]
+
+
+def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_rest():
+    from cpt.eval.mechanism_figures import plot_forgetting_against_kl
+
+    def points(kls):
+        return [{"method": "rft", "kl_new_task": kl, "forgetting": float(k)} for k, kl in enumerate(kls)]
+
+    close = plot_forgetting_against_kl(points([0.2, 0.4, 0.5, 0.9]))
+    assert close.axes[0].get_xscale() == "linear"
+    # A collapsed run's stage at KL 10 beside others near 0.4: linear would squeeze them into the left 5%.
+    wide = plot_forgetting_against_kl(points([0.2, 0.4, 0.5, 10.0]))
+    assert wide.axes[0].get_xscale() == "symlog" and wide.axes[0].get_xlim()[0] == 0
+    assert "log above" in wide.axes[0].get_xlabel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from cpt.config import method_label
@@ -14,8 +15,9 @@ from cpt.eval.groups import Experiment, is_sequential, lr_family
 from cpt.eval.intervals import Estimate
 
 
-def _colour(i: int) -> str:
-    return f"C{i % 10}"
+def _colour(i: int, among: int = 10) -> str | tuple:
+    """The i-th of `among` colours: matplotlib's ten, or twenty paired shades when more lines must stay apart."""
+    return f"C{i % 10}" if among <= 10 else colormaps["tab20"](i % 20)
 
 
 def _error(value: Estimate | None) -> float:
@@ -66,6 +68,7 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
     final mean."""
     steps = max((len(e.first["stages"]) if is_sequential(e) else 1) for e in experiments)
     fig, axes = task_panels(tasks)
+    colours = [_colour(i, len(experiments)) for i in range(len(experiments))]
     for ax, task in zip(axes, tasks):
         for i, e in enumerate(experiments):
             cells = [e.cell(row, task) for row in range(_rows(e))]
@@ -73,15 +76,15 @@ def plot_experiment_curves(experiments: list[Experiment], tasks: list[str]) -> F
                 continue
             if not is_sequential(e):
                 final = next(c for c in reversed(cells) if c is not None)
-                ax.plot([0, steps], [final.mean] * 2, "--", color=_colour(i), label=e.name)
+                ax.plot([0, steps], [final.mean] * 2, "--", color=colours[i], label=e.name)
                 ax.fill_between([0, steps], [final.mean - _error(final)] * 2, [final.mean + _error(final)] * 2,
-                                color=_colour(i), alpha=0.12)
+                                color=colours[i], alpha=0.12)
                 continue
             x = [k for k, c in enumerate(cells) if c is not None]
             mean = [cells[k].mean for k in x]
-            ax.plot(x, mean, marker="o", markersize=3, color=_colour(i), label=e.name)
+            ax.plot(x, mean, marker="o", markersize=3, color=colours[i], label=e.name)
             ax.fill_between(x, [m - _error(cells[k]) for m, k in zip(mean, x)],
-                            [m + _error(cells[k]) for m, k in zip(mean, x)], color=_colour(i), alpha=0.18)
+                            [m + _error(cells[k]) for m, k in zip(mean, x)], color=colours[i], alpha=0.18)
     finish_task_panels(fig, axes, tasks, steps, [run for e in experiments for run in e.runs])
     return fig
 

@@ -129,3 +129,10 @@ def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study)
     assert rft.split("\n")[0].endswith("RFT sequential (lr 5e-05)")
     assert rft.split("\n")[1].split() == ["25.0,", "-3.0"]
     assert len(entries) == len(experiments)
+
+
+def test_more_than_ten_experiments_keep_apart_in_colour():
+    from cpt.eval.group_figures import _colour
+
+    assert [_colour(i) for i in range(3)] == ["C0", "C1", "C2"]
+    assert len({_colour(i, 14) for i in range(14)}) == 14  # matplotlib's ten would repeat four

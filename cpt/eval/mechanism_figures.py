@@ -87,8 +87,8 @@ def plot_fisher_update(experiments: list[Experiment]) -> Figure | None:
         spread = [i + 0.25 * ((k * 0.618) % 1 - 0.5) for k in range(len(values))]  # spread, not random
         per_experiment.scatter(spread, values, color=colour, s=14, alpha=0.7)
         per_experiment.plot([i - 0.3, i + 0.3], [sum(values) / len(values)] * 2, color=colour, linewidth=2)
-        variances = [p["reward_var"] for p in points if p["reward_var"] is not None]
-        labels.append(e.name + (f"\nVar[r] {sum(variances) / len(variances):.3g}" if variances else ""))
+        variance = e.estimate("reward_var")  # the mechanisms table's: every stage, not only those with an update
+        labels.append(e.name + (f"\nVar[r] {variance.mean:.3g}" if variance else ""))
     per_experiment.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     per_experiment.set_yscale("log")
     per_experiment.set_ylabel("dθᵀ F_prev dθ (earlier tasks' diagonal Fisher)")

@@ -6,6 +6,7 @@ import pytest
 
 from cpt.bench.rft import CASES, SIDES, case_config, prompt_examples, prompt_length
 from cpt.commands.bench import RFT_CASES, build_parser
+from cpt.config import RUN_TIME_ENV
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,8 @@ def test_the_command_offers_every_case():
     assert (args.case, args.rounds, rest) == ("long", 2, ["rft.group_size=4"])
 
 
-def test_sides_differ_in_the_shared_prefix_switch_only(overrides, foundation_dir):
+def test_sides_differ_in_the_shared_prefix_switch_only(overrides, foundation_dir, monkeypatch):
+    monkeypatch.setenv(RUN_TIME_ENV, "2025-01-01T12:00:00")  # both default run directories name the same second
     shared, repeated = (case_config("long", [*overrides, switch], foundation_dir, steps=3, warmup=2)
                         for switch in SIDES.values())
     assert shared.rft.shared_prefix is True and repeated.rft.shared_prefix is False

@@ -139,4 +139,5 @@ def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tm
     experiments = group_runs(runs, comparison_rows(runs), benchmark_names(runs))
     figure = plot_fisher_update(experiments)
     label = figure.axes[0].get_xticklabels()[0].get_text()
-    assert label == "RFT sequential\nVar[r] 0.225" and experiments[0].estimate("reward_var").mean == pytest.approx(0.225)
+    assert label == "RFT sequential\nVar[r] 0.225"
+    assert experiments[0].estimate("reward_var").mean == pytest.approx(0.225)

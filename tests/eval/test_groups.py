@@ -35,6 +35,15 @@ def write_seed(directory: Path, name: str, method: str, seed: int, matrix: list[
     return directory
 
 
+def experiments_of(run_dirs: list[Path]) -> list:
+    """The runs grouped into experiments, as `cpt compare` groups them."""
+    from cpt.eval.compare import benchmark_names, comparison_rows, load_runs
+    from cpt.eval.groups import group_runs
+
+    runs = load_runs(run_dirs)
+    return group_runs(runs, comparison_rows(runs), benchmark_names(runs))
+
+
 @pytest.fixture
 def study(tmp_path):
     """SFT: AvgAcc 50, 54, 58 (count after colour 50, 58, 66 with colour at 50; FM -40, -32, -24).
@@ -112,12 +121,9 @@ def test_a_diff_naming_no_experiment_is_a_message(study, tmp_path, capsys):
 
 
 def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study):
-    from cpt.eval.compare import benchmark_names, comparison_rows, load_runs
     from cpt.eval.group_figures import plot_stability_plasticity
-    from cpt.eval.groups import group_runs
 
-    runs = load_runs(study)
-    experiments = group_runs(runs, comparison_rows(runs), benchmark_names(runs))
+    experiments = experiments_of(study)
     fig = plot_stability_plasticity(experiments, "fm", "FM")
     plane, key = fig.axes
     numbers = [text.get_text() for text in plane.texts]

@@ -11,7 +11,7 @@ from PIL import Image
 from cpt.commands.compare import main
 from cpt.eval.mechanisms import fit_line, run_mechanisms, stage_points
 from tests.eval.test_compare import cells
-from tests.eval.test_groups import write_seed
+from tests.eval.test_groups import experiments_of, write_seed
 
 
 def stage(number, name, kl, forgetting, fisher, reward_var, updated, examples):
@@ -125,8 +125,6 @@ def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_r
 def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tmp_path):
     """Stage 1 has no earlier task (no Fisher update) but has a reward variance: the label averages it in, as the
     mechanisms table does (0.225, not stage 2's 0.25 alone)."""
-    from cpt.eval.compare import benchmark_names, comparison_rows, load_runs
-    from cpt.eval.groups import group_runs
     from cpt.eval.mechanism_figures import plot_fisher_update
 
     dirs = []
@@ -135,8 +133,7 @@ def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tm
                                [[50.0, 40.0], [75.0, 45.0], [74.0, 70.0]], [40.0, 41.0, 42.0], 5e-5)
         dirs.append(with_analysis(directory, [stage(1, "count", 0.05, None, None, 0.2, 0.9, {}),
                                               stage(2, "colour", 0.1, 1.0, 1e-3, 0.25, 0.8, {})]))
-    runs = load_runs(dirs)
-    experiments = group_runs(runs, comparison_rows(runs), benchmark_names(runs))
+    experiments = experiments_of(dirs)
     figure = plot_fisher_update(experiments)
     label = figure.axes[0].get_xticklabels()[0].get_text()
     assert label == "RFT sequential\nVar[r] 0.225"

@@ -194,7 +194,8 @@ class ForgettingAnalysis(Callback):
             else:
                 ids = restored["ids"].to(pl_module.device)
             rollouts = Rollouts.sampled(prompts, ids, pl_module.processor.eos_id, group_size=1)
-            base_logp = (token_log_probs(model, prompts, ids, rollouts.mask, PROBE_TEMPERATURE)[0]
+            base_logp = (token_log_probs(model, prompts, ids, rollouts.mask, PROBE_TEMPERATURE,
+                                         suppressed=pl_module.processor.placeholder_ids)[0]
                          if restored is None else restored["base_logp"].to(pl_module.device))
             return Probe(rollouts, base_logp)
 
@@ -205,7 +206,7 @@ class ForgettingAnalysis(Callback):
             for name, probe in self.probes.items():
                 rollouts = probe.rollouts
                 current = token_log_probs(pl_module.backbone, rollouts.prompts, rollouts.completion_ids, rollouts.mask,
-                                          PROBE_TEMPERATURE)[0]
+                                          PROBE_TEMPERATURE, suppressed=pl_module.processor.placeholder_ids)[0]
                 # Samples come from the base, so the base plays the policy in Schulman's estimator.
                 per_token = kl_estimate(probe.base_logp, current, "k3") * rollouts.mask.float()
                 kl[name] = float(per_token.sum(1).mean())

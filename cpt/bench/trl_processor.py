@@ -9,21 +9,14 @@ from pathlib import Path
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt, render_response
 from cpt.model.chat import QWEN_CHAT_TEMPLATE, user_turn
+from cpt.model.processor import images_only_stock_processor
 
 
 def trl_processor(checkpoint: Path, min_pixels: int | None = None, max_pixels: int | None = None):
     """A Qwen2_5_VLProcessor for TRL, resizing images as cpt's VisionTextProcessor.from_pretrained does with the
     same limits (so both sides see the same image tokens)."""
-    from transformers import AutoTokenizer, Qwen2_5_VLProcessor
+    from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.processing_utils import ProcessorMixin
-
-    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint)
     size = {}
@@ -34,7 +27,7 @@ def trl_processor(checkpoint: Path, min_pixels: int | None = None, max_pixels: i
     if size:
         image_processor.size = {**dict(image_processor.size), **size}
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return ImageOnlyProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    return images_only_stock_processor(image_processor, tokenizer, QWEN_CHAT_TEMPLATE)
 
 
 def trl_prompt(template: str, example: Example) -> list[dict]:

@@ -26,6 +26,7 @@ class EncodedExample:
     example: Example
     input_ids: list[int]  # the prompt, followed by the answer when encoded with one
     labels: list[int]  # IGNORE_INDEX on the prompt, the answer's ids after it
+    mm_token_type_ids: list[int]  # per token: 0 text, 1 image, 2 video
     pixel_values: torch.Tensor | None  # (patches, channels * temporal_patch * patch * patch)
     image_grid_thw: torch.Tensor | None  # (images, 3)
 
@@ -51,18 +52,20 @@ class EncodedDataset(Dataset):
     def encode(self, example: Example, index: int) -> EncodedExample:
         prompt = self.processor.encode_prompt(render_prompt(self.template, example), example.images)
         item = EncodedExample(index, self.task, example, prompt.input_ids, [IGNORE_INDEX] * len(prompt.input_ids),
-                              prompt.pixel_values, prompt.image_grid_thw)
+                              prompt.mm_token_type_ids, prompt.pixel_values, prompt.image_grid_thw)
         if self.with_response:
             response = self.processor.encode_response(render_response(self.template, example))
             item.input_ids = prompt.input_ids + response
             item.labels = item.labels + response
+            item.mm_token_type_ids = item.mm_token_type_ids + [0] * len(response)
         return item
 
 
 # Fields with one entry per row, indexed together when rows are selected.
-ROW_FIELDS = ("input_ids", "attention_mask", "labels", "index", "task", "image_counts")
+ROW_FIELDS = ("input_ids", "attention_mask", "labels", "index", "task", "image_counts", "mm_token_type_ids")
 # Padded on the left to a common width, with these values, when batches are joined.
-PADDING = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX}  # None: the processor's pad id
+PADDING = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX,  # None: the processor's pad id
+           "mm_token_type_ids": 0}
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Batch:
 
     The image patches of all rows are concatenated in row order: row r's images are the `image_counts[r]`
     entries of `image_grid_thw` after those of the rows before it, and their patches likewise in `pixel_values`.
+    The token types tell the model which tokens are image tokens, from which it places them by its own M-RoPE
+    positions (cpt.model.positions); a batch built without them can hold no images.
     """
 
     input_ids: torch.Tensor  # (rows, width)
@@ -82,13 +87,17 @@ class Batch:
     examples: list[Example]
     pixel_values: torch.Tensor | None = None  # (patches, patch features) of every image
     image_grid_thw: torch.Tensor | None = None  # (images, 3)
+    mm_token_type_ids: torch.Tensor | None = None  # (rows, width): 0 text (and padding), 1 image, 2 video
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        """What the backbone takes: ids, mask, pixels; not our bookkeeping (labels, index, examples)."""
+        """What the backbone takes: ids, mask, token types, pixels; not our bookkeeping (labels, index,
+        examples)."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = self.mm_token_type_ids
         if self.pixel_values is not None:
             inputs.update(pixel_values=self.pixel_values, image_grid_thw=self.image_grid_thw)
         return inputs
@@ -145,10 +154,16 @@ class Batch:
     def with_completions(self, ids: torch.Tensor, mask: torch.Tensor) -> Batch:
         """The prompts followed by completions `ids`, attending to the completion tokens where `mask` is set
         (no labels: these are inputs for log-probabilities)."""
+        types = self.mm_token_type_ids
         return replace(self, input_ids=torch.cat([self.input_ids, ids], 1),
-                       attention_mask=torch.cat([self.attention_mask, mask.long()], 1), labels=None)
+                       attention_mask=torch.cat([self.attention_mask, mask.long()], 1), labels=None,
+                       mm_token_type_ids=None if types is None else torch.cat([types, torch.zeros_like(ids)], 1))
 
     def _put_images(self, images: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Rows' images, in row order; none at all (text-only rows) as no images, which the model takes."""
+        if sum(len(grid) for grid, _ in images) == 0:
+            self.image_grid_thw = self.pixel_values = None
+            return
         self.image_grid_thw = torch.cat([grid for grid, _ in images])
         self.pixel_values = torch.cat([patches for _, patches in images])
 
@@ -159,16 +174,18 @@ def collate(items: list[EncodedExample], pad_id: int) -> Batch:
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    types = torch.zeros((len(items), width), dtype=torch.long)
     for row, item in enumerate(items):
         n = len(item.input_ids)
         input_ids[row, width - n:] = torch.tensor(item.input_ids)
         labels[row, width - n:] = torch.tensor(item.labels)
         attention_mask[row, width - n:] = 1
+        types[row, width - n:] = torch.tensor(item.mm_token_type_ids)
     batch = Batch(input_ids, attention_mask, labels, index=torch.tensor([item.index for item in items]),
                   task=torch.tensor([item.task for item in items]),
                   image_counts=torch.tensor([0 if item.image_grid_thw is None else len(item.image_grid_thw)
                                              for item in items]),
-                  examples=[item.example for item in items])
+                  examples=[item.example for item in items], mm_token_type_ids=types)
     pixels = [item.pixel_values for item in items if item.pixel_values is not None]
     if pixels:
         batch.pixel_values = torch.cat(pixels)

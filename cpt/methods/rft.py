@@ -267,13 +267,14 @@ class RFTModule(CPTModule):
                           with_entropy: bool = False, temperature: float | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probabilities (and entropies) of rollouts start..stop-1 under `model` at `temperature` (the
-        rollouts', rft.temperature, by default), as rft.shared_prefix and rft.log_prob_chunk ask."""
+        rollouts', rft.temperature, by default), as rft.shared_prefix and rft.log_prob_chunk ask, of the
+        distribution sampling draws from (the placeholders it never writes taken out)."""
         rft = self.cfg.rft
         stop = min(stop, len(rollouts))
         groups = torch.arange(start, stop) // rollouts.group_size if rft.shared_prefix else None
         return token_log_probs(model, rollouts.prompts.rows(start, stop), rollouts.completion_ids[start:stop],
                                rollouts.mask[start:stop], rft.temperature if temperature is None else temperature,
-                               with_entropy, groups, rft.log_prob_chunk)
+                               with_entropy, groups, rft.log_prob_chunk, self.processor.placeholder_ids)
 
     def batched_log_probs(self, model: nn.Module, rollouts: Rollouts) -> torch.Tensor:
         """Log-probabilities of all rollouts without gradient, in micro-batches."""

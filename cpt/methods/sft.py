@@ -10,12 +10,17 @@ from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.methods.base import CPTModule
 
 
-def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not IGNORE_INDEX (the answer)."""
+def sft_token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """(rows, width - 1) the next-token cross-entropy of every label that is not IGNORE_INDEX (the answer's
+    tokens), 0 elsewhere; column i is the loss of token i + 1, predicted from the positions before it."""
     logits = model(**batch.model_inputs()).logits
-    # The token at position i is predicted from the positions before it.
-    predicted, target = logits[:, :-1].float(), batch.labels[:, 1:]
-    return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch.labels[:, 1:], ignore_index=IGNORE_INDEX,
+                           reduction="none")
+
+
+def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels that are not IGNORE_INDEX)."""
+    return sft_token_losses(model, batch).sum() / (batch.labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 class SFTModule(CPTModule):

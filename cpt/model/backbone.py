@@ -19,6 +19,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from cpt.model.positions import require_token_types
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -113,6 +115,8 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
         config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    if base is None:  # a stage's base has its guard already
+        require_token_types(model)
     model.name_or_path = model.config._name_or_path = str(checkpoint)
     return model
 

@@ -1,7 +1,9 @@
 """Decoding with the KV cache: greedy for evaluation, sampled for RFT rollouts; works under FSDP2.
 
 RFT samples G completions of every prompt. With a `PromptCache` each prompt (its images included) is encoded and
-prefilled once, and its cache is copied to the G rows that continue it, instead of G identical prefills.
+prefilled once, and its cache is copied to the G rows that continue it, instead of G identical prefills. Every token
+takes the model's own M-RoPE position: `generate` builds them from the batch's token types, and a prompt cache
+hands them over with its cache (cpt.model.positions).
 
 Under FSDP every rank must run the same number of forward passes (each one gathers shards), so with several
 ranks `synced_gpus` keeps a finished rank stepping until all are done.
@@ -19,6 +21,7 @@ from transformers import Cache, GenerationConfig
 
 from cpt.data.batches import Batch
 from cpt.model.backbone import base_model
+from cpt.model.positions import reset_rope_offsets, rope_positions
 from cpt.model.processor import VisionTextProcessor
 
 
@@ -31,25 +34,28 @@ class Sampling:
 @dataclass
 class PromptCache:
     """The KV cache of a batch of prompts, every token but the last (generation needs one uncached token to start
-    from), computed once and copied for each use."""
+    from), computed once and copied for each use; and every prompt token's position, from which `generate`
+    continues each row."""
 
     cache: Cache
+    positions: torch.Tensor  # (3, rows, width): the model's M-RoPE positions of the prompts (cpt.model.positions)
 
     @classmethod
     @torch.no_grad()
     def prefill(cls, model: nn.Module, prompts: Batch) -> PromptCache:
-        mask = prompts.attention_mask[:, :-1]
-        # The positions `generate` gives the prompt tokens (left padding does not count), so that it continues them.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {**prompts.model_inputs(), "input_ids": prompts.input_ids[:, :-1], "attention_mask": mask}
-        return cls(model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1).cache)
+        positions, _ = rope_positions(base_model(model), prompts)
+        inputs = {name: value[:, :-1] if name in ("input_ids", "attention_mask", "mm_token_type_ids") else value
+                  for name, value in prompts.model_inputs().items()}
+        out = model(**inputs, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
+        return cls(out.cache, positions)
 
-    def repeated(self, times: int) -> Cache:
-        """A fresh copy for `times` rows per prompt (generation extends the cache in place)."""
+    def repeated(self, times: int) -> tuple[Cache, torch.Tensor]:
+        """A fresh copy of the cache for `times` rows per prompt (generation extends it in place), and the
+        positions of those rows."""
         cache = copy.deepcopy(self.cache)
         if times > 1:
             cache.batch_repeat_interleave(times)
-        return cache
+        return cache, self.positions.repeat_interleave(times, 1)
 
 
 @torch.no_grad()
@@ -59,6 +65,26 @@ def generate_ids(model: nn.Module, processor: VisionTextProcessor, batch: Batch,
     """The new tokens for every row of a collated batch of prompts, each row `repeats` times in a row, as
     (rows * repeats, <= max_new_tokens), padded with `processor.pad_id` after each row's end-of-turn token.
     Greedy unless `sampling` is given. With `prefix` (the batch's PromptCache) the prompts are not encoded again."""
+    out = _generate(model, processor, batch, max_new_tokens, synced, sampling, repeats, prefix, scores=False)
+    return out.sequences[:, batch.input_ids.shape[1]:]
+
+
+@torch.no_grad()
+def generate_ids_and_log_probs(model: nn.Module, processor: VisionTextProcessor, batch: Batch,
+                               max_new_tokens: int, sampling: Sampling, repeats: int = 1,
+                               prefix: PromptCache | None = None, synced: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`generate_ids`' sampled tokens, and (rows * repeats, tokens) the log-probability of each under the
+    distribution it was drawn from (the decoding step's scores after temperature and suppression): what the RFT
+    update must compute for it to be on-policy. For checks: it keeps every step's scores over the vocabulary."""
+    out = _generate(model, processor, batch, max_new_tokens, synced, sampling, repeats, prefix, scores=True)
+    ids = out.sequences[:, batch.input_ids.shape[1]:]
+    steps = torch.stack(out.scores, 1).float().log_softmax(-1)  # (rows, tokens, vocab)
+    return ids, steps.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def _generate(model: nn.Module, processor: VisionTextProcessor, batch: Batch, max_new_tokens: int, synced: bool,
+              sampling: Sampling | None, repeats: int, prefix: PromptCache | None, scores: bool):
     # Under FSDP2, generate runs the vision tower (get_image_features) before the first forward of the root.
     # FSDP2 would take the first module to run for its root, and the root's own weights (patch embedding,
     # merger, embeddings) would still be sharded: settle the root (a no-op once done) and gather them first.
@@ -70,24 +96,26 @@ def generate_ids(model: nn.Module, processor: VisionTextProcessor, batch: Batch,
     # A fresh generation config, not the checkpoint's: Qwen2.5-VL ships a repetition penalty and top_k, and RFT
     # must sample from the plain softmax(logits / temperature) that its loss scores.
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=processor.pad_id,
-                              eos_token_id=processor.eos_id, suppress_tokens=processor.placeholder_ids, do_sample=False)
+                              eos_token_id=processor.eos_id, suppress_tokens=processor.placeholder_ids, do_sample=False,
+                              return_dict_in_generate=True, output_scores=scores)
     if sampling is not None:
         config.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    reset_rope_offsets(root)  # each call places its own rows (transformers keeps the last call's offsets)
     try:
         if prefix is None:
+            # From the token types, generate builds the model's M-RoPE positions and continues them.
             rows = batch.repeat(repeats) if repeats > 1 else batch
-            out = model.generate(**rows.model_inputs(), generation_config=config, synced_gpus=synced)
-        else:
-            # The images are in the cache: only ids and mask go in. Positions restart from the mask, as after a
-            # plain prefill; the 3D rope offsets of an earlier call would not fit these rows.
-            root.model.rope_deltas = None
-            out = model.generate(input_ids=batch.input_ids.repeat_interleave(repeats, 0),
-                                 attention_mask=batch.attention_mask.repeat_interleave(repeats, 0),
-                                 cache=prefix.repeated(repeats), generation_config=config, synced_gpus=synced)
+            return model.generate(**rows.model_inputs(), generation_config=config, synced_gpus=synced)
+        # The images are in the cache: ids and mask go in, with every prompt position, which generate continues
+        # one per new token.
+        cache, positions = prefix.repeated(repeats)
+        return model.generate(input_ids=batch.input_ids.repeat_interleave(repeats, 0),
+                              attention_mask=batch.attention_mask.repeat_interleave(repeats, 0),
+                              position_ids=positions, cache=cache, generation_config=config, synced_gpus=synced)
     finally:
+        reset_rope_offsets(root)
         if sharded:
             root.reshard()
-    return out[:, batch.input_ids.shape[1]:]
 
 
 def generate(model: nn.Module, processor: VisionTextProcessor, batch: Batch, max_new_tokens: int,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from cpt.model.chat import QWEN_CHAT_TEMPLATE, user_turn
@@ -21,9 +21,28 @@ from cpt.model.tokenizer import IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION
 
 log = logging.getLogger(__name__)
 
+
+def images_only_stock_processor(image_processor, tokenizer: PreTrainedTokenizerBase,
+                                chat_template: str | None = None) -> Qwen2_5_VLProcessor:
+    """transformers' own Qwen2_5_VLProcessor without its video processor (which needs torchvision): its
+    `__call__` expands the image pads and writes the token types for prompts with images, as the stock processor
+    does on a machine that has torchvision."""
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImagesOnly(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = IMAGE_PAD, VIDEO_PAD
+            self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImagesOnly(image_processor, tokenizer, chat_template=chat_template)
+
+
 @dataclass
 class EncodedPrompt:
     input_ids: list[int]
+    mm_token_type_ids: list[int]  # per token: 0 text, 1 image, 2 video (the model's positions are built from them)
     pixel_values: torch.Tensor | None  # (num_patches, channels * temporal_patch * patch * patch)
     image_grid_thw: torch.Tensor | None  # (num_images, 3)
 
@@ -37,6 +56,7 @@ class VisionTextProcessor:
         self.stock = stock
         self.merge_size = image_processor.merge_size
         self.image_pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.video_pad_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
         # Placeholders the model must never write: fed back for training, they would be read as image slots.
         self.placeholder_ids = [tokenizer.convert_tokens_to_ids(t)
                                 for t in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)]
@@ -83,15 +103,22 @@ class VisionTextProcessor:
         images = [image.convert("RGB") for image in images]
         if self.stock is not None:
             out = self.stock(text=[text], images=images or None, return_tensors="pt")
-            return EncodedPrompt(out["input_ids"][0].tolist(), out.get("pixel_values"), out.get("image_grid_thw"))
+            ids = out["input_ids"][0].tolist()
+            types = out["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in out else self.token_types(ids)
+            return EncodedPrompt(ids, types, out.get("pixel_values"), out.get("image_grid_thw"))
         if not images:
-            return EncodedPrompt(self.tokenizer(text, add_special_tokens=False)["input_ids"], None, None)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return EncodedPrompt(ids, self.token_types(ids), None, None)
         vision = self.image_processor(images=images, return_tensors="pt")
         per_image = (vision["image_grid_thw"].prod(dim=-1) // self.merge_size**2).tolist()
         pieces = text.split(IMAGE_PAD)
         expanded = pieces[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(per_image, pieces[1:]))
         ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
-        return EncodedPrompt(ids, vision["pixel_values"], vision["image_grid_thw"])
+        return EncodedPrompt(ids, self.token_types(ids), vision["pixel_values"], vision["image_grid_thw"])
+
+    def token_types(self, ids: list[int]) -> list[int]:
+        """Each token's type as the stock processor writes it: 1 on image pads, 2 on video pads, 0 elsewhere."""
+        return [1 if i == self.image_pad_id else 2 if i == self.video_pad_id else 0 for i in ids]
 
     def encode_response(self, text: str) -> list[int]:
         """The assistant's answer followed by the end-of-turn token the model must learn to emit."""

@@ -46,6 +46,7 @@ from cpt.model.backbone import (
     load_backbone,
     shard_backbone,
 )
+from cpt.model.positions import require_token_types
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,7 @@ def load_sharded_backbone(model_cfg: DictConfig, checkpoint: Path, mesh, seed: i
     with parameters_on_meta():
         base = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=DTYPES[model_cfg.dtype],
                                                                attn_implementation=attn)
+    require_token_types(base)
     params, buffer_slots = tensor_slots(base), tensor_slots(base, buffers=True)
     # Buffers as built (the rotary inverse frequencies, in no checkpoint: non-persistent); to_empty wipes them.
     buffers = [(slot, getattr(*slot).detach().clone()) for slot in buffer_slots.values()]

@@ -14,19 +14,25 @@ Both give the values of the plain path (tests/rl/test_log_probs.py), which stays
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cpt.data.batches import Batch
 from cpt.model.backbone import base_model
+from cpt.model.positions import rope_positions
 
 
 def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tensor, mask: torch.Tensor,
                     temperature: float, with_entropy: bool = False, groups: torch.Tensor | None = None,
-                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    chunk: int | None = None, suppressed: Sequence[int] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rows, tokens) log pi(token | prefix) of every completion token under the sampling temperature, and the
-    entropy of the next-token distribution (a health metric, without gradient) or None.
+    entropy of the next-token distribution (a health metric, without gradient) or None. pi is the distribution
+    sampling draws from: softmax(logits / temperature) without the `suppressed` tokens (generation never writes
+    the image and vision markers: cpt.model.generation), so that the rollouts are the policy's own samples.
 
     Row i is `prompts` row i followed by `completion_ids` row i, attending to the completion where `mask` is set.
     `groups` (rows,): rows with the same id in a run share one prompt forward (they must hold the same prompt);
@@ -39,20 +45,21 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
     if groups is None:
         sequences = prompts.with_completions(completion_ids, mask)
         if chunk is None:
-            return _full_vocabulary(model, sequences, completion_ids, temperature, with_entropy)
+            return _full_vocabulary(model, sequences, completion_ids, temperature, with_entropy, suppressed)
         hidden = _final_hidden(model, sequences.model_inputs())[:, -completion_ids.shape[1] - 1:-1]
     else:
         hidden = _shared_prefix_hidden(model, prompts, completion_ids, mask, groups)
-    return head_log_probs(base_model(model).lm_head, hidden, completion_ids, temperature, with_entropy, chunk)
+    return head_log_probs(base_model(model).lm_head, hidden, completion_ids, temperature, with_entropy, chunk,
+                          suppressed)
 
 
 def _full_vocabulary(model: nn.Module, sequences: Batch, ids: torch.Tensor, temperature: float,
-                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     with_entropy: bool, suppressed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The plain path: the model's logits for every completion token at once."""
     n = ids.shape[1]
     # The logits at position i predict token i + 1: the last n + 1 positions cover the n completion tokens.
     logits = model(**sequences.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float() / temperature
-    log_probs = logits.log_softmax(-1)
+    log_probs = _suppress(logits, suppressed).log_softmax(-1)
     chosen = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
@@ -81,9 +88,10 @@ def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, m
 
     A run becomes one sequence, its prompt followed by its completions side by side, under a mask that lets every
     completion see the prompt and its own tokens but not its siblings'. One forward then covers the run: the
-    prompt's keys and values are computed once and every completion's gradient reaches them; positions are those
-    of the repeated forward (a completion continues its prompt). One forward, not a prompt cache read by a second
-    one, so that FSDP's gather-before-backward hooks and gradient checkpointing see an ordinary forward.
+    prompt's keys and values are computed once and every completion's gradient reaches them. Positions are those
+    of the repeated forward: the prompt's the model's own M-RoPE ones, every completion slot continuing at the
+    prompt's largest position + 1 (cpt.model.positions). One forward, not a prompt cache read by a second one, so
+    that FSDP's gather-before-backward hooks and gradient checkpointing see an ordinary forward.
     """
     rows, n = ids.shape
     device = ids.device
@@ -99,21 +107,21 @@ def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, m
     input_ids = torch.zeros((runs, slots, n), dtype=ids.dtype, device=device)  # unused slots stay unattended
     valid = torch.zeros((runs, slots, n), dtype=torch.bool, device=device)
     input_ids[run, slot], valid[run, slot] = ids, mask
-    input_ids = torch.cat([unique.input_ids, input_ids.flatten(1)], 1)
-    valid = torch.cat([unique.attention_mask.bool(), valid.flatten(1)], 1)  # (runs, total) keys that exist
+    packed = unique.with_completions(input_ids.flatten(1), valid.flatten(1))
+    valid = packed.attention_mask.bool()  # (runs, total) keys that exist
 
     # Which part of the sequence each column is in (-1: the prompt, s: completion slot s), and its position.
     part = torch.cat([torch.full((width,), -1), torch.arange(slots).repeat_interleave(n)]).to(device)
-    position = torch.cat([torch.arange(width), width + torch.arange(n).repeat(slots)]).to(device)
+    prompt_positions, next_position = rope_positions(base_model(model), unique)
+    continued = next_position[:, None] + torch.arange(n, device=device).repeat(slots)  # (runs, slots * n)
+    position = torch.cat([prompt_positions, continued.expand(3, -1, -1)], -1)
     column = torch.arange(total, device=device)
     causal = column[None, :] <= column[:, None]
     same_part = (part[None, :] == -1) | (part[None, :] == part[:, None])
     attend = causal & same_part & valid[:, None, :]
     attend |= torch.eye(total, dtype=torch.bool, device=device)  # a padding query sees itself: no empty softmax
-    inputs = {"input_ids": input_ids, "attention_mask": _attention_mask(model, attend[:, None]),
-              "position_ids": position.expand(runs, -1)}
-    if unique.pixel_values is not None:
-        inputs.update(pixel_values=unique.pixel_values, image_grid_thw=unique.image_grid_thw)
+    inputs = {**packed.model_inputs(), "attention_mask": _attention_mask(model, attend[:, None]),
+              "position_ids": position}
     hidden = _final_hidden(model, inputs)
     # Completion token t of slot s is predicted at column width + s * n + t - 1 (the prompt's last for t = 0).
     predictors = width - 1 + slot[:, None] * n + torch.arange(n)
@@ -148,10 +156,12 @@ def _attention_mask(model: nn.Module, attend: torch.Tensor) -> torch.Tensor:
 
 
 def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
-                   with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, chunk: int | None = None, suppressed: Sequence[int] = ()
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities of `ids` (rows, tokens) from the hidden states that predict them (rows, tokens, hidden),
-    the output head run on `chunk` tokens at a time (None: all at once). With gradient, each chunk's logits are
-    recomputed in the backward pass rather than kept, so only one chunk's exist at any time."""
+    the output head run on `chunk` tokens at a time (None: all at once), the `suppressed` tokens taken out of the
+    distribution. With gradient, each chunk's logits are recomputed in the backward pass rather than kept, so only
+    one chunk's exist at any time."""
     rows, tokens = ids.shape
     flat_hidden, flat_ids = hidden.reshape(rows * tokens, -1), ids.reshape(-1)
     size = chunk or max(len(flat_ids), 1)
@@ -160,9 +170,10 @@ def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, tem
     for start in range(0, len(flat_ids), size):
         part = (flat_hidden[start:start + size], flat_ids[start:start + size])
         if recompute:
-            logp, ent = checkpoint(_chunk_log_probs, head, *part, temperature, with_entropy, use_reentrant=False)
+            logp, ent = checkpoint(_chunk_log_probs, head, *part, temperature, with_entropy, suppressed,
+                                   use_reentrant=False)
         else:
-            logp, ent = _chunk_log_probs(head, *part, temperature, with_entropy)
+            logp, ent = _chunk_log_probs(head, *part, temperature, with_entropy, suppressed)
         chosen.append(logp)
         entropy.append(ent)
     chosen = torch.cat(chosen).view(rows, tokens)
@@ -170,10 +181,11 @@ def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, tem
 
 
 def _chunk_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
-                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                     with_entropy: bool, suppressed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits.div_(temperature)  # in place: the head's backward keeps its input, not its output
+    logits = _suppress(logits, suppressed)
     normaliser = logits.logsumexp(-1)
     chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - normaliser
     entropy = torch.empty(0, device=ids.device)
@@ -181,3 +193,11 @@ def _chunk_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, t
         with torch.no_grad():  # H = logsumexp - sum p * logits, the sum as a product: no second (tokens, vocab)
             entropy = normaliser - logits.softmax(-1).unsqueeze(1).bmm(logits.unsqueeze(2)).view(-1)
     return chosen, entropy
+
+
+def _suppress(logits: torch.Tensor, suppressed: Sequence[int]) -> torch.Tensor:
+    """`logits` (float, no other use) with the suppressed tokens' set in place to the lowest float: probability 0
+    after the softmax, and 0 (not NaN, as -inf would give) in the entropy's sum of p * logits."""
+    if not suppressed:
+        return logits
+    return logits.index_fill_(-1, torch.tensor(list(suppressed), device=logits.device), torch.finfo(logits.dtype).min)

@@ -20,6 +20,8 @@ def test_image_tokens_in_collated_batch(processor):
     grids = batch.image_grid_thw.tolist()
     assert grids == [[1, 8, 8], [1, 6, 4], [1, 8, 8]]  # PIL size (32, 48) is width x height: 6 x 4 patches
     assert counts == [64 // 4, (24 + 64) // 4]
+    # The token types the model places image tokens by: 1 exactly on the image pads, 0 on text and padding.
+    assert torch.equal(batch.mm_token_type_ids, (batch.input_ids == pad).long())
     assert batch.pixel_values.shape == (64 + 24 + 64, 3 * 2 * 8 * 8)
     assert batch.image_counts.tolist() == [1, 2]
     # Left padding: the shorter row starts with pads, masked out.
@@ -45,10 +47,11 @@ def test_select_and_concat_keep_images_with_their_rows(processor):
                for k, i in ((0, 0), (1, 1), (0, 2))]
     a, b = Collator(processor.pad_id)(encoded[:2]), Collator(processor.pad_id)(encoded[2:])
     b.input_ids, b.attention_mask = b.input_ids[:, 1:], b.attention_mask[:, 1:]  # as a shorter prompt would make
-    b.labels = b.labels[:, 1:]
+    b.labels, b.mm_token_type_ids = b.labels[:, 1:], b.mm_token_type_ids[:, 1:]
     joined = Batch.concat([a, b], processor.pad_id)
     assert joined.input_ids.shape == (3, a.input_ids.shape[1])
     assert joined.input_ids[2, 0] == processor.pad_id and joined.attention_mask[2, 0] == 0
+    assert joined.mm_token_type_ids[2, 0] == 0 and torch.equal(joined.mm_token_type_ids[2, 1:], b.mm_token_type_ids[0])
     assert joined.task.tolist() == [0, 1, 0] and joined.image_counts.tolist() == [1, 1, 1]
     picked = joined.select([2, 0])
     assert torch.equal(picked.pixel_values, torch.cat([b.pixel_values, a.pixel_values[: len(b.pixel_values)]]))
@@ -80,4 +83,18 @@ def test_completions_follow_their_prompts(processor):
     assert torch.equal(inputs.input_ids[:, width:], ids) and torch.equal(inputs.input_ids[:, :width], prompts.input_ids)
     assert inputs.attention_mask[:, width:].tolist() == [[1, 1, 0], [1, 1, 1]] and inputs.labels is None
     assert inputs.pixel_values is prompts.pixel_values
-    assert set(inputs.model_inputs()) == {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"}
+    assert set(inputs.model_inputs()) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                          "image_grid_thw"}
+    # the completion is text: type 0
+    assert torch.equal(inputs.mm_token_type_ids, torch.cat([prompts.mm_token_type_ids, torch.zeros_like(ids)], 1))
+
+
+def test_text_only_rows_of_a_batch_with_images_carry_no_images(processor):
+    """Rows picked from a mixed batch that hold no image have none, not an empty image the model would choke on."""
+    items = [EncodedDataset([Example("What?", "red", [Image.new("RGB", (64, 64))]), Example("Seven plus five?", "12")],
+                            processor, "direct", with_response=False)[i] for i in (0, 1)]
+    batch = Collator(processor.pad_id)(items)
+    text_only = batch.select([1, 1])
+    assert text_only.pixel_values is None and text_only.image_grid_thw is None
+    assert set(text_only.model_inputs()) == {"input_ids", "attention_mask", "mm_token_type_ids"}
+    assert text_only.mm_token_type_ids.sum() == 0 and batch.mm_token_type_ids[0].sum() == 16

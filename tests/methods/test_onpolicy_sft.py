@@ -87,7 +87,8 @@ def test_update_is_the_right_rollouts_likelihood_gradient(module):
     # The expected gradient, by hand: minus the mean log-likelihood of the right rollouts' tokens only. The
     # recorded gradient was taken at the weights before the step, which the recorder did not apply.
     right = torch.tensor([True, False, True, False] * 2)
-    logp = token_log_probs(module.backbone, drawn.prompts, drawn.completion_ids, drawn.mask, 1.0)[0]
+    logp = token_log_probs(module.backbone, drawn.prompts, drawn.completion_ids, drawn.mask, 1.0,
+                           suppressed=module.processor.placeholder_ids)[0]
     mask = drawn.mask.float() * right.unsqueeze(1)
     (-(logp * mask).sum() / mask.sum()).backward()
     applied = module.optimizer.steps[0]

@@ -97,7 +97,8 @@ class ModelConfig:
 
 @dataclass
 class FoundationConfig:
-    steps: int = doc("Pre-training steps of the `tiny` toy foundation model (cached after the first run).", 1000)
+    steps: int = doc("Pre-training steps of the `tiny` toy foundation model (cached after the first run). 2000: at "
+                     "1000, with the model's M-RoPE positions, the base counted at chance.", 2000)
     batch_size: int = doc("Pre-training batch size.", 32)
     lr: float = doc("Pre-training peak learning rate.", 1e-3)
     task_share: float = doc("Second pre-training stage: examples in the downstream tasks' format, as a fraction "

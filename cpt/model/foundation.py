@@ -35,12 +35,14 @@ from cpt.data.prompts import TEMPLATES
 from cpt.data.synthetic import GENERAL_NAME, PRIMITIVES_NAME, TASKS, SyntheticSplit
 from cpt.methods.sft import sft_loss
 from cpt.model.backbone import has_weights
+from cpt.model.positions import require_token_types
 from cpt.model.tiny import build_tiny_processor, tiny_config
 
 log = logging.getLogger(__name__)
 
-# Bump when the synthetic benchmark, the prompt templates, the tokenizer corpus or the tiny architecture changes.
-RECIPE_VERSION = 3
+# Bump when the synthetic benchmark, the prompt templates, the tokenizer corpus, the tiny architecture or the way
+# its inputs are placed changes (4: image tokens at the model's M-RoPE positions, not 1D ones).
+RECIPE_VERSION = 4
 POOL_SIZE = 20_000
 FIRST_STAGE_SHARE = 0.4
 # The default recipe's weights, built once and shipped; recipe.json says which recipe they are.
@@ -135,6 +137,7 @@ def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:
     torch.manual_seed(cfg.seed)
     processor = build_tiny_processor(cfg.seed, image_size)
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer))
+    require_token_types(model)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     warmup = max(1, cfg.steps // 20)

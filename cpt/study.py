@@ -11,6 +11,7 @@ The study file (YAML; `configs/studies/` holds examples):
         config: configs/experiments/sft_sequential.yaml
         name: SFT sequential              # its label in the comparison (default: the config's name)
         overrides: [optim.lr=1.5e-4]
+        seeds: [0, 1, 2, 3, 4]            # this experiment's own seeds (default: the study's)
     compare:
       diff: [[RFT sequential, SFT sequential]]   # differences to test, by label
 
@@ -33,7 +34,7 @@ from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
-EXPERIMENT_KEYS = {"config", "name", "overrides"}
+EXPERIMENT_KEYS = {"config", "name", "overrides", "seeds"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Experiment:
     config: Path
     name: str | None
     overrides: tuple[str, ...]
+    seeds: tuple[int, ...]
 
 
 @dataclass
@@ -79,6 +81,13 @@ def _strings(value, where: str) -> list[str]:
     return list(value)
 
 
+def _seeds(value, where: str) -> list[int]:
+    if (not isinstance(value, list) or not value or not all(isinstance(s, int) and s >= 0 for s in value)
+            or len(set(value)) < len(value)):
+        raise ConfigError(f"{where} must be a list of distinct non-negative integers, got {value!r}")
+    return list(value)
+
+
 def load_study(path: str | Path) -> Study:
     """The study file, checked: every key known, every experiment's config found, seeds integers."""
     path = Path(path)
@@ -97,23 +106,22 @@ def load_study(path: str | Path) -> Study:
     for key in ("output_dir", "seeds", "experiments"):
         if not raw.get(key):
             raise ConfigError(f"{path} needs {key!r} (see configs/studies/ for an example)")
-    seeds = raw["seeds"]
-    if (not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds)
-            or len(set(seeds)) < len(seeds)):
-        raise ConfigError(f"{path}: 'seeds' must be a list of distinct non-negative integers, got {seeds!r}")
+    seeds = _seeds(raw["seeds"], f"{path}: 'seeds'")
     if not isinstance(raw["experiments"], dict):
         raise ConfigError(f"{path}: 'experiments' must map a key to {{config: ..., overrides: [...]}}")
     experiments = []
     for key, spec in raw["experiments"].items():
         if not isinstance(spec, dict) or "config" not in spec or set(spec) - EXPERIMENT_KEYS:
-            raise ConfigError(f"{path}: experiment {key!r} must be a mapping with 'config' and optionally 'name' and "
-                              f"'overrides', got {spec!r}")
+            raise ConfigError(f"{path}: experiment {key!r} must be a mapping with 'config' and optionally 'name', "
+                              f"'overrides' and 'seeds', got {spec!r}")
         config = config_path(spec["config"])
         if not config.is_file():
             raise FileNotFoundError(f"{path}: experiment {key!r} names config {spec['config']!r}, which does not "
                                     "exist")
+        own_seeds = _seeds(spec["seeds"], f"{path}: {key}.seeds") if "seeds" in spec else seeds
         experiments.append(Experiment(str(key), config, spec.get("name"),
-                                      tuple(_strings(spec.get("overrides"), f"{path}: {key}.overrides"))))
+                                      tuple(_strings(spec.get("overrides"), f"{path}: {key}.overrides")),
+                                      tuple(own_seeds)))
     diffs = (raw.get("compare") or {}).get("diff") or []
     if not all(isinstance(d, list) and len(d) == 2 and all(isinstance(n, str) for n in d) for d in diffs):
         raise ConfigError(f"{path}: compare.diff must be a list of [A, B] pairs of experiment names, got {diffs!r}")
@@ -122,12 +130,13 @@ def load_study(path: str | Path) -> Study:
 
 
 def plan(study: Study) -> list[PlannedRun]:
-    """Every (experiment, seed) pair, seed-major: a study stopped part-way has each experiment at the same
-    number of seeds, so its comparison so far is already a matched one. Every configuration is resolved here, so
-    a bad key fails before the first run starts."""
+    """Every (experiment, seed) pair, seed-major (the study's seeds first, then those only some experiments
+    take): a study stopped part-way has each experiment at the same number of seeds, so its comparison so far is
+    already a matched one. Every configuration is resolved here, so a bad key fails before the first run starts."""
     runs = []
-    for seed in study.seeds:
-        for experiment in study.experiments:
+    extra = [s for e in study.experiments for s in e.seeds if s not in study.seeds]
+    for seed in [*study.seeds, *dict.fromkeys(extra)]:
+        for experiment in (e for e in study.experiments if seed in e.seeds):
             directory = study.output_dir / experiment.key / f"seed{seed}"
             args = (str(experiment.config), *study.overrides, *experiment.overrides,
                     *((f"name={experiment.name}",) if experiment.name else ()), f"seed={seed}",

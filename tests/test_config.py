@@ -153,7 +153,8 @@ def test_every_study_file_plans_its_runs(path):
     """Each shipped study file loads, and every run it plans resolves to a valid config."""
     study = load_study(path)
     runs = plan(study)
-    assert len(runs) == len(study.experiments) * len(study.seeds) >= 4 and len(study.seeds) >= 3
+    assert len(runs) == sum(len(e.seeds) for e in study.experiments) >= 4 and len(study.seeds) >= 3
+    assert all(set(study.seeds) <= set(e.seeds) for e in study.experiments)  # every experiment on every seed
     assert all(run.config["seed"] == run.seed and run.config["output_dir"] == str(run.directory) for run in runs)
 
 

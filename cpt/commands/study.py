@@ -169,7 +169,9 @@ def main(args: list[str]) -> int:
     runs = plan(study)
     check_unchanged(runs)
     states = [state(run) for run in runs]
-    print(f"Study {study.name!r}: {len(study.experiments)} experiments x {len(study.seeds)} seeds = {len(runs)} "
+    more = sum(len(e.seeds) > len(study.seeds) for e in study.experiments)
+    seeds = f"{len(study.seeds)} seeds" + (f" (more for {more} of them)" if more else "")
+    print(f"Study {study.name!r}: {len(study.experiments)} experiments x {seeds} = {len(runs)} "
           f"runs in {study.output_dir} ({states.count('done')} finished)")
     if known.dry_run:
         for k, (run, run_state) in enumerate(zip(runs, states), 1):

@@ -117,6 +117,8 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
     assert "'name=SFT lr 1e-3' seed=1" in printed and not out.exists()
     for changes, message in [
         ({"trials": 3}, "unknown key(s) trials"),
+        ({"experiments": {"x": {"config": "configs/default.yaml", "seeds": [1, -1]}}},
+         "x.seeds must be a list of distinct non-negative integers"),
         ({"seeds": [0, 0]}, "'seeds' must be a list of distinct non-negative integers"),
         ({"experiments": {"x": {"config": "configs/experiments/nothing.yaml"}}}, "names config"),
         ({"experiments": {"x": {"config": "configs/default.yaml", "overrides": ["optim.lrr=1"]}}},
@@ -131,6 +133,22 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
     write_study(study_file, quick_cfg, out)
     assert cli.main(["study", str(study_file), "--jobs", "0"]) == 2
     assert "--jobs 0: give the number of runs to go at once" in capsys.readouterr().err
+
+
+def test_an_experiment_may_take_more_seeds(tmp_path, quick_cfg, capsys):
+    """An experiment's own seeds replace the study's for it; the seeds all experiments share come first."""
+    study_file, out = tmp_path / "study.yaml", tmp_path / "out"
+    write_study(study_file, quick_cfg, out)
+    study = yaml.safe_load(study_file.read_text())
+    study["experiments"]["sft_fast"]["seeds"] = [0, 1, 2, 3]
+    study_file.write_text(yaml.safe_dump(study))
+    runs = plan(load_study(study_file))
+    assert [run.label for run in runs] == [
+        "SFT sequential seed 0", "SFT lr 1e-3 seed 0", "SFT sequential seed 1", "SFT lr 1e-3 seed 1",
+        "SFT lr 1e-3 seed 2", "SFT lr 1e-3 seed 3"]
+    assert runs[-1].directory == out / "sft_fast" / "seed3" and "seed=3" in runs[-1].args
+    assert cli.main(["study", str(study_file), "--dry-run"]) == 0
+    assert "2 experiments x 2 seeds (more for 1 of them) = 6 runs" in capsys.readouterr().out
 
 
 def test_runs_going_at_once_share_the_cores(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LEVEL = "warning"
@@ -26,6 +27,8 @@ def configure(level: str = DEFAULT_LEVEL) -> None:
         # transformers' bars for loading and writing weights (read from this variable when it is imported):
         # between the run's own task and evaluation bars they are noise; --log-level info shows them.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # which makes a library's later call to switch them on (TRL's trainers, in `cpt bench`) warn every time
+        warnings.filterwarnings("ignore", message="Cannot enable progress bars")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op where a host set up logging
     logging.getLogger().setLevel(level.upper())
     for handler in logging.getLogger().handlers:

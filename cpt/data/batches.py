@@ -75,7 +75,7 @@ class Batch:
     The image patches of all rows are concatenated in row order: row r's images are the `image_counts[r]`
     entries of `image_grid_thw` after those of the rows before it, and their patches likewise in `pixel_values`.
     The token types tell the model which tokens are image tokens, from which it places them by its own M-RoPE
-    positions (cpt.model.positions); a batch built without them can hold no images.
+    positions (cpt.model.positions); the model refuses images that come without them.
     """
 
     input_ids: torch.Tensor  # (rows, width)

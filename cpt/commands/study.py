@@ -169,8 +169,8 @@ def main(args: list[str]) -> int:
     runs = plan(study)
     check_unchanged(runs)
     states = [state(run) for run in runs]
-    more = sum(len(e.seeds) > len(study.seeds) for e in study.experiments)
-    seeds = f"{len(study.seeds)} seeds" + (f" (more for {more} of them)" if more else "")
+    own = sum(e.seeds != tuple(study.seeds) for e in study.experiments)
+    seeds = f"{len(study.seeds)} seeds" + (f" (seeds of their own for {own} of them)" if own else "")
     print(f"Study {study.name!r}: {len(study.experiments)} experiments x {seeds} = {len(runs)} "
           f"runs in {study.output_dir} ({states.count('done')} finished)")
     if known.dry_run:

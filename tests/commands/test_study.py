@@ -148,7 +148,7 @@ def test_an_experiment_may_take_more_seeds(tmp_path, quick_cfg, capsys):
         "SFT lr 1e-3 seed 2", "SFT lr 1e-3 seed 3"]
     assert runs[-1].directory == out / "sft_fast" / "seed3" and "seed=3" in runs[-1].args
     assert cli.main(["study", str(study_file), "--dry-run"]) == 0
-    assert "2 experiments x 2 seeds (more for 1 of them) = 6 runs" in capsys.readouterr().out
+    assert "2 experiments x 2 seeds (seeds of their own for 1 of them) = 6 runs" in capsys.readouterr().out
 
 
 def test_runs_going_at_once_share_the_cores(monkeypatch):

@@ -1,6 +1,6 @@
 """Pulls the weights towards those of the previous stage: EWC (weighted by a diagonal Fisher) or plain L2.
 
-The continual-learning baseline the study compares RFT with: SFT that is penalised for moving away from what
+The continual-learning baseline the study compares RFT with: training that is penalised for moving away from what
 earlier tasks taught it. The penalty is
 
     (strength / 2) * sum_i F_i * (theta_i - theta*_i)^2        (F = 1 for kind="l2")
@@ -8,16 +8,17 @@ earlier tasks taught it. The penalty is
 over the trainable parameters, with theta* the weights at the end of the previous stage.
 
 When its hooks fire:
+- `setup`: it adds itself to the module's loss terms (cpt.methods.loss_terms), so every method's training loss
+  carries the penalty: SFT's, RFT's and on-policy SFT's.
 - `on_train_epoch_end` (the end of a stage, except the last): stores theta*, a detached copy of every trainable
   parameter; for "ewc" it also estimates the diagonal Fisher on that stage's training batches and adds it to the
   Fisher of the stages before, so the penalty protects every earlier task, not only the last one ("online" EWC
   with one anchor and a summed Fisher).
-- `on_before_optimizer_step` (every optimizer step of later stages): adds the penalty's gradient,
-  strength * F * (theta - theta*), to each trainable parameter's gradient and logs the penalty as
-  `train/reg_penalty`. This hook, unlike `on_after_backward`, sees the gradient once per optimizer step, after
-  gradient accumulation and after fp16 loss scaling is undone, so the penalty counts once and at its true
-  scale. Gradient clipping (trainer.gradient_clip_val) applies to the sum. During the first stage there is
-  no anchor yet and nothing happens.
+- every backward pass of later stages (`loss`): the penalty, times the pass's share of the optimizer step, joins
+  the training loss and is logged as `loss/ewc` or `loss/l2`. Its gradient is exactly strength * F * (theta -
+  theta*) per optimizer step, taken on each process's own part of a sharded parameter; gradient clipping
+  (trainer.gradient_clip_val) applies to the sum. During the first stage there is no anchor yet and nothing
+  happens.
 
 The Fisher of each stage is normalised to mean 1 over the trainable parameters before it is added: the squared
 gradient of a batch's mean loss depends on the batch size, the loss scale and the model, and `strength`
@@ -40,6 +41,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from cpt.methods.loss_terms import TrainingStep
 from cpt.methods.sft import sft_loss
 from cpt.model.backbone import local_part
 from cpt.model.fisher import diagonal_fisher, sum_over_shards, trainable_parameters
@@ -84,8 +86,12 @@ class ParameterRegularizer(Callback):
         if isinstance(fisher_batches, bool) or not isinstance(fisher_batches, int) or fisher_batches < 1:
             raise ValueError(f"fisher_batches must be a positive integer, got {fisher_batches!r}")
         self.kind, self.strength, self.fisher_batches = kind, float(strength), fisher_batches
+        self.name, self.needs_logits = kind, False  # a loss term (cpt.methods.loss_terms), logged as loss/<kind>
         self.anchor: dict[str, torch.Tensor] = {}
         self.fisher: dict[str, torch.Tensor] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.add_loss_term(self)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.kind == "ewc" and not pl_module.trains_on_answers:
@@ -120,20 +126,23 @@ class ParameterRegularizer(Callback):
                 else trainer.strategy.reduce(value, reduce_op="sum") / trainer.world_size
                 for name, value in fisher.items()}
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def loss(self, step: TrainingStep) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The penalty on the current weights, times `step.share`. Its value is the whole penalty (summed over
+        the processes' shards); its gradient is exactly the share of strength * F * (theta - theta*), on each
+        process's part of every parameter (the product with the detached gradient makes it so: no second
+        derivative of the square, no collective in the backward pass)."""
         if not self.anchor:
-            return
-        parts = []
-        for name, param in trainable_parameters(pl_module.backbone).items():
+            return None, {}
+        parts, surrogate = [], None
+        for name, param in trainable_parameters(step.module.backbone).items():
+            theta, anchor = local_part(param), local_part(self.anchor[name])
             fisher = local_part(self.fisher[name]) if self.kind == "ewc" else None
-            theta, anchor = local_part(param.detach()), local_part(self.anchor[name])
-            gradient = penalty_gradient(theta, anchor, self.strength, fisher)
-            # A parameter without a gradient is skipped by the optimizer this step, so it does not drift either.
-            if param.grad is not None:
-                local_part(param.grad).add_(gradient)
-            parts.append((param, 0.5 * (gradient * (theta - anchor)).sum()))
-        pl_module.log("train/reg_penalty", sum_over_shards(parts, trainer.strategy), on_step=True, on_epoch=False)
+            gradient = penalty_gradient(theta.detach(), anchor, self.strength * step.share, fisher)
+            parts.append((param, 0.5 * (gradient * (theta.detach() - anchor)).sum()))
+            product = (theta * gradient).sum()
+            surrogate = product if surrogate is None else surrogate + product
+        penalty = sum_over_shards(parts, step.module.trainer.strategy).to(surrogate.device)
+        return penalty + surrogate - surrogate.detach(), {}
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "anchor": self.anchor, "fisher": self.fisher}

@@ -263,8 +263,8 @@ class ReplayConfig:
 
 @dataclass
 class RegularizerConfig:
-    kind: str = doc("Pull the weights towards the previous stage's (callbacks/regularizer.py): none | ewc "
-                    "(weighted by a diagonal Fisher) | l2.", "none")
+    kind: str = doc("Pull the weights towards the previous stage's (callbacks/regularizer.py), a term of every "
+                    "method's loss: none | ewc (weighted by a diagonal Fisher; method=sft) | l2.", "none")
     strength: float = doc("lambda: the penalty is lambda/2 * sum F (theta - theta*)^2 (F = 1 for l2; for ewc, each "
                           "stage's diagonal Fisher normalised to mean 1 and summed over the stages).", 1.0)
     fisher_batches: int = doc("ewc: training batches of the finished stage the Fisher is estimated on.", 16)
@@ -566,9 +566,9 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
     if cfg.regularizer.kind != "none":
-        if cfg.method != "sft":
-            raise ConfigError("regularizer.kind is for method=sft (its gradient is added before each optimizer step; "
-                              "RFT's KL term already pulls towards a reference)")
+        if cfg.regularizer.kind == "ewc" and cfg.method != "sft":
+            raise ConfigError(f"regularizer.kind=ewc estimates its Fisher from the SFT loss on the answers, which "
+                              f"method={cfg.method}'s prompt batches do not carry; use regularizer.kind=l2")
         if cfg.regularizer.strength < 0:
             raise ConfigError(f"bad value for 'regularizer.strength': must be >= 0, got {cfg.regularizer.strength}")
     if cfg.method in ROLLOUT_METHODS:

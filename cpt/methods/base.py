@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from cpt.data.tasks import Task, build_stages
+from cpt.methods.loss_terms import LossTerm, TrainingStep
 from cpt.model.backbone import DTYPES, load_backbone, processor_source
 from cpt.model.processor import VisionTextProcessor
 from cpt.model.sharded_load import load_sharded_backbone
@@ -40,6 +41,7 @@ class CPTModule(L.LightningModule):
       start_stage(k)  called by the TaskSwitching callback as stage k begins;
       step_metrics    the latest training step's metrics by name (RFT fills it, e.g. `reward/group_var`; SFT
                       leaves it empty);
+      add_loss_term(t) a term added to every method's training loss (cpt.methods.loss_terms);
       tasks, stages, processor, backbone, trains_on_answers.
     """
 
@@ -57,9 +59,30 @@ class CPTModule(L.LightningModule):
         self.backbone: torch.nn.Module | None = None
         self.task_index = 0
         self.step_metrics: dict[str, float] = {}
+        self.loss_terms: list[LossTerm] = []
 
     def start_stage(self, index: int) -> None:
         self.task_index = index
+
+    def add_loss_term(self, term: LossTerm) -> None:
+        """Add `term.loss(step)` to the training loss of every step from now on (cpt.methods.loss_terms)."""
+        if term not in self.loss_terms:
+            self.loss_terms.append(term)
+
+    def terms_need_logits(self) -> bool:
+        return any(term.needs_logits for term in self.loss_terms)
+
+    def loss_terms_on(self, step: TrainingStep) -> tuple[torch.Tensor | None, dict[str, torch.Tensor | float]]:
+        """The loss terms' sum on `step` (None without any), and what to log: `loss/<name>` for each term that gave
+        a loss, and the terms' own metrics."""
+        total, metrics = None, {}
+        for term in self.loss_terms:
+            loss, found = term.loss(step)
+            if loss is not None:
+                total = loss if total is None else total + loss
+                metrics[f"loss/{term.name}"] = loss.detach()
+            metrics.update(found)
+        return total, metrics
 
     def configure_model(self) -> None:
         if self.backbone is None:

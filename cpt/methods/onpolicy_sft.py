@@ -22,6 +22,7 @@ import torch
 from cpt.config import kl_values
 from cpt.data.batches import Batch
 from cpt.methods.base import CPTModule
+from cpt.methods.loss_terms import micro_batch_shares
 from cpt.methods.rft import RFTModule
 from cpt.rl.rollouts import Rollouts
 
@@ -43,24 +44,29 @@ class OnPolicySFTModule(RFTModule):
         rollouts, filter_stats = self.filter(drawn)
         with self.timed("update"):
             right = rollouts.right(self.cfg.rft.filter.correct_threshold)
-            loss = self.update_on_right(rollouts, right)
+            loss, terms = self.update_on_right(rollouts, right)
         self.log_step(drawn, rollouts, None, {**filter_stats, "train/loss": loss,
-                                              "onpolicy/right": float(right.float().mean())})
+                                              "onpolicy/right": float(right.float().mean()), **terms})
 
-    def update_on_right(self, rollouts: Rollouts, right: torch.Tensor) -> float:
+    def update_on_right(self, rollouts: Rollouts, right: torch.Tensor) -> tuple[float, dict[str, float]]:
         """One optimizer step on the mean negative log-likelihood (temperature 1: the model's own distribution) of
-        the right rollouts' tokens. Every rollout goes through the forward and backward passes, the wrong ones
-        with weight 0: under FSDP every process must run the same passes, whatever it kept."""
+        the right rollouts' tokens, plus the loss terms (which see every rollout); returns the loss and the terms'
+        metrics. Every rollout goes through the forward and backward passes, the wrong ones with weight 0: under
+        FSDP every process must run the same passes, whatever it kept."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        counted = self.counted_tokens(rollouts) * right.to(self.device).unsqueeze(1).float()
+        completions = self.counted_tokens(rollouts)  # what the loss terms see: every rollout the step runs
+        counted = completions * right.to(self.device).unsqueeze(1).float()
         tokens = max(float(counted.sum()), 1.0)
         size = self.cfg.rft.micro_batch_size or len(rollouts)
-        total = 0.0
+        shares = micro_batch_shares(completions, size)
+        total, terms = 0.0, {}
         for start in range(0, len(rollouts), size):
-            logp = self.rollout_log_probs(self.backbone, rollouts, start, start + size, temperature=1.0)[0]
+            logp, _, step = self.update_log_probs(rollouts, completions[start:start + size], start,
+                                                  shares[start // size], temperature=1.0)
             loss = -(logp * counted[start:start + size]).sum() / tokens
-            self.check_finite_loss(loss, "on-policy SFT")
-            self.manual_backward(loss)
+            extra = self.add_terms(step, terms, passes=1)
+            self.check_finite_loss(loss if extra is None else loss + extra, "on-policy SFT")
+            self.manual_backward(loss if extra is None else loss + extra)
             total += float(loss.detach())
         self.step_optimizer(optimizer, scheduler)
-        return total
+        return total, terms

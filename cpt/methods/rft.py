@@ -36,9 +36,10 @@ from cpt.config import kl_values
 from cpt.data.batches import Batch
 from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
+from cpt.methods.loss_terms import TrainingStep, micro_batch_shares
 from cpt.model.generation import PromptCache, Sampling, generate_ids
 from cpt.rl.advantages import group_advantages
-from cpt.rl.log_probs import takes_block_masks, token_log_probs
+from cpt.rl.log_probs import logits_log_probs, takes_block_masks, target_logits, token_log_probs
 from cpt.rl.policy_loss import aggregate, clipped_surrogate, kl_estimate, loss_denominator
 from cpt.rl.reference import Reference
 from cpt.rl.rewards import Rewards, Scores
@@ -214,11 +215,14 @@ class RFTModule(CPTModule):
         # Accumulated on the device and read once at the end: a float() per micro-batch would wait for the GPU.
         sums = {name: torch.zeros((), device=counted.device)
                 for name in ("loss", "kl", "entropy", "clip_low", "clip_high")}
+        terms: dict[str, torch.Tensor | float] = {}
+        shares = micro_batch_shares(counted, size)
         for epoch in range(rft.epochs):
             for i in range(0, len(ids), size):
                 rows = slice(i, i + size)
                 m = counted[rows]
-                logp, entropy = self.rollout_log_probs(self.backbone, rollouts, i, i + size, with_entropy=epoch == 0)
+                logp, entropy, step = self.update_log_probs(rollouts, m, i, shares[i // size],
+                                                            with_entropy=epoch == 0)
                 # With one epoch the rollouts come from the current policy: the ratio is 1 and its gradient is
                 # the policy gradient, so no extra forward pass is needed for the old log-probs.
                 old = old_logp[rows] if old_logp is not None else logp.detach()
@@ -231,8 +235,9 @@ class RFTModule(CPTModule):
                     if epoch == 0:
                         sums["kl"] += (kl.detach() * m).sum()
                 loss = aggregate(per_token, m, rft.loss_aggregation, denominator)
-                self.check_finite_loss(loss, "RFT")
-                self.manual_backward(loss)
+                extra = self.add_terms(step, terms, rft.epochs)
+                self.check_finite_loss(loss if extra is None else loss + extra, "RFT")
+                self.manual_backward(loss if extra is None else loss + extra)
                 sums["loss"] += loss.detach() / rft.epochs
                 sums["clip_low"] += (low * m).sum() / rft.epochs
                 sums["clip_high"] += (high * m).sum() / rft.epochs
@@ -243,7 +248,7 @@ class RFTModule(CPTModule):
                  "policy/clip_low": sums["clip_low"] / tokens, "policy/clip_high": sums["clip_high"] / tokens}
         if beta > 0:
             stats["policy/kl"] = sums["kl"] / tokens
-        return {name: float(value) for name, value in stats.items()}
+        return {name: float(value) for name, value in {**stats, **terms}.items()}
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
@@ -275,6 +280,34 @@ class RFTModule(CPTModule):
         return token_log_probs(model, rollouts.prompts.rows(start, stop), rollouts.completion_ids[start:stop],
                                rollouts.mask[start:stop], rft.temperature if temperature is None else temperature,
                                with_entropy, groups, rft.log_prob_chunk, self.processor.placeholder_ids)
+
+    def update_log_probs(self, rollouts: Rollouts, counted: torch.Tensor, start: int, share: float,
+                         with_entropy: bool = False, temperature: float | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, TrainingStep]:
+        """`rollout_log_probs` of the policy with gradient for an update, of the micro-batch of rollouts from
+        `start` whose counted tokens are `counted`, and the `TrainingStep` its loss terms see (with its `share` of
+        the step, and its logits when a term asks for them: the log-probabilities then come from those logits,
+        the plain path's numbers)."""
+        stop = start + len(counted)
+        ids = rollouts.completion_ids[start:stop]
+        sequences = rollouts.prompts.rows(start, stop).with_completions(ids, rollouts.mask[start:stop])
+        logits = None
+        if self.terms_need_logits():
+            logits = target_logits(self.backbone, sequences, ids.shape[1])
+            logp, entropy = logits_log_probs(logits, ids, self.cfg.rft.temperature if temperature is None
+                                             else temperature, with_entropy, self.processor.placeholder_ids)
+        else:
+            logp, entropy = self.rollout_log_probs(self.backbone, rollouts, start, stop, with_entropy, temperature)
+        return logp, entropy, TrainingStep(self, sequences, ids, counted.bool(), logits, share)
+
+    def add_terms(self, step: TrainingStep, metrics: dict[str, torch.Tensor | float],
+                  passes: int) -> torch.Tensor | None:
+        """The loss terms on `step`, their metrics added into `metrics` (over the step's backward passes, each
+        term's loss averaged over the `passes` optimizer steps of one batch, as `train/loss` is)."""
+        extra, found = self.loss_terms_on(step)
+        for name, value in found.items():
+            metrics[name] = metrics.get(name, 0.0) + float(value) / passes
+        return extra
 
     def batched_log_probs(self, model: nn.Module, rollouts: Rollouts) -> torch.Tensor:
         """Log-probabilities of all rollouts without gradient, in micro-batches."""

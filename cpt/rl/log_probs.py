@@ -56,10 +56,20 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
 def _full_vocabulary(model: nn.Module, sequences: Batch, ids: torch.Tensor, temperature: float,
                      with_entropy: bool, suppressed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The plain path: the model's logits for every completion token at once."""
-    n = ids.shape[1]
-    # The logits at position i predict token i + 1: the last n + 1 positions cover the n completion tokens.
-    logits = model(**sequences.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float() / temperature
-    log_probs = _suppress(logits, suppressed).log_softmax(-1)
+    return logits_log_probs(target_logits(model, sequences, ids.shape[1]), ids, temperature, with_entropy,
+                            suppressed)
+
+
+def target_logits(model: nn.Module, sequences: Batch, n: int) -> torch.Tensor:
+    """(rows, n, vocab) float: the model's logits predicting each of the last n tokens of every row (the logits at
+    position i predict token i + 1: the last n + 1 positions cover them)."""
+    return model(**sequences.model_inputs(), logits_to_keep=n + 1).logits[:, :-1].float()
+
+
+def logits_log_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool = False,
+                     suppressed: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`token_log_probs` from the logits predicting `ids` (rows, tokens, vocab), which are left as they are."""
+    log_probs = _suppress(logits / temperature, suppressed).log_softmax(-1)
     chosen = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:

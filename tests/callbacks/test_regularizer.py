@@ -9,10 +9,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from callbacks.regularizer import ParameterRegularizer, normalised, penalty_gradient
 from cpt.commands.fit import run
 from cpt.config import load_config
+from cpt.methods.loss_terms import TrainingStep
 from cpt.model.fisher import diagonal_fisher, trainable_parameters
 from tests.helpers import REPO, metric_rows
 
@@ -20,14 +22,19 @@ from tests.helpers import REPO, metric_rows
 ONE_PROCESS = SimpleNamespace(strategy=SingleDeviceStrategy(torch.device("cpu")))
 
 
-class RecordingModule:
-    """Stands in for the LightningModule: a backbone, and `log` that keeps what it is given."""
+def step_of(backbone: nn.Module, share: float = 1.0) -> TrainingStep:
+    """What a method hands its loss terms; the parameter penalty reads only the module and the share."""
+    module = SimpleNamespace(backbone=backbone, trainer=ONE_PROCESS)
+    return TrainingStep(module, None, None, None, None, share)
 
-    def __init__(self, backbone: nn.Module):
-        self.backbone, self.logged = backbone, {}
 
-    def log(self, name, value, **kwargs):
-        self.logged[name] = float(value)
+def penalty_and_gradient(regularizer: ParameterRegularizer, model: nn.Module, share: float = 1.0):
+    """The term's loss and metrics on a step, after a backward pass of it on top of the gradient already there."""
+    loss, metrics = regularizer.loss(step_of(model, share))
+    if loss is None:
+        return loss, metrics
+    loss.backward()
+    return loss.detach(), metrics
 
 
 def hand_built():
@@ -55,32 +62,41 @@ def test_gradient_and_penalty_on_hand_built_weights(kind, weight_step, bias_step
     model, anchor, fisher = hand_built()
     regularizer = ParameterRegularizer(kind, strength=0.5)
     regularizer.load_state_dict({"kind": kind, "anchor": anchor, "fisher": fisher if kind == "ewc" else {}})
-    module = RecordingModule(model)
-    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)
+    loss, metrics = penalty_and_gradient(regularizer, model)
     assert torch.equal(model[0].weight.grad, 0.125 + torch.tensor(weight_step))
     assert torch.equal(model[0].bias.grad, torch.tensor([0.25, -0.25]) + torch.tensor(bias_step))
     assert model[1].weight.grad is None  # frozen: not regularized
-    assert module.logged == {"train/reg_penalty": penalty}
+    assert float(loss) == penalty and metrics == {}
+    assert regularizer.name == kind and not regularizer.needs_logits
+
+
+def test_a_micro_batch_carries_its_share_of_the_penalty():
+    """Two backward passes of shares 1/4 and 3/4 add up to the penalty and its gradient once."""
+    model, anchor, fisher = hand_built()
+    regularizer = ParameterRegularizer("ewc", strength=0.5)
+    regularizer.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+    values = [float(penalty_and_gradient(regularizer, model, share)[0]) for share in (0.25, 0.75)]
+    assert values == [1.5 / 4, 1.5 * 3 / 4]
+    assert torch.equal(model[0].bias.grad, torch.tensor([0.25, -0.25]) + torch.tensor([1.5, 0.0]))
 
 
 def test_no_anchor_no_effect_and_the_anchor_is_a_copy():
     model, _, _ = hand_built()
     regularizer = ParameterRegularizer("l2", strength=0.5)
-    module = RecordingModule(model)
-    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)  # first stage: nothing to hold to yet
-    assert torch.equal(model[0].weight.grad, torch.full((2, 3), 0.125)) and module.logged == {}
+    assert penalty_and_gradient(regularizer, model) == (None, {})  # first stage: nothing to hold to yet
+    assert torch.equal(model[0].weight.grad, torch.full((2, 3), 0.125))
 
     trainer = SimpleNamespace(current_epoch=0, max_epochs=2)
-    regularizer.on_train_epoch_end(trainer, module)
+    regularizer.on_train_epoch_end(trainer, SimpleNamespace(backbone=model))
     assert set(regularizer.anchor) == {"0.weight", "0.bias"}
     with torch.no_grad():
         model[0].bias.add_(torch.tensor([2.0, 0.0]))  # drift [2, 0]
-    regularizer.on_before_optimizer_step(ONE_PROCESS, module, None)
+    loss, _ = penalty_and_gradient(regularizer, model)
     assert torch.equal(model[0].bias.grad, torch.tensor([0.25 + 1.0, -0.25]))
-    assert module.logged["train/reg_penalty"] == 0.25 * 4
+    assert float(loss) == 0.25 * 4
 
     # After the last stage nothing is left to protect: the anchor stays where it was.
-    regularizer.on_train_epoch_end(SimpleNamespace(current_epoch=1, max_epochs=2), module)
+    regularizer.on_train_epoch_end(SimpleNamespace(current_epoch=1, max_epochs=2), SimpleNamespace(backbone=model))
     assert torch.equal(regularizer.anchor["0.bias"], torch.tensor([1.0, -1.0]))
 
 
@@ -90,9 +106,7 @@ def test_state_dict_round_trip_continues_the_same():
     first.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
     resumed = ParameterRegularizer("ewc", strength=0.5)
     resumed.load_state_dict(first.state_dict())
-    module = RecordingModule(model)
-    resumed.on_before_optimizer_step(ONE_PROCESS, module, None)
-    assert module.logged["train/reg_penalty"] == 1.5
+    assert float(penalty_and_gradient(resumed, model)[0]) == 1.5
     with pytest.raises(ValueError, match="checkpoint's regularizer is 'ewc', this run's is 'l2'"):
         ParameterRegularizer("l2").load_state_dict(first.state_dict())
 
@@ -177,8 +191,8 @@ def test_ewc_holds_the_second_task_to_the_first(tmp_path, quick_cfg, foundation_
     held = two_task_run(tmp_path / "ewc", quick_cfg, ewc)
 
     rows = metric_rows(tmp_path / "ewc", "train/task")
-    penalties = {task: [float(r["train/reg_penalty"]) for r in rows
-                        if r["train/task"] == task and r.get("train/reg_penalty")] for task in ("1.0", "2.0")}
+    penalties = {task: [float(r["loss/ewc"]) for r in rows
+                        if r["train/task"] == task and r.get("loss/ewc")] for task in ("1.0", "2.0")}
     assert penalties["1.0"] == []
     # The first step of task 2 is taken from the anchor itself; the steps after it have moved away.
     assert len(penalties["2.0"]) == 3 and penalties["2.0"][0] == 0 and min(penalties["2.0"][1:]) > 0
@@ -192,3 +206,75 @@ def test_ewc_holds_the_second_task_to_the_first(tmp_path, quick_cfg, foundation_
         return sum((ewc.fisher[n] * (weights[n] - anchor[n]) ** 2).sum().item() for n in anchor)
 
     assert weighted_distance(held.weights[1]) < 0.3 * weighted_distance(free.weights[1])
+
+
+def _sharded_penalty_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        def build() -> nn.Module:
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+        whole = build()
+        anchor = {name: (p.detach() + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+                  for name, p in whole.named_parameters()}
+        fisher = {name: torch.rand(p.shape, generator=torch.Generator().manual_seed(3))
+                  for name, p in whole.named_parameters()}
+
+        def reduce(tensor, reduce_op="sum"):
+            dist.all_reduce(tensor)
+            return tensor
+
+        def train_step(model: nn.Module, regularizer: ParameterRegularizer) -> float:
+            module = SimpleNamespace(backbone=model, trainer=SimpleNamespace(strategy=SimpleNamespace(reduce=reduce)))
+            for share in (0.5, 0.5):  # two micro-batches of one optimizer step
+                penalty, _ = regularizer.loss(TrainingStep(module, None, None, None, None, share))
+                (model(x).square().mean() * share + penalty).backward()
+            return float(penalty.detach())
+
+        expected = ParameterRegularizer("ewc", strength=3.0)
+        expected.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+        penalty = train_step(whole, expected)
+
+        sharded = build()
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in (sharded[0], sharded[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(sharded, mesh=mesh)
+        names = dict(sharded.named_parameters())
+
+        def shard(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # this process's rows of each
+            return {n: DTensor.from_local(v.chunk(world)[rank], mesh, names[n].placements) for n, v in values.items()}
+
+        regularizer = ParameterRegularizer("ewc", strength=3.0)
+        # The anchor and the Fisher live as the parameters do: this process's shard of each.
+        regularizer.load_state_dict({"kind": "ewc", "anchor": shard(anchor), "fisher": shard(fisher)})
+        assert train_step(sharded, regularizer) == pytest.approx(penalty, rel=1e-6)  # the whole penalty's share
+        for name, param in names.items():
+            expected_grad = dict(whole.named_parameters())[name].grad.chunk(world)[rank]
+            torch.testing.assert_close(param.grad.to_local(), expected_grad, rtol=1e-6, atol=1e-7, msg=name)
+        (out_dir / f"ok-{rank}").write_text("ok")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_the_penalty_gradient_is_the_same_on_sharded_parameters(tmp_path):
+    """Under two-process FSDP2 each process's part of the penalty's gradient lands on its own shard, once, beside
+    the loss's gradient (averaged over the processes): the gradient of the unsharded model, shard by shard."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_sharded_penalty_worker, args=(2, port, tmp_path), nprocs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok-0", "ok-1"]

@@ -1,5 +1,5 @@
 """A user's own plugins, named by import path in a config: callbacks that use the module's and the data module's
-extension points (a rollout filter and an extra data source), and a reward function."""
+extension points (a rollout filter, an extra data source, a loss term), and a reward function."""
 
 import json
 from pathlib import Path
@@ -49,3 +49,26 @@ def odd_length_reward(completion: str, example, **_) -> dict[str, float]:
     """Right when the completion has an odd number of characters: sampled completions of one prompt then differ in
     reward, so short RFT and on-policy SFT runs of a barely trained model still update it."""
     return {"accuracy": float(len(completion) % 2)}
+
+
+class TargetLogitPull(Callback):
+    """A loss term of one's own: `weight` times the mean square of the logits predicting every target that counts,
+    for any method. It records each step's targets, so a test can check what it was handed."""
+
+    name, needs_logits = "target_logit_pull", True
+
+    def __init__(self, weight: float = 1e-3):
+        self.weight, self.targets = weight, []
+
+    def setup(self, trainer, pl_module, stage):
+        pl_module.add_loss_term(self)
+
+    def loss(self, step):
+        counted = step.target_mask.float()
+        per_target = step.logits.square().mean(-1)  # (rows, n)
+        self.targets.append(int(counted.sum()))
+        mean = (per_target * counted).sum() / counted.sum().clamp(min=1)
+        return self.weight * mean * step.share, {"pull/targets": float(counted.sum())}
+
+    def on_train_end(self, trainer, pl_module):
+        (Path(trainer.default_root_dir) / "target_logit_pull.json").write_text(json.dumps(self.targets))

@@ -15,9 +15,10 @@ from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.tasks import build_tasks
 from cpt.errors import ConfigError
 from cpt.methods.onpolicy_sft import OnPolicySFTModule
-from cpt.rl.log_probs import token_log_probs
+from cpt.rl.log_probs import logits_log_probs, target_logits, token_log_probs
 from cpt.rl.rewards import Scores
 from tests.helpers import REPO, metric_rows
+from tests.helpers.plugins import TargetLogitPull
 
 GROUP = 4
 
@@ -96,6 +97,33 @@ def test_update_is_the_right_rollouts_likelihood_gradient(module):
     assert any(float(p.grad.abs().max()) > 0 for p in trainable.values())
     for name, param in trainable.items():
         torch.testing.assert_close(applied[name], param.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_loss_term_joins_the_update_over_micro_batches(module):
+    """A term (tests/helpers/plugins.py: the mean square of the target logits, weight 0.5) sees every rollout, over
+    three micro-batches of 3, 3 and 2 rollouts whose shares add up: the applied gradient is the right rollouts'
+    negative log-likelihood plus the term over all completion tokens, worked out in one pass."""
+    term = TargetLogitPull(weight=0.5)
+    module.add_loss_term(term)
+    module.cfg.rft.micro_batch_size = 3
+    torch.manual_seed(7)
+    module.training_step(prompts(module), 0)
+    drawn, stats = module.logged[0]
+    completions = drawn.mask.float()
+    assert term.targets == [int(completions[rows].sum()) for rows in (slice(0, 3), slice(3, 6), slice(6, 8))]
+
+    right = torch.tensor([True, False, True, False] * 2).unsqueeze(1)
+    ids = drawn.completion_ids
+    logits = target_logits(module.backbone, drawn.prompts.with_completions(ids, drawn.mask), ids.shape[1])
+    logp, _ = logits_log_probs(logits, ids, 1.0, suppressed=module.processor.placeholder_ids)
+    nll = -(logp * completions * right).sum() / (completions * right).sum()
+    pull = 0.5 * (logits.square().mean(-1) * completions).sum() / completions.sum()
+    (nll + pull).backward()
+    assert stats["loss/target_logit_pull"] == pytest.approx(float(pull.detach()), rel=1e-5)
+    assert stats["train/loss"] == pytest.approx(float(nll.detach()), rel=1e-5)
+    for name, param in module.backbone.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(module.optimizer.steps[0][name], param.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_a_step_without_a_right_rollout_has_no_gradient(module):

@@ -90,6 +90,10 @@ class ModelConfig:
     gradient_checkpointing: bool = doc("Recompute activations in the backward pass to save memory.", False)
     freeze_vision: bool = doc("Keep the vision tower's weights fixed (full fine-tuning; LoRA freezes all base "
                               "weights anyway).", False)
+    trainable: str = doc("Which weights full fine-tuning trains, the rest frozen (the parameter-subset baseline): "
+                         "all | attention (the language model's self-attention projections q, k, v, o) | "
+                         "mlp_gate_up (its MLP gate and up projections) | language (all but the vision tower) | "
+                         "vision (the vision tower only).", "all")
     min_pixels: Optional[int] = doc("Smallest image area after resizing (pixels); null keeps the checkpoint's.", None)
     max_pixels: Optional[int] = doc("Largest image area after resizing (pixels); null keeps the checkpoint's.", None)
     lora: LoraConfig = doc("LoRA settings (lora and qlora).", factory=LoraConfig)
@@ -339,6 +343,7 @@ CHOICES = {
     "method": ("sft", *ROLLOUT_METHODS),
     "schedule": ("sequential", "multitask"),
     "model.finetune": ("lora", "qlora", "full"),
+    "model.trainable": ("all", "attention", "mlp_gate_up", "language", "vision"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attn_implementation": ("auto", "sdpa", "eager", "flash_attention_2"),
     "logger": ("csv", "tensorboard", "wandb", "none"),
@@ -565,6 +570,13 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
+    if cfg.model.trainable != "all":
+        if cfg.model.finetune != "full":
+            raise ConfigError(f"model.trainable={cfg.model.trainable} chooses which full weights train; it needs "
+                              f"model.finetune=full, not {cfg.model.finetune}")
+        if cfg.model.freeze_vision and cfg.model.trainable == "vision":
+            raise ConfigError("model.trainable=vision trains the vision tower only, and model.freeze_vision=true "
+                              "freezes it: choose one")
     if cfg.regularizer.kind != "none":
         if cfg.regularizer.kind == "ewc" and cfg.method != "sft":
             raise ConfigError(f"regularizer.kind=ewc estimates its Fisher from the SFT loss on the answers, which "

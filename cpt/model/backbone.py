@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,13 @@ from cpt.model.positions import require_token_types
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model.trainable: the parameters each subset trains under full fine-tuning (matched on the parameter's name).
+TRAINABLE = {
+    "attention": re.compile(r"\blanguage_model\.layers\.\d+\.self_attn\.[qkvo]_proj\."),
+    "mlp_gate_up": re.compile(r"\blanguage_model\.layers\.\d+\.mlp\.(gate|up)_proj\."),
+    "language": re.compile(r"^(?!.*\bvisual\b)"),
+    "vision": re.compile(r"\bvisual\b"),
+}
 # The linear layers of Qwen2.5-VL's vision blocks (not the Conv3d patch embedding, also named `proj`).
 VISION_LORA_PATTERN = r".*\bvisual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))$"
 
@@ -129,6 +137,11 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
         model.requires_grad_(True)
         if model_cfg.freeze_vision:
             model.model.visual.requires_grad_(False)
+        if model_cfg.trainable != "all":
+            chosen = TRAINABLE[model_cfg.trainable]
+            for name, param in model.named_parameters():
+                if not chosen.search(name):
+                    param.requires_grad_(False)
         return model
     lora = model_cfg.lora
     text_targets = "|".join(lora.target_modules)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cpt.config import load_config
+from cpt.config import CHOICES, load_config
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
 from cpt.errors import ConfigError
@@ -38,6 +38,29 @@ def test_lora_on_vision_when_asked(foundation_dir):
     # Every linear layer of both vision blocks, and nothing else (not the Conv3d patch embedding, not the merger).
     assert len(adapted) == 2 * 5
     assert all(isinstance(m.base_layer, torch.nn.Linear) and ".blocks." in n for n, m in adapted.items())
+
+
+def test_parameter_subsets_train_only_their_modules(foundation_dir):
+    """model.trainable: the tiny model's four decoder layers and two vision blocks, counted by hand."""
+    def trainable(subset):
+        model = load_backbone(model_cfg(f"model.trainable={subset}"), foundation_dir)
+        return {n for n, p in model.named_parameters() if p.requires_grad}, {n for n, _ in model.named_parameters()}
+
+    chosen, every = trainable("attention")
+    # q, k and v with weight and bias, o with its weight only: 7 per layer
+    assert len(chosen) == 4 * 7 and all(".self_attn." in n and "visual" not in n for n in chosen)
+    chosen, _ = trainable("mlp_gate_up")
+    assert len(chosen) == 4 * 2 and all(n.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight")) for n in chosen)
+    assert all(".mlp." in n and "visual" not in n for n in chosen)
+    chosen, _ = trainable("vision")
+    assert chosen == {n for n in every if "visual" in n}
+    chosen, _ = trainable("language")
+    assert chosen == {n for n in every if "visual" not in n} and "lm_head.weight" in chosen
+    assert set(backbone.TRAINABLE) | {"all"} == set(CHOICES["model.trainable"])
+    with pytest.raises(ConfigError, match="needs model.finetune=full"):
+        model_cfg("model.trainable=attention", "model.finetune=lora")
+    with pytest.raises(ConfigError, match="choose one"):
+        model_cfg("model.trainable=vision", "model.freeze_vision=true")
 
 
 def test_full_finetune_with_and_without_the_vision_tower(foundation_dir):

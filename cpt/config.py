@@ -275,6 +275,13 @@ class RegularizerConfig:
 
 
 @dataclass
+class MergeConfig:
+    weight: float = doc("Model merging (callbacks/merging.py): after each stage the weights become (1 - weight) x "
+                        "those the stage started from + weight x the trained ones; 1 keeps the trained model (off).",
+                        1.0)
+
+
+@dataclass
 class AnalysisConfig:
     enabled: bool = doc("Record why forgetting happens (callbacks/analysis.py): per stage, the parameter update "
                         "by module group and its sparsity, the reward variance, the update weighed by the earlier "
@@ -332,6 +339,7 @@ class Config:
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
     rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)
     replay: ReplayConfig = doc("Experience replay of earlier tasks' data.", factory=ReplayConfig)
+    merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
     analysis: AnalysisConfig = doc("What moved the model, per stage.", factory=AnalysisConfig)
@@ -570,6 +578,8 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
+    if not 0 <= cfg.merge.weight <= 1:
+        raise ConfigError(f"bad value for 'merge.weight': must be in [0, 1] (1: no merging), got {cfg.merge.weight}")
     if cfg.model.trainable != "all":
         if cfg.model.finetune != "full":
             raise ConfigError(f"model.trainable={cfg.model.trainable} chooses which full weights train; it needs "

@@ -23,6 +23,7 @@ from callbacks import (
     ExperienceReplay,
     ForgettingAnalysis,
     KLSchedule,
+    ModelMerging,
     OnlineFiltering,
     ParameterRegularizer,
     RolloutFiltering,
@@ -100,6 +101,8 @@ def general_benchmarks(cfg: DictConfig) -> list[Task]:
 def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) -> list[Callback]:
     """The callbacks the config's experiment sections turn on."""
     callbacks: list[Callback] = []
+    if cfg.merge.weight < 1:  # first: what the others and the evaluation see at a stage's end is the merged model
+        callbacks.append(ModelMerging(cfg.merge.weight))
     rft = cfg.rft
     if cfg.method == "rft":
         kl = rft.kl

@@ -6,6 +6,7 @@ Each is usable from a config by import path (`callbacks.<module>:<Class>`).
 from callbacks.accuracy_matrix import AccuracyMatrix
 from callbacks.analysis import ForgettingAnalysis
 from callbacks.kl_schedule import KLSchedule
+from callbacks.lwf import LearningWithoutForgetting
 from callbacks.merging import ModelMerging
 from callbacks.online_filter import OnlineFiltering
 from callbacks.regularizer import ParameterRegularizer
@@ -15,6 +16,6 @@ from callbacks.task_checkpoint import TaskCheckpoint
 from callbacks.task_progress import TaskProgressBar
 from callbacks.task_switching import TaskSwitching
 
-__all__ = ["AccuracyMatrix", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule", "ModelMerging",
-           "OnlineFiltering", "ParameterRegularizer", "RolloutFiltering", "TaskCheckpoint", "TaskProgressBar",
-           "TaskSwitching"]
+__all__ = ["AccuracyMatrix", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule", "LearningWithoutForgetting",
+           "ModelMerging", "OnlineFiltering", "ParameterRegularizer", "RolloutFiltering", "TaskCheckpoint",
+           "TaskProgressBar", "TaskSwitching"]

@@ -275,6 +275,14 @@ class RegularizerConfig:
 
 
 @dataclass
+class LwFConfig:
+    weight: float = doc("Learning without Forgetting (callbacks/lwf.py): from the second stage on, the loss gains "
+                        "weight x the mean KL(teacher || model) over the step's targets at `temperature`, the "
+                        "teacher being the model as the stage began; 0 turns it off.", 0.0)
+    temperature: float = doc("lwf: the temperature both distributions are softened by (LwF's T = 2).", 2.0)
+
+
+@dataclass
 class MergeConfig:
     weight: float = doc("Model merging (callbacks/merging.py): after each stage the weights become (1 - weight) x "
                         "those the stage started from + weight x the trained ones; 1 keeps the trained model (off).",
@@ -339,6 +347,8 @@ class Config:
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
     rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)
     replay: ReplayConfig = doc("Experience replay of earlier tasks' data.", factory=ReplayConfig)
+    lwf: LwFConfig = doc("Learning without Forgetting: distillation from the model as each stage began.",
+                         factory=LwFConfig)
     merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
@@ -578,6 +588,9 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
+    if cfg.lwf.weight < 0 or cfg.lwf.temperature <= 0:
+        raise ConfigError(f"bad value for 'lwf': weight must be >= 0 (0: off) and temperature > 0, got weight "
+                          f"{cfg.lwf.weight}, temperature {cfg.lwf.temperature}")
     if not 0 <= cfg.merge.weight <= 1:
         raise ConfigError(f"bad value for 'merge.weight': must be in [0, 1] (1: no merging), got {cfg.merge.weight}")
     if cfg.model.trainable != "all":

@@ -23,6 +23,7 @@ from callbacks import (
     ExperienceReplay,
     ForgettingAnalysis,
     KLSchedule,
+    LearningWithoutForgetting,
     ModelMerging,
     OnlineFiltering,
     ParameterRegularizer,
@@ -121,6 +122,8 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
     if cfg.regularizer.kind != "none":
         r = cfg.regularizer
         callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
+    if cfg.lwf.weight > 0:
+        callbacks.append(LearningWithoutForgetting(cfg.lwf.weight, cfg.lwf.temperature))
     return callbacks
 
 

@@ -72,6 +72,12 @@ class CPTModule(L.LightningModule):
     def terms_need_logits(self) -> bool:
         return any(term.needs_logits for term in self.loss_terms)
 
+    def loss_terms_before(self, step: TrainingStep) -> None:
+        """Every loss term's optional `before(step)`, ahead of the forward that computes the step's logits."""
+        for term in self.loss_terms:
+            if hasattr(term, "before"):
+                term.before(step)
+
     def loss_terms_on(self, step: TrainingStep) -> tuple[torch.Tensor | None, dict[str, torch.Tensor | float]]:
         """The loss terms' sum on `step` (None without any), and what to log: `loss/<name>` for each term that gave
         a loss, and the terms' own metrics."""

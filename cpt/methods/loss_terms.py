@@ -5,7 +5,10 @@ A term is called on every batch a method takes a backward pass on, with a `Train
 (prompts followed by their targets: SFT's answers, or the rollouts' completions), which of their last columns are
 targets that count, and, when the term asks for them (`needs_logits`), the model's logits predicting those targets,
 with their gradient. It returns its loss, already weighted (None: nothing this step), and metrics to log. The
-method adds the terms' losses to its own before the backward pass and logs each as `loss/<name>`.
+method adds the terms' losses to its own before the backward pass and logs each as `loss/<name>`. A term may also
+have `before(step)`, called with the same rows before the model's forward that computes the step's logits (there
+`step.logits` is None): the place for a pass of another model, such as a teacher whose weights are swapped into the
+model for it, which must not happen between the forward and its backward.
 
 A method that takes several backward passes per optimizer step (RFT and on-policy SFT, in micro-batches) gives each
 the `share` of the step it carries (its part of the step's counted tokens; the shares of one optimizer step add up

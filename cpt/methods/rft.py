@@ -291,14 +291,15 @@ class RFTModule(CPTModule):
         stop = start + len(counted)
         ids = rollouts.completion_ids[start:stop]
         sequences = rollouts.prompts.rows(start, stop).with_completions(ids, rollouts.mask[start:stop])
-        logits = None
+        step = TrainingStep(self, sequences, ids, counted.bool(), None, share)
+        self.loss_terms_before(step)
         if self.terms_need_logits():
-            logits = target_logits(self.backbone, sequences, ids.shape[1])
-            logp, entropy = logits_log_probs(logits, ids, self.cfg.rft.temperature if temperature is None
+            step.logits = target_logits(self.backbone, sequences, ids.shape[1])
+            logp, entropy = logits_log_probs(step.logits, ids, self.cfg.rft.temperature if temperature is None
                                              else temperature, with_entropy, self.processor.placeholder_ids)
         else:
             logp, entropy = self.rollout_log_probs(self.backbone, rollouts, start, stop, with_entropy, temperature)
-        return logp, entropy, TrainingStep(self, sequences, ids, counted.bool(), logits, share)
+        return logp, entropy, step
 
     def add_terms(self, step: TrainingStep, metrics: dict[str, torch.Tensor | float],
                   passes: int) -> torch.Tensor | None:

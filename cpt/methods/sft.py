@@ -35,11 +35,13 @@ def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 class SFTModule(CPTModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        n, target_ids, target_mask = answer_targets(batch)
+        step = TrainingStep(self, batch, target_ids, target_mask, None)
+        self.loss_terms_before(step)
         logits = self.backbone(**batch.model_inputs()).logits
         loss = mean_answer_loss(logits, batch.labels)
-        n, target_ids, target_mask = answer_targets(batch)
-        step = TrainingStep(self, batch, target_ids, target_mask,
-                            logits[:, -n - 1:-1].float() if self.terms_need_logits() else None)
+        if self.terms_need_logits():
+            step.logits = logits[:, -n - 1:-1].float()
         extra, metrics = self.loss_terms_on(step)
         total = loss if extra is None else loss + extra
         self.check_finite_loss(total, "SFT")

@@ -268,10 +268,13 @@ class ReplayConfig:
 @dataclass
 class RegularizerConfig:
     kind: str = doc("Pull the weights towards the previous stage's (callbacks/regularizer.py), a term of every "
-                    "method's loss: none | ewc (weighted by a diagonal Fisher; method=sft) | l2.", "none")
+                    "method's loss: none | ewc (weighted by a diagonal Fisher; method=sft) | mas (weighted by the "
+                    "output's sensitivity, Memory Aware Synapses; any method) | l2.", "none")
     strength: float = doc("lambda: the penalty is lambda/2 * sum F (theta - theta*)^2 (F = 1 for l2; for ewc, each "
-                          "stage's diagonal Fisher normalised to mean 1 and summed over the stages).", 1.0)
-    fisher_batches: int = doc("ewc: training batches of the finished stage the Fisher is estimated on.", 16)
+                          "stage's diagonal Fisher, for mas its output sensitivity, normalised to mean 1 and "
+                          "summed over the stages).", 1.0)
+    fisher_batches: int = doc("ewc and mas: training batches of the finished stage the importance is "
+                              "estimated on.", 16)
 
 
 @dataclass
@@ -373,7 +376,7 @@ CHOICES = {
     "rft.kl.reference": REFERENCES,
     "rft.kl.schedule": ("constant", "per_task", "linear"),
     "rft.filter.rule": ("none", "all_wrong", "all_equal", "range"),
-    "regularizer.kind": ("none", "ewc", "l2"),
+    "regularizer.kind": ("none", "ewc", "mas", "l2"),
 }
 # Lightning's precision names that our stack runs (transformer-engine needs NVIDIA's library, not a dependency).
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64")
@@ -603,7 +606,7 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.regularizer.kind != "none":
         if cfg.regularizer.kind == "ewc" and cfg.method != "sft":
             raise ConfigError(f"regularizer.kind=ewc estimates its Fisher from the SFT loss on the answers, which "
-                              f"method={cfg.method}'s prompt batches do not carry; use regularizer.kind=l2")
+                              f"method={cfg.method}'s prompt batches do not carry; use regularizer.kind=mas or l2")
         if cfg.regularizer.strength < 0:
             raise ConfigError(f"bad value for 'regularizer.strength': must be >= 0, got {cfg.regularizer.strength}")
     if cfg.method in ROLLOUT_METHODS:

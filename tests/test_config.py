@@ -126,7 +126,7 @@ def test_base_configs_chain_and_cycles_fail(tmp_path):
     (["method=rft", "rft.filter.rule=range", "rft.filter.low=0.8", "rft.filter.high=0.2"], "low <= high"),
     (["replay.fraction=1.5"], "replay.fraction"),
     (["replay.fraction=0.01"], "replay.fraction=0.01 of a batch of 16 is no row; raise replay.fraction"),
-    (["method=rft", "regularizer.kind=ewc"], "which method=rft.s prompt batches do not carry; use regularizer.kind=l2"),
+    (["method=rft", "regularizer.kind=ewc"], "prompt batches do not carry; use regularizer.kind=mas or l2"),
     (["schedule=interleaved"], "sequential, multitask"),
 ])
 def test_experiment_config_errors(overrides, message):

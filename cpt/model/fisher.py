@@ -35,13 +35,22 @@ def sum_over_shards(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], strategy
 def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable[[nn.Module, dict], torch.Tensor]
                     ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher of the trainable parameters: the squared gradient of each batch's loss, averaged
-    over the batches (one backward per batch, not per example).
+    over the batches (one backward per batch, not per example). See `gradient_importance`."""
+    return gradient_importance(model, batches, loss_fn, torch.square)
+
+
+def gradient_importance(model: nn.Module, batches: Iterable[dict],
+                        loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+                        of: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per trainable parameter, `of` its gradient of each batch's loss, averaged over the batches: the squared
+    gradient of the loss is the diagonal empirical Fisher (EWC), the absolute gradient of the output's squared norm
+    MAS's importance.
 
     The model runs in eval mode (no dropout) and is put back in the mode it was in; gradients are cleared
     before and after, so the training step that follows starts clean.
     """
     params = trainable_parameters(model)
-    fisher = {name: torch.zeros_like(param) for name, param in params.items()}
+    importance = {name: torch.zeros_like(param) for name, param in params.items()}
     was_training = model.training
     model.eval()
     count = 0
@@ -51,11 +60,11 @@ def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable
             loss_fn(model, batch).backward()
             for name, param in params.items():
                 if param.grad is not None:
-                    local_part(fisher[name]).add_(local_part(param.grad).detach() ** 2)
+                    local_part(importance[name]).add_(of(local_part(param.grad).detach()))
             count += 1
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if count == 0:
-        raise ValueError("diagonal_fisher got no batches; the Fisher needs at least one")
-    return {name: value / count for name, value in fisher.items()}
+        raise ValueError("no batches to estimate the parameters' importance on; it needs at least one")
+    return {name: value / count for name, value in importance.items()}

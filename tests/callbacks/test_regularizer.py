@@ -1,6 +1,8 @@
-"""The parameter regularizer: its gradient and penalty on hand-built weights, the diagonal Fisher on hand-made
-batches, and a two-task SFT run in which it holds the second task's weights to the first task's."""
+"""The parameter regularizer: its gradient and penalty on hand-built weights, the diagonal Fisher and MAS's output
+sensitivity on hand-made batches, a two-task SFT run in which it holds the second task's weights to the first
+task's, and MAS under RFT."""
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,11 +13,12 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from callbacks.regularizer import ParameterRegularizer, normalised, penalty_gradient
+from callbacks.regularizer import ParameterRegularizer, normalised, output_norm, penalty_gradient
 from cpt.commands.fit import run
 from cpt.config import load_config
+from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.methods.loss_terms import TrainingStep
-from cpt.model.fisher import diagonal_fisher, trainable_parameters
+from cpt.model.fisher import diagonal_fisher, gradient_importance, trainable_parameters
 from tests.helpers import REPO, metric_rows
 
 # A trainer stand-in for hooks that only reduce over processes: here there is one.
@@ -61,7 +64,7 @@ def hand_built():
 def test_gradient_and_penalty_on_hand_built_weights(kind, weight_step, bias_step, penalty):
     model, anchor, fisher = hand_built()
     regularizer = ParameterRegularizer(kind, strength=0.5)
-    regularizer.load_state_dict({"kind": kind, "anchor": anchor, "fisher": fisher if kind == "ewc" else {}})
+    regularizer.load_state_dict({"kind": kind, "anchor": anchor, "importance": fisher if kind == "ewc" else {}})
     loss, metrics = penalty_and_gradient(regularizer, model)
     assert torch.equal(model[0].weight.grad, 0.125 + torch.tensor(weight_step))
     assert torch.equal(model[0].bias.grad, torch.tensor([0.25, -0.25]) + torch.tensor(bias_step))
@@ -74,7 +77,7 @@ def test_a_micro_batch_carries_its_share_of_the_penalty():
     """Two backward passes of shares 1/4 and 3/4 add up to the penalty and its gradient once."""
     model, anchor, fisher = hand_built()
     regularizer = ParameterRegularizer("ewc", strength=0.5)
-    regularizer.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+    regularizer.load_state_dict({"kind": "ewc", "anchor": anchor, "importance": fisher})
     values = [float(penalty_and_gradient(regularizer, model, share)[0]) for share in (0.25, 0.75)]
     assert values == [1.5 / 4, 1.5 * 3 / 4]
     assert torch.equal(model[0].bias.grad, torch.tensor([0.25, -0.25]) + torch.tensor([1.5, 0.0]))
@@ -103,7 +106,7 @@ def test_no_anchor_no_effect_and_the_anchor_is_a_copy():
 def test_state_dict_round_trip_continues_the_same():
     model, anchor, fisher = hand_built()
     first = ParameterRegularizer("ewc", strength=0.5)
-    first.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+    first.load_state_dict({"kind": "ewc", "anchor": anchor, "importance": fisher})
     resumed = ParameterRegularizer("ewc", strength=0.5)
     resumed.load_state_dict(first.state_dict())
     assert float(penalty_and_gradient(resumed, model)[0]) == 1.5
@@ -135,6 +138,46 @@ def test_diagonal_fisher_is_the_mean_squared_batch_gradient():
 
     with pytest.raises(ValueError, match="no batches"):
         diagonal_fisher(model, [], loss_fn)
+    # MAS's importance is the same average of the absolute gradients: w [(.5 + 1.5) / 2, (1 + .25) / 2]
+    importance = gradient_importance(model, batches, loss_fn, torch.abs)
+    assert torch.equal(importance["1.weight"], torch.tensor([[1.0, 0.625]]))
+    assert torch.equal(importance["1.bias"], torch.tensor([(0.5 + 1.0) / 2]))
+
+
+class EmbeddingLogits(nn.Module):
+    """A language model whose logits at a position are its token's row of a table: ||logits||^2 by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(10, 2)
+        with torch.no_grad():
+            self.table.weight.copy_(torch.arange(20.0).view(10, 2) / 10)  # token t: [t/5, (2t + 1)/10]
+
+    def forward(self, input_ids, attention_mask, logits_to_keep=0):
+        return SimpleNamespace(logits=self.table(input_ids)[:, -logits_to_keep:])
+
+
+def test_mas_output_is_the_squared_norm_of_the_logits_predicting_answers_or_the_next_token():
+    """An SFT batch: the logits at the tokens before each answer token (5 and 6 for row 0's 6 and 7; 8 for row 1's
+    9); a prompt batch: the logits at each row's last token. MAS's importance is the absolute gradient of it."""
+    model, X = EmbeddingLogits(), IGNORE_INDEX
+    ids = torch.tensor([[4, 5, 6, 7], [3, 4, 8, 9]])
+    labels = torch.tensor([[X, X, 6, 7], [X, X, X, 9]])
+    batch = Batch(ids, torch.ones_like(ids), labels, torch.arange(2), torch.zeros(2), torch.zeros(2), [None] * 2)
+    norm = {t: (t / 5) ** 2 + ((2 * t + 1) / 10) ** 2 for t in range(10)}
+    assert float(output_norm(model, batch).detach()) == pytest.approx((norm[5] + norm[6] + norm[8]) / 3)
+    prompts = replace(batch, labels=None)
+    assert float(output_norm(model, prompts).detach()) == pytest.approx((norm[7] + norm[9]) / 2)
+
+    # d/d row t of the mean over k tokens of ||row||^2 = 2 row / k, and only the rows read have a gradient.
+    importance = gradient_importance(model, [batch, prompts], output_norm, torch.abs)["table.weight"]
+    rows = model.table.weight.detach()
+    expected = torch.zeros(10, 2)
+    for t in (5, 6, 8):
+        expected[t] += 2 * rows[t] / 3 / 2
+    for t in (7, 9):
+        expected[t] += 2 * rows[t] / 2 / 2
+    torch.testing.assert_close(importance, expected)
 
 
 def test_fisher_is_normalised_to_mean_one():
@@ -155,7 +198,7 @@ def test_penalty_gradient():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    ({"kind": "si"}, "kind 'si' is unknown; choose one of ewc, l2"),
+    ({"kind": "si"}, "kind 'si' is unknown; choose one of ewc, l2, mas"),
     ({"strength": -1.0}, "strength must be a finite number >= 0, got -1.0"),
     ({"strength": float("nan")}, "strength must be a finite number >= 0"),
     ({"fisher_batches": 0}, "fisher_batches must be a positive integer, got 0"),
@@ -200,12 +243,28 @@ def test_ewc_holds_the_second_task_to_the_first(tmp_path, quick_cfg, foundation_
     # Task 1 trains the same with or without the regularizer; the anchor is its end.
     anchor = free.weights[0]
     assert all(torch.equal(held.weights[0][n], anchor[n]) and torch.equal(ewc.anchor[n], anchor[n]) for n in anchor)
-    assert ewc.fisher.keys() == anchor.keys()
+    assert ewc.importance.keys() == anchor.keys()
 
     def weighted_distance(weights):  # sum F (theta - theta*)^2: what EWC keeps small
-        return sum((ewc.fisher[n] * (weights[n] - anchor[n]) ** 2).sum().item() for n in anchor)
+        return sum((ewc.importance[n] * (weights[n] - anchor[n]) ** 2).sum().item() for n in anchor)
 
     assert weighted_distance(held.weights[1]) < 0.3 * weighted_distance(free.weights[1])
+
+
+@pytest.mark.slow
+def test_mas_under_rft_weighs_by_the_first_tasks_output_sensitivity(tmp_path, quick_cfg, foundation_dir):
+    """RFT's batches carry prompts only: MAS reads the next token's logits, so it needs no answers."""
+    mas = ParameterRegularizer("mas", strength=1.0, fisher_batches=2)
+    cfg = load_config(REPO / "configs" / "rft.yaml",
+                      [*quick_cfg, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2",
+                       "data.batch_size=2", "rft.group_size=2", "rft.max_new_tokens=4", "save_checkpoints=false",
+                       "eval.general=false", "data.eval_size=4", "eval.max_new_tokens=2"])
+    run(cfg, extra_callbacks=[mas])
+    total = sum(v.sum().item() for v in mas.importance.values())
+    assert total / sum(v.numel() for v in mas.importance.values()) == pytest.approx(1.0, rel=1e-5)
+    assert len({float(v.abs().max()) for v in mas.importance.values()}) > 1  # weighted, not uniform
+    penalties = [r.get("loss/mas") for r in metric_rows(tmp_path, "train/task") if r["train/task"] == "2.0"]
+    assert len(penalties) == 2 and float(penalties[0]) == 0 and float(penalties[1]) > 0
 
 
 def _sharded_penalty_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
@@ -239,7 +298,7 @@ def _sharded_penalty_worker(rank: int, world: int, port: int, out_dir: Path) -> 
             return float(penalty.detach())
 
         expected = ParameterRegularizer("ewc", strength=3.0)
-        expected.load_state_dict({"kind": "ewc", "anchor": anchor, "fisher": fisher})
+        expected.load_state_dict({"kind": "ewc", "anchor": anchor, "importance": fisher})
         penalty = train_step(whole, expected)
 
         sharded = build()
@@ -254,7 +313,7 @@ def _sharded_penalty_worker(rank: int, world: int, port: int, out_dir: Path) -> 
 
         regularizer = ParameterRegularizer("ewc", strength=3.0)
         # The anchor and the Fisher live as the parameters do: this process's shard of each.
-        regularizer.load_state_dict({"kind": "ewc", "anchor": shard(anchor), "fisher": shard(fisher)})
+        regularizer.load_state_dict({"kind": "ewc", "anchor": shard(anchor), "importance": shard(fisher)})
         assert train_step(sharded, regularizer) == pytest.approx(penalty, rel=1e-6)  # the whole penalty's share
         for name, param in names.items():
             expected_grad = dict(whole.named_parameters())[name].grad.chunk(world)[rank]

@@ -5,6 +5,7 @@ Each is usable from a config by import path (`callbacks.<module>:<Class>`).
 
 from callbacks.accuracy_matrix import AccuracyMatrix
 from callbacks.analysis import ForgettingAnalysis
+from callbacks.der import DarkExperienceReplay
 from callbacks.kl_schedule import KLSchedule
 from callbacks.lwf import LearningWithoutForgetting
 from callbacks.merging import ModelMerging
@@ -16,6 +17,6 @@ from callbacks.task_checkpoint import TaskCheckpoint
 from callbacks.task_progress import TaskProgressBar
 from callbacks.task_switching import TaskSwitching
 
-__all__ = ["AccuracyMatrix", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule", "LearningWithoutForgetting",
-           "ModelMerging", "OnlineFiltering", "ParameterRegularizer", "RolloutFiltering", "TaskCheckpoint",
-           "TaskProgressBar", "TaskSwitching"]
+__all__ = ["AccuracyMatrix", "DarkExperienceReplay", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule",
+           "LearningWithoutForgetting", "ModelMerging", "OnlineFiltering", "ParameterRegularizer", "RolloutFiltering",
+           "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]

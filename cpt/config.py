@@ -266,6 +266,16 @@ class ReplayConfig:
 
 
 @dataclass
+class DERConfig:
+    weight: float = doc("Dark Experience Replay (callbacks/der.py), on top of replay (replay.fraction > 0; "
+                        "method=sft): the loss gains weight x the mean squared difference between the model's "
+                        "logits on the replayed answers and those it gave them at the end of their stage; 0 turns "
+                        "it off.", 0.0)
+    top_k: int = doc("der: the largest logits kept per answer token (with their ids), the ones the penalty "
+                     "compares (whole rows of a 152k vocabulary would take 300 KB per token).", 32)
+
+
+@dataclass
 class RegularizerConfig:
     kind: str = doc("Pull the weights towards the previous stage's (callbacks/regularizer.py), a term of every "
                     "method's loss: none | ewc (weighted by a diagonal Fisher; method=sft) | mas (weighted by the "
@@ -350,6 +360,8 @@ class Config:
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
     rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)
     replay: ReplayConfig = doc("Experience replay of earlier tasks' data.", factory=ReplayConfig)
+    der: DERConfig = doc("Dark Experience Replay: replay with the outputs recorded when the examples were learnt.",
+                         factory=DERConfig)
     lwf: LwFConfig = doc("Learning without Forgetting: distillation from the model as each stage began.",
                          factory=LwFConfig)
     merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
@@ -384,7 +396,7 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
             "rft.micro_batch_size", "rft.log_prob_chunk", "rft.filter.k", "rft.filter.pool_size",
-            "regularizer.fisher_batches", "replay.buffer_per_task", "analysis.probe_size", "optim.lr",
+            "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "analysis.probe_size", "optim.lr",
             "foundation.lr", "model.lora.r", "model.lora.alpha", "model.min_pixels", "model.max_pixels",
             "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
 # Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
@@ -591,6 +603,14 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
+    if cfg.der.weight < 0:
+        raise ConfigError(f"bad value for 'der.weight': must be >= 0 (0: off), got {cfg.der.weight}")
+    if cfg.der.weight > 0:
+        if cfg.method != "sft":
+            raise ConfigError(f"der.weight > 0 matches the logits of replayed answers, which method={cfg.method} "
+                              "does not train on; use it with method=sft (or replay.fraction alone)")
+        if cfg.replay.fraction <= 0:
+            raise ConfigError("der.weight > 0 replays earlier tasks' examples: set replay.fraction (e.g. 0.2)")
     if cfg.lwf.weight < 0 or cfg.lwf.temperature <= 0:
         raise ConfigError(f"bad value for 'lwf': weight must be >= 0 (0: off) and temperature > 0, got weight "
                           f"{cfg.lwf.weight}, temperature {cfg.lwf.temperature}")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import (
     AccuracyMatrix,
+    DarkExperienceReplay,
     ExperienceReplay,
     ForgettingAnalysis,
     KLSchedule,
@@ -117,7 +118,10 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
                                               progress=cfg.trainer.enable_progress_bar, resuming=cfg.resume))
         if f.online:
             callbacks.append(OnlineFiltering(run_dir, f.max_retries))
-    if cfg.replay.fraction > 0:
+    if cfg.der.weight > 0:  # replay with the recorded logits
+        callbacks.append(DarkExperienceReplay(cfg.der.weight, cfg.der.top_k, cfg.replay.fraction,
+                                              cfg.replay.buffer_per_task, cfg.seed))
+    elif cfg.replay.fraction > 0:
         callbacks.append(ExperienceReplay(cfg.replay.fraction, cfg.replay.buffer_per_task, cfg.seed))
     if cfg.regularizer.kind != "none":
         r = cfg.regularizer

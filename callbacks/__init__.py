@@ -9,6 +9,7 @@ from callbacks.der import DarkExperienceReplay
 from callbacks.kl_schedule import KLSchedule
 from callbacks.lwf import LearningWithoutForgetting
 from callbacks.merging import ModelMerging
+from callbacks.olora import OrthogonalLoRA
 from callbacks.online_filter import OnlineFiltering
 from callbacks.regularizer import ParameterRegularizer
 from callbacks.replay import ExperienceReplay
@@ -18,5 +19,5 @@ from callbacks.task_progress import TaskProgressBar
 from callbacks.task_switching import TaskSwitching
 
 __all__ = ["AccuracyMatrix", "DarkExperienceReplay", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule",
-           "LearningWithoutForgetting", "ModelMerging", "OnlineFiltering", "ParameterRegularizer", "RolloutFiltering",
-           "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]
+           "LearningWithoutForgetting", "ModelMerging", "OnlineFiltering", "OrthogonalLoRA", "ParameterRegularizer",
+           "RolloutFiltering", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]

@@ -296,6 +296,17 @@ class LwFConfig:
 
 
 @dataclass
+class OLoRAConfig:
+    enabled: bool = doc("O-LoRA (callbacks/olora.py; model.finetune=lora or qlora): a new LoRA adapter per stage, "
+                        "the earlier ones frozen and kept in the model, which after stage t is the base plus the "
+                        "adapters of stages 1..t.", False)
+    orthogonal: float = doc("olora: lambda1, the weight of the sum over layers of |A_old A_new^T| (the new adapter's "
+                            "A against the earlier ones').", 0.5)
+    l2: float = doc("olora: lambda2, the weight of the L2 norms of the new adapter's matrices (O-LoRA's scripts: "
+                    "0).", 0.0)
+
+
+@dataclass
 class MergeConfig:
     weight: float = doc("Model merging (callbacks/merging.py): after each stage the weights become (1 - weight) x "
                         "those the stage started from + weight x the trained ones; 1 keeps the trained model (off).",
@@ -364,6 +375,7 @@ class Config:
                          factory=DERConfig)
     lwf: LwFConfig = doc("Learning without Forgetting: distillation from the model as each stage began.",
                          factory=LwFConfig)
+    olora: OLoRAConfig = doc("O-LoRA: an adapter per stage, orthogonal to the earlier ones.", factory=OLoRAConfig)
     merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
@@ -614,6 +626,16 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.lwf.weight < 0 or cfg.lwf.temperature <= 0:
         raise ConfigError(f"bad value for 'lwf': weight must be >= 0 (0: off) and temperature > 0, got weight "
                           f"{cfg.lwf.weight}, temperature {cfg.lwf.temperature}")
+    if cfg.olora.enabled:
+        if cfg.model.finetune not in ("lora", "qlora"):
+            raise ConfigError(f"olora.enabled=true adds a LoRA adapter per stage: it needs model.finetune=lora or "
+                              f"qlora, not {cfg.model.finetune}")
+        if cfg.trainer.strategy in ("fsdp", "ddp"):
+            raise ConfigError(f"olora.enabled=true runs on one device (which weights train changes from stage to "
+                              f"stage, which {cfg.trainer.strategy} fixes at the start); use trainer.strategy=auto")
+    if cfg.olora.orthogonal < 0 or cfg.olora.l2 < 0:
+        raise ConfigError(f"bad value for 'olora': orthogonal and l2 must be >= 0, got {cfg.olora.orthogonal} and "
+                          f"{cfg.olora.l2}")
     if not 0 <= cfg.merge.weight <= 1:
         raise ConfigError(f"bad value for 'merge.weight': must be in [0, 1] (1: no merging), got {cfg.merge.weight}")
     if cfg.model.trainable != "all":

@@ -27,6 +27,7 @@ from callbacks import (
     LearningWithoutForgetting,
     ModelMerging,
     OnlineFiltering,
+    OrthogonalLoRA,
     ParameterRegularizer,
     RolloutFiltering,
     TaskCheckpoint,
@@ -128,6 +129,8 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
         callbacks.append(ParameterRegularizer(r.kind, r.strength, r.fisher_batches))
     if cfg.lwf.weight > 0:
         callbacks.append(LearningWithoutForgetting(cfg.lwf.weight, cfg.lwf.temperature))
+    if cfg.olora.enabled:
+        callbacks.append(OrthogonalLoRA(cfg.olora.orthogonal, cfg.olora.l2))
     return callbacks
 
 

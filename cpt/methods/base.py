@@ -15,6 +15,7 @@ from cpt.methods.loss_terms import LossTerm, TrainingStep
 from cpt.model.backbone import DTYPES, load_backbone, processor_source
 from cpt.model.processor import VisionTextProcessor
 from cpt.model.sharded_load import load_sharded_backbone
+from cpt.model.stage_adapters import is_adapter_weight
 
 
 def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: float):
@@ -95,12 +96,16 @@ class CPTModule(L.LightningModule):
             self.backbone = self.build_backbone(self.cfg.model)
             self.backbone.train()  # from_pretrained returns eval mode; dropout in adapters must be live
 
+    def adapters(self) -> int:
+        """LoRA adapters the backbone is built with: one per stage for O-LoRA (callbacks/olora.py), else one."""
+        return len(self.stages) if self.cfg.olora.enabled else 1
+
     def build_backbone(self, model_cfg: DictConfig) -> torch.nn.Module:
         """The checkpoint as `model_cfg` asks, sharded when the strategy is FSDP: then each process builds it on
         the meta device and reads only its own shards (cpt.model.sharded_load), never the whole model."""
         mesh = self.device_mesh
         if mesh is None:
-            return load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed)
+            return load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed, adapters=self.adapters())
         # ModelParallelStrategy, i.e. trainer.strategy=fsdp
         dtype = DTYPES[model_cfg.dtype]
         return load_sharded_backbone(model_cfg, self.checkpoint, mesh["data_parallel"], seed=self.cfg.seed,
@@ -113,7 +118,9 @@ class CPTModule(L.LightningModule):
         # Under FSDP each process writes its own shards, and the distributed loader wants every key back.
         if self.device_mesh is not None:
             return
-        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        # Every adapter weight is kept: one per stage (O-LoRA) keeps the earlier stages' frozen ones.
+        trainable = {name for name, param in self.named_parameters()
+                     if param.requires_grad or is_adapter_weight(name)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def check_finite_loss(self, loss: torch.Tensor, method: str) -> None:

@@ -21,6 +21,12 @@ from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from cpt.model.positions import require_token_types
+from cpt.model.stage_adapters import (
+    active_adapters,
+    adapters_marked_trainable,
+    add_stage_adapters,
+    load_adapter_stack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +83,12 @@ def load_for_inference(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -
     base = adapter_base(checkpoint)
     if base is None:
         return load_model(Path(checkpoint), dtype, attn, seed=seed)
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(load_model(base, dtype, attn, seed=seed), checkpoint)
+    return load_adapter_stack(load_model(base, dtype, attn, seed=seed), checkpoint)
 
 
-def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.Module:
-    """The model from `checkpoint`, with adapters or frozen parts as `model_cfg.finetune` asks."""
+def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0, adapters: int = 1) -> nn.Module:
+    """The model from `checkpoint`, with adapters (`adapters` of them: one per stage for O-LoRA) or frozen parts as
+    `model_cfg.finetune` asks."""
     dtype = DTYPES[model_cfg.dtype]
     attn = attention_implementation(model_cfg.attn_implementation, dtype)
     quantization = None
@@ -97,7 +102,7 @@ def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -> nn.
             # ("model.visual"), older versions by substring ("visual"): give both.
             llm_int8_skip_modules=["model.visual", "visual", "lm_head"],
         )
-    return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg)
+    return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg, adapters)
 
 
 def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=None, seed: int = 0) -> PreTrainedModel:
@@ -110,9 +115,7 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
     if base is not None:
         # The model this run starts from, so that RFT's `base` reference (the model with its own adapters off) is
         # the stage's model, not the first base.
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_model(base, dtype, attn, seed=seed), checkpoint).merge_and_unload()
+        model = load_adapter_stack(load_model(base, dtype, attn, seed=seed), checkpoint).merge_and_unload()
     elif has_weights(checkpoint):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             checkpoint, dtype=dtype, attn_implementation=attn, quantization_config=quantization
@@ -129,8 +132,9 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
     return model
 
 
-def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
-    """Wrap in LoRA adapters, or choose which full weights train."""
+def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int = 1) -> nn.Module:
+    """Wrap in LoRA adapters (`adapters` > 1: one per stage, cpt.model.stage_adapters), or choose which full
+    weights train."""
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model_cfg.finetune == "full":
@@ -159,7 +163,10 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig) -> nn.Module:
             gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
                              task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_config)
+    model = get_peft_model(model, peft_config)
+    if adapters > 1:
+        add_stage_adapters(model, adapters)
+    return model
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -229,10 +236,16 @@ def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
     # Gathers shards under FSDP; every rank must take part, only the main one writes. For LoRA only the
     # adapters are gathered, not the frozen base.
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=adapters_only)
-    state = get_model_state_dict(model, options=options)
+    if adapters_only:
+        with adapters_marked_trainable(model):  # earlier stages' frozen adapters are part of the model (O-LoRA)
+            state = get_model_state_dict(model, options=options)
+    else:
+        state = get_model_state_dict(model, options=options)
     if not is_main:
         return
     path.mkdir(parents=True, exist_ok=True)
     # Adapters never include the embeddings (LoRA targets the projections): peft need not look for the base's
     # vocabulary, which a base that is itself a LoRA stage does not state.
-    model.save_pretrained(path, state_dict=state, **({"save_embedding_layers": False} if adapters_only else {}))
+    # The adapters in the forward: with one per stage (O-LoRA), those of the stages so far, not the later ones.
+    extra = {"save_embedding_layers": False, "selected_adapters": active_adapters(model)} if adapters_only else {}
+    model.save_pretrained(path, state_dict=state, **extra)

@@ -307,6 +307,14 @@ class OLoRAConfig:
 
 
 @dataclass
+class MoELoRAConfig:
+    enabled: bool = doc("MoELoRA (cpt/model/moe_lora.py; model.finetune=lora): each LoRA's rank split into experts "
+                        "mixed per token by a router per layer, as CoIN; model.lora.r and alpha are the whole "
+                        "adapter's.", False)
+    experts: int = doc("moe_lora: experts per layer (CoIN's scripts: 2); model.lora.r must be a multiple.", 2)
+
+
+@dataclass
 class MergeConfig:
     weight: float = doc("Model merging (callbacks/merging.py): after each stage the weights become (1 - weight) x "
                         "those the stage started from + weight x the trained ones; 1 keeps the trained model (off).",
@@ -376,6 +384,8 @@ class Config:
     lwf: LwFConfig = doc("Learning without Forgetting: distillation from the model as each stage began.",
                          factory=LwFConfig)
     olora: OLoRAConfig = doc("O-LoRA: an adapter per stage, orthogonal to the earlier ones.", factory=OLoRAConfig)
+    moe_lora: MoELoRAConfig = doc("MoELoRA: a LoRA rank split into experts with a token router.",
+                                  factory=MoELoRAConfig)
     merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
@@ -408,9 +418,9 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
             "rft.micro_batch_size", "rft.log_prob_chunk", "rft.filter.k", "rft.filter.pool_size",
-            "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "analysis.probe_size", "optim.lr",
-            "foundation.lr", "model.lora.r", "model.lora.alpha", "model.min_pixels", "model.max_pixels",
-            "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
+            "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "moe_lora.experts",
+            "analysis.probe_size", "optim.lr", "foundation.lr", "model.lora.r", "model.lora.alpha", "model.min_pixels",
+            "model.max_pixels", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
 # Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
 RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
           ("analysis.tolerance", 0, None), ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
@@ -633,6 +643,17 @@ def _validate(cfg: DictConfig) -> None:
         if cfg.trainer.strategy in ("fsdp", "ddp"):
             raise ConfigError(f"olora.enabled=true runs on one device (which weights train changes from stage to "
                               f"stage, which {cfg.trainer.strategy} fixes at the start); use trainer.strategy=auto")
+    if cfg.moe_lora.enabled:
+        if cfg.model.finetune != "lora":
+            raise ConfigError(f"moe_lora.enabled=true splits LoRA adapters into experts: it needs model.finetune=lora, "
+                              f"not {cfg.model.finetune}")
+        if cfg.olora.enabled:
+            raise ConfigError("moe_lora and olora each build the run's adapters their own way: enable one of them")
+        if cfg.trainer.strategy == "fsdp":
+            raise ConfigError("moe_lora.enabled=true runs unsharded; use trainer.strategy=auto or ddp")
+        if cfg.model.lora.r % cfg.moe_lora.experts:
+            raise ConfigError(f"moe_lora splits the rank into experts: model.lora.r={cfg.model.lora.r} is not a "
+                              f"multiple of moe_lora.experts={cfg.moe_lora.experts}")
     if cfg.olora.orthogonal < 0 or cfg.olora.l2 < 0:
         raise ConfigError(f"bad value for 'olora': orthogonal and l2 must be >= 0, got {cfg.olora.orthogonal} and "
                           f"{cfg.olora.l2}")

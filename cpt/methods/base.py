@@ -105,7 +105,8 @@ class CPTModule(L.LightningModule):
         the meta device and reads only its own shards (cpt.model.sharded_load), never the whole model."""
         mesh = self.device_mesh
         if mesh is None:
-            return load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed, adapters=self.adapters())
+            return load_backbone(model_cfg, self.checkpoint, seed=self.cfg.seed, adapters=self.adapters(),
+                                 experts=self.cfg.moe_lora.experts if self.cfg.moe_lora.enabled else None)
         # ModelParallelStrategy, i.e. trainer.strategy=fsdp
         dtype = DTYPES[model_cfg.dtype]
         return load_sharded_backbone(model_cfg, self.checkpoint, mesh["data_parallel"], seed=self.cfg.seed,

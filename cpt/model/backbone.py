@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from cpt.errors import ConfigError
+from cpt.model.moe_lora import experts_of, load_moe_lora, moe_lora_config, write_marker
 from cpt.model.positions import require_token_types
 from cpt.model.stage_adapters import (
     active_adapters,
@@ -83,12 +85,16 @@ def load_for_inference(model_cfg: DictConfig, checkpoint: Path, seed: int = 0) -
     base = adapter_base(checkpoint)
     if base is None:
         return load_model(Path(checkpoint), dtype, attn, seed=seed)
+    experts = experts_of(checkpoint)
+    if experts is not None:
+        return load_moe_lora(load_model(base, dtype, attn, seed=seed), checkpoint, experts)
     return load_adapter_stack(load_model(base, dtype, attn, seed=seed), checkpoint)
 
 
-def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0, adapters: int = 1) -> nn.Module:
-    """The model from `checkpoint`, with adapters (`adapters` of them: one per stage for O-LoRA) or frozen parts as
-    `model_cfg.finetune` asks."""
+def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0, adapters: int = 1,
+                  experts: int | None = None) -> nn.Module:
+    """The model from `checkpoint`, with adapters (`adapters` of them: one per stage for O-LoRA; MoELoRA layers of
+    `experts` experts) or frozen parts as `model_cfg.finetune` asks."""
     dtype = DTYPES[model_cfg.dtype]
     attn = attention_implementation(model_cfg.attn_implementation, dtype)
     quantization = None
@@ -102,7 +108,7 @@ def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0, adapte
             # ("model.visual"), older versions by substring ("visual"): give both.
             llm_int8_skip_modules=["model.visual", "visual", "lm_head"],
         )
-    return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg, adapters)
+    return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg, adapters, experts)
 
 
 def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=None, seed: int = 0) -> PreTrainedModel:
@@ -112,6 +118,9 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
     their base."""
     checkpoint = checkpoint.resolve()
     base = adapter_base(checkpoint)
+    if base is not None and experts_of(checkpoint) is not None:
+        raise ConfigError(f"{checkpoint} is a MoELoRA stage: its router weighs the experts per token, so they cannot "
+                         "be merged into a model to start from or export; evaluate or sample it as it is")
     if base is not None:
         # The model this run starts from, so that RFT's `base` reference (the model with its own adapters off) is
         # the stage's model, not the first base.
@@ -132,9 +141,10 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
     return model
 
 
-def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int = 1) -> nn.Module:
-    """Wrap in LoRA adapters (`adapters` > 1: one per stage, cpt.model.stage_adapters), or choose which full
-    weights train."""
+def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int = 1,
+                   experts: int | None = None) -> nn.Module:
+    """Wrap in LoRA adapters (`adapters` > 1: one per stage, cpt.model.stage_adapters; `experts`: MoELoRA layers,
+    cpt.model.moe_lora), or choose which full weights train."""
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model_cfg.finetune == "full":
@@ -163,6 +173,8 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int 
             gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern,
                              task_type="CAUSAL_LM")
+    if experts is not None:
+        peft_config = moe_lora_config(peft_config, experts)
     model = get_peft_model(model, peft_config)
     if adapters > 1:
         add_stage_adapters(model, adapters)
@@ -249,3 +261,4 @@ def save_weights(model: nn.Module, path: Path, is_main: bool = True) -> None:
     # The adapters in the forward: with one per stage (O-LoRA), those of the stages so far, not the later ones.
     extra = {"save_embedding_layers": False, "selected_adapters": active_adapters(model)} if adapters_only else {}
     model.save_pretrained(path, state_dict=state, **extra)
+    write_marker(model, path)

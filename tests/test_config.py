@@ -88,6 +88,11 @@ def test_cli_help_lists_fields(capsys):
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
     assert "steps_per_task" in out and "model.finetune" in out and "Training steps spent on each task" in out
+    # Every continual-learning baseline's section, with its switch.
+    for key in ("replay.fraction", "der.weight", "lwf.weight", "regularizer.kind", "olora.enabled",
+                "moe_lora.enabled", "merge.weight", "model.trainable"):
+        assert f"\n  {key} [" in out
+    assert "none | ewc (weighted by a diagonal Fisher; method=sft) | mas" in out
     assert main(["nonsense"]) == 2
 
 

@@ -206,3 +206,16 @@ def test_general_benchmarks_follow_their_frequency(tmp_path, quick_cfg):
     assert [g is not None for g in results["benchmarks"]["general"]] == [True, False, False, True]
     assert results["name"] == "SFT with replay" and results["wall_time_s"] > 0
     assert results["kept_fraction"] is None
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_runs(path, tmp_path, quick_cfg, foundation_dir):
+    """Each experiment as its file sets it up (its fine-tuning mode included), at the smallest size: two tasks, two
+    steps each."""
+    quick = [o for o in quick_cfg if not o.startswith("model.finetune=")]
+    cfg = load_config(path, [*quick, f"output_dir={tmp_path}", "tasks=[colour,count]", "steps_per_task=2",
+                             "data.batch_size=4", "data.eval_size=4", "eval.general=false", "save_checkpoints=false",
+                             "rft.group_size=2", "rft.max_new_tokens=4", "rft.filter.pool_size=4",
+                             "replay.buffer_per_task=4"])
+    results = run(cfg)
+    assert results["complete"] and results["name"] == load_config(path).name

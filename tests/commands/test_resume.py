@@ -60,6 +60,43 @@ ANALYSED = ("updated", "fisher_update", "kl_new_task", "forgetting", "general_ch
 VARIED = ["rft.reward.function=tests.helpers.plugins:odd_length_reward", "rft.reward.weights={accuracy: 1.0}"]
 
 
+def crash_and_resume(tmp_path: Path, args: list[str], last: int) -> tuple[Path, Path, list[dict]]:
+    """The run uninterrupted and the same run crashed at the start of task `last` and resumed; the last task's
+    logged figures (the timings left out), checked equal in both."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert fit([*args, f"output_dir={whole}"]).returncode == 0
+    crash = f"callbacks=[{{class: 'tests.helpers.poison_batch:CrashAtTask', task: {last}}}]"
+    proc = fit([*args, f"output_dir={stopped}", crash])
+    assert proc.returncode == 1 and f"simulated crash at the start of task {last}" in proc.stderr
+    assert fit([str(stopped / "config.yaml"), "resume=true", "callbacks=[]"]).returncode == 0
+
+    def last_task(run_dir: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metric_rows(run_dir, "train/task")
+                if r["train/task"] == f"{last}.0"]
+
+    expected = last_task(whole)
+    assert len(expected) == 2 and last_task(stopped) == expected
+    resumed, uninterrupted = (json.loads((d / "results.json").read_text()) for d in (stopped, whole))
+    assert {**resumed, "wall_time_s": 0} == {**uninterrupted, "wall_time_s": 0}
+    return whole, stopped, expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, term", [
+    # What each continual-learning baseline keeps across stages comes back from the checkpoint: LwF's teacher (the
+    # stage's starting weights), MAS's importance and anchor, O-LoRA's frozen adapters, DER's recorded logits.
+    (["lwf.weight=1"], "loss/lwf"),
+    (["regularizer.kind=mas", "regularizer.strength=1000"], "loss/mas"),
+    (["model.finetune=lora", "olora.enabled=true"], "loss/olora"),
+    (["replay.fraction=0.5", "replay.buffer_per_task=4", "der.weight=0.5", "der.top_k=4"], "loss/der"),
+], ids=["teacher-lwf", "importance-mas", "adapters-olora", "buffer-der"])
+def test_baselines_resume_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundation_dir, case, term):
+    args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=false", "data.batch_size=4",
+            "tasks=[colour,count,shape]", *case]
+    _, _, expected = crash_and_resume(tmp_path, args, 3)
+    assert all(float(r[term]) > 0 for r in expected[1:])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [
     # The generators are restored with the stage: the resumed run samples the rollouts the uninterrupted one did.
@@ -73,19 +110,7 @@ VARIED = ["rft.reward.function=tests.helpers.plugins:odd_length_reward", "rft.re
 def test_resumes_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundation_dir, case):
     args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=true", *case]
     last = len(case[-1].split(","))
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert fit([*args, f"output_dir={whole}"]).returncode == 0
-    crash = f"callbacks=[{{class: 'tests.helpers.poison_batch:CrashAtTask', task: {last}}}]"
-    proc = fit([*args, f"output_dir={stopped}", crash])
-    assert proc.returncode == 1 and f"simulated crash at the start of task {last}" in proc.stderr
-    assert fit([str(stopped / "config.yaml"), "resume=true", "callbacks=[]"]).returncode == 0
-
-    def last_task(run_dir: Path) -> list[dict]:  # every logged figure of the last task's steps but the timings
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metric_rows(run_dir, "train/task")
-                if r["train/task"] == f"{last}.0"]
-
-    expected = last_task(whole)
-    assert len(expected) == 2 and last_task(stopped) == expected
+    whole, stopped, expected = crash_and_resume(tmp_path, args, last)
     if "method=rft" in case:
         assert all(r["policy/entropy"] and r["rollout/completion_length"] for r in expected)
     elif "method=onpolicy_sft" in case:

@@ -542,9 +542,17 @@ def flat(config: dict, prefix: str = "") -> dict:
 
 
 def differing_keys(saved: DictConfig | dict, current: DictConfig | dict) -> list[str]:
-    """The keys, flattened, where two configs would train differently (reporting keys left out)."""
+    """The keys, flattened, where two configs would train differently (reporting keys left out). A key only one of
+    them has counts as the schema's default in the other: a run saved before a key existed ran as its default
+    does (a new key's default keeps what was done before it)."""
     a, b = (flat(OmegaConf.to_container(c) if OmegaConf.is_config(c) else c) for c in (saved, current))
-    return sorted(k for k in a.keys() | b.keys() if k not in REPORTING_KEYS and a.get(k) != b.get(k))
+    defaults = flat(OmegaConf.to_container(OmegaConf.structured(Config)))
+    absent = object()
+
+    def value(config: dict, key: str):
+        return config[key] if key in config else defaults.get(key, absent)
+
+    return sorted(k for k in a.keys() | b.keys() if k not in REPORTING_KEYS and value(a, k) != value(b, k))
 
 
 def config_path(name: str | Path) -> Path:

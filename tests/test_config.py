@@ -11,6 +11,7 @@ from cpt.config import (
     ROLLOUT_METHODS,
     RUN_TIME_ENV,
     config_with_recipe_from_args,
+    differing_keys,
     field_docs,
     load_config,
     load_config_with_recipe,
@@ -275,3 +276,13 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path, capsys):
     printed = OmegaConf.create(out)
     assert printed.seed == 7 and printed.optim.lr == 5e-5 and printed.output_dir == str(tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_key_added_after_a_run_was_saved_counts_as_its_default():
+    """A run saved before `lwf` existed trained as lwf.weight=0 does: no difference; at another value, one."""
+    current = load_config(None, [])
+    saved = OmegaConf.to_container(current)
+    del saved["lwf"]
+    assert differing_keys(saved, current) == []
+    assert differing_keys(saved, load_config(None, ["lwf.weight=1"])) == ["lwf.weight"]
+    assert differing_keys(current, load_config(None, ["optim.lr=1e-3"])) == ["optim.lr"]

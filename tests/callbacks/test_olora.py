@@ -1,6 +1,7 @@
 """O-LoRA: peft adapters per stage summed in the forward with only the stage's own trainable, the orthogonality
 penalty and its gradient worked by hand, and a run whose stage directories hold the adapters so far, evaluated
-back to the run's own rows, with the first stage's adapter untouched by the second stage."""
+back to the run's own rows (as they are and exported), with the first stage's adapter untouched by the later
+stages."""
 
 import json
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from torch import nn
 
 from callbacks.olora import OrthogonalLoRA, orthogonality
 from cpt.commands.evaluate import evaluate_checkpoint
+from cpt.commands.export import export
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.errors import ConfigError
@@ -112,4 +114,9 @@ def test_a_run_keeps_every_stages_adapter(tmp_path, quick_cfg, foundation_dir):
     row = evaluate_checkpoint(load_config(tmp_path / "config.yaml", [f"model.name_or_path={stages / '3-shape'}"]),
                               progress=False)
     assert row["accuracy_matrix"][0] == results["accuracy_matrix"][-1]
+    # Exported, the three adapters are merged into one standalone model with the same answers.
+    export(stages / "3-shape", tmp_path / "export")
+    exported = evaluate_checkpoint(load_config(tmp_path / "config.yaml", [f"model.name_or_path={tmp_path / 'export'}"]),
+                                   progress=False)
+    assert exported["accuracy_matrix"][0] == results["accuracy_matrix"][-1]
     assert json.loads((tmp_path / "results.json").read_text())["complete"]

@@ -111,8 +111,9 @@ def plot_stability_plasticity(experiments: list[Experiment], y_key: str, y_label
     points = [(e, x, y) for e, x, y in points if x is not None and y is not None]
     if not points:
         return None
-    fig = Figure(figsize=(11.5, 6), layout="constrained")
-    ax, side = fig.subplots(1, 2, width_ratios=[3, 1])
+    # One key line per experiment, about 0.2 inch each: the figure grows with a study's experiments.
+    fig = Figure(figsize=(12.5, max(6.0, 0.2 * len(points) + 1.2)), layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[2.6, 1])
     methods = list(dict.fromkeys(e.first["method"] for e, _, _ in points))
     families: dict[tuple, list] = {}
     for e, x, y in points:
@@ -132,11 +133,11 @@ def plot_stability_plasticity(experiments: list[Experiment], y_key: str, y_label
         ax.annotate(str(number), (x.mean, y.mean), textcoords="offset points", xytext=(5, 3), fontsize=8,
                     color=colour, fontweight="bold")
         lr = _lr_label(e) if "optim.lr" not in e.name and "lr" not in e.name.split() else ""
-        key.append((f"{number}  {e.name}" + (f" ({lr})" if lr else "")
-                    + f"\n     {x.mean:.1f}, {y.mean:.1f}", colour))
+        key.append((f"{number}  {e.name}" + (f" ({lr})" if lr else "") + f":  {x.mean:.1f}, {y.mean:.1f}",
+                    colour))
     side.axis("off")
     for row, (text, colour) in enumerate(key):
-        side.text(0, 1 - row / max(len(key), 12), text, color=colour, fontsize=8, va="top",
+        side.text(0, 1 - row / max(len(key), 24), text, color=colour, fontsize=8, va="top",
                   transform=side.transAxes)
     for method in methods:
         ax.plot([], [], "o", color=_colour(methods.index(method)), label=method_label(method))

@@ -132,8 +132,8 @@ def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study)
     # Each key entry: the number, the name, the lr where the name lacks it, and the point (gain, FM). RFT's seeds
     # gain 25 on each task (count 50 -> 75, colour 45 -> 70) and forget count by 5, 3, 1: FM -3.
     rft = next(entry for entry in entries if "RFT sequential" in entry)
-    assert rft.split("\n")[0].endswith("RFT sequential (lr 5e-05)")
-    assert rft.split("\n")[1].split() == ["25.0,", "-3.0"]
+    name, point = rft.split(":  ")
+    assert name.endswith("RFT sequential (lr 5e-05)") and point.split() == ["25.0,", "-3.0"]
     assert len(entries) == len(experiments)
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from torch import nn
 
 from callbacks.olora import OrthogonalLoRA, orthogonality
 from cpt.commands.evaluate import evaluate_checkpoint
@@ -20,23 +19,14 @@ from cpt.config import load_config
 from cpt.errors import ConfigError
 from cpt.methods.loss_terms import TrainingStep
 from cpt.model.stage_adapters import activate, add_stage_adapters, stage_adapter
-from tests.helpers import REPO
-
-
-class OneLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2, bias=False)
-
-    def forward(self, x):
-        return self.lin(x)
+from tests.helpers import REPO, OneLinear
 
 
 def three_stage_model():
     """A 2 -> 2 linear layer, W = I, with rank-1 adapters for three stages (scale alpha / r = 1), set by hand:
     A_1 = [1, 0], A_2 = [1, 1], A_3 = [2, -1]; B_k = [k, 0]^T."""
     torch.manual_seed(0)
-    model = OneLayer()
+    model = OneLinear()
     with torch.no_grad():
         model.lin.weight.copy_(torch.eye(2))
     model = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=["lin"]))

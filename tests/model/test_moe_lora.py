@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from torch import nn
 
 from cpt.commands.evaluate import evaluate_checkpoint
 from cpt.commands.fit import run
@@ -14,16 +13,7 @@ from cpt.config import load_config
 from cpt.errors import ConfigError
 from cpt.model.backbone import load_model
 from cpt.model.moe_lora import moe_lora_config
-from tests.helpers import REPO
-
-
-class OneLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(2, 2, bias=False)
-
-    def forward(self, x):
-        return self.lin(x)
+from tests.helpers import REPO, OneLinear
 
 
 def adapted(experts: int | None, r: int = 2, alpha: int = 4, seed: int = 0):
@@ -32,7 +22,7 @@ def adapted(experts: int | None, r: int = 2, alpha: int = 4, seed: int = 0):
     if experts is not None:
         config = moe_lora_config(config, experts)
     torch.manual_seed(seed)
-    return get_peft_model(OneLayer(), config)
+    return get_peft_model(OneLinear(), config)
 
 
 def test_one_layer_by_hand():

@@ -23,12 +23,11 @@ examples with answers: it runs under SFT (`cpt.config` refuses it with RFT and o
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from callbacks.arguments import finite_number
 from callbacks.replay import ExperienceReplay
 from cpt.data.batches import Collator
 from cpt.methods.loss_terms import TrainingStep, answer_targets
@@ -41,12 +40,9 @@ class DarkExperienceReplay(ExperienceReplay):
     def __init__(self, weight: float = 0.5, top_k: int = 32, fraction: float = 0.2, buffer_per_task: int = 500,
                  seed: int = 0):
         super().__init__(fraction, buffer_per_task, seed)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or weight <= 0:
-            raise ValueError(f"der weight must be a finite number > 0, got {weight!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"der top_k must be a positive integer, got {top_k!r}")
-        self.weight, self.top_k = float(weight), top_k
+        self.weight, self.top_k = finite_number("der weight", weight, positive=True), top_k
         # task -> {"ids": (examples, tokens, k) int32, "values": (examples, tokens, k) float16, "lengths":
         # (examples,)}: per buffer example (by its place in the buffer), its answer tokens' largest logits.
         self.recorded: dict[int, dict[str, torch.Tensor]] = {}

@@ -20,12 +20,11 @@ weights, which are the teacher: nothing else needs keeping.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.arguments import finite_number
 from cpt.methods.loss_terms import TrainingStep
 from cpt.rl.log_probs import target_logits
 from cpt.rl.reference import Reference
@@ -35,11 +34,8 @@ class LearningWithoutForgetting(Callback):
     name, needs_logits = "lwf", True
 
     def __init__(self, weight: float = 1.0, temperature: float = 2.0):
-        for key, value in (("weight", weight), ("temperature", temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise ValueError(f"lwf {key} must be a finite number > 0, got {value!r}")
-        self.weight, self.temperature = float(weight), float(temperature)
+        self.weight = finite_number("lwf weight", weight, positive=True)
+        self.temperature = finite_number("lwf temperature", temperature, positive=True)
         self.teacher: Reference | None = None
         self.teacher_logits: torch.Tensor | None = None
 

@@ -16,12 +16,11 @@ backbone has every adapter and the checkpoint their values.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.arguments import finite_number
 from cpt.methods.loss_terms import TrainingStep
 from cpt.model.backbone import has_adapters
 from cpt.model.stage_adapters import activate, stage_adapter
@@ -42,11 +41,8 @@ class OrthogonalLoRA(Callback):
     name, needs_logits = "olora", False  # a loss term (cpt.methods.loss_terms), logged as loss/olora
 
     def __init__(self, orthogonal: float = 0.5, l2: float = 0.0):
-        for key, value in (("orthogonal", orthogonal), ("l2", l2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
-                raise ValueError(f"olora {key} must be a finite number >= 0, got {value!r}")
-        self.orthogonal, self.l2 = float(orthogonal), float(l2)
+        self.orthogonal = finite_number("olora orthogonal", orthogonal)
+        self.l2 = finite_number("olora l2", l2)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         pl_module.add_loss_term(self)

@@ -37,7 +37,6 @@ parameters' dtype and placement (sharded under FSDP). Both are in `state_dict`, 
 
 from __future__ import annotations
 
-import math
 from itertools import islice
 
 import lightning as L
@@ -47,6 +46,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from callbacks.arguments import finite_number
 from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.methods.loss_terms import TrainingStep, answer_targets
 from cpt.methods.sft import sft_loss
@@ -100,16 +100,13 @@ class ParameterRegularizer(Callback):
         # and more in a 100-step stage, while its loss gradient is about 3e-3: the pull is of the size of the
         # learning signal. Raise it (10-1000) to hold the weights tighter, lower it to let them go.
         # fisher_batches 16 (the importance's batches, EWC's and MAS's): 256 examples at the default batch size,
-        # cheap beside a 100-step stage; a stage
-        # with fewer batches gives all of them.
+        # cheap beside a 100-step stage; a stage with fewer batches gives all of them.
         if kind not in KINDS:
             raise ValueError(f"regularizer kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
-                or strength < 0:
-            raise ValueError(f"regularizer strength must be a finite number >= 0, got {strength!r}")
+        strength = finite_number("regularizer strength", strength)
         if isinstance(fisher_batches, bool) or not isinstance(fisher_batches, int) or fisher_batches < 1:
             raise ValueError(f"fisher_batches must be a positive integer, got {fisher_batches!r}")
-        self.kind, self.strength, self.fisher_batches = kind, float(strength), fisher_batches
+        self.kind, self.strength, self.fisher_batches = kind, strength, fisher_batches
         self.name, self.needs_logits = kind, False  # a loss term (cpt.methods.loss_terms), logged as loss/<kind>
         self.anchor: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}

@@ -55,9 +55,6 @@ from cpt.model.fisher import gradient_importance, sum_over_shards, trainable_par
 from cpt.rl.log_probs import target_logits
 
 KINDS = ("ewc", "l2", "mas")
-# What each weighted kind's importance is: the loss whose gradient it reads, and what it takes of the gradient.
-IMPORTANCE = {"ewc": (lambda model, batch: sft_loss(model, batch), torch.square),
-              "mas": (lambda model, batch: output_norm(model, batch), torch.abs)}
 
 
 def output_norm(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -70,6 +67,10 @@ def output_norm(model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(**batch.model_inputs(), logits_to_keep=1).logits.float()
         counted = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     return (logits.square().sum(-1) * counted).sum() / counted.sum()
+
+
+# What each weighted kind's importance is: the loss whose gradient it reads, and what it takes of the gradient.
+IMPORTANCE = {"ewc": (sft_loss, torch.square), "mas": (output_norm, torch.abs)}
 
 
 def normalised(importance: dict[str, torch.Tensor], params: dict[str, nn.Parameter],

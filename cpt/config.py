@@ -425,7 +425,8 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
 RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
           ("analysis.tolerance", 0, None), ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
           ("data.num_workers", 0, None), ("rft.filter.correct_threshold", 0, 1), ("seed", 0, 2**32 - 1),
-          ("foundation.seed", 0, 2**32 - 1))
+          ("foundation.seed", 0, 2**32 - 1), ("der.weight", 0, None), ("olora.orthogonal", 0, None),
+          ("olora.l2", 0, None))
 
 
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -633,8 +634,6 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
-    if cfg.der.weight < 0:
-        raise ConfigError(f"bad value for 'der.weight': must be >= 0 (0: off), got {cfg.der.weight}")
     if cfg.der.weight > 0:
         if cfg.method != "sft":
             raise ConfigError(f"der.weight > 0 matches the logits of replayed answers, which method={cfg.method} "
@@ -662,9 +661,6 @@ def _validate(cfg: DictConfig) -> None:
         if cfg.model.lora.r % cfg.moe_lora.experts:
             raise ConfigError(f"moe_lora splits the rank into experts: model.lora.r={cfg.model.lora.r} is not a "
                               f"multiple of moe_lora.experts={cfg.moe_lora.experts}")
-    if cfg.olora.orthogonal < 0 or cfg.olora.l2 < 0:
-        raise ConfigError(f"bad value for 'olora': orthogonal and l2 must be >= 0, got {cfg.olora.orthogonal} and "
-                          f"{cfg.olora.l2}")
     if not 0 <= cfg.merge.weight <= 1:
         raise ConfigError(f"bad value for 'merge.weight': must be in [0, 1] (1: no merging), got {cfg.merge.weight}")
     if cfg.model.trainable != "all":

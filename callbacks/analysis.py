@@ -66,6 +66,7 @@ from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
 from cpt.methods.sft import sft_loss
 from cpt.model.backbone import local_part, reshard
+from cpt.model.families import family_of_model
 from cpt.model.fisher import diagonal_fisher, sum_over_shards
 from cpt.model.generation import Sampling, generate_ids
 from cpt.rl.log_probs import token_log_probs
@@ -78,9 +79,10 @@ KL_UNIT = ("nats per completion: k3 estimate of KL(base || current) summed over 
 PROBE_TEMPERATURE = 1.0  # the base's own distribution: the KL estimate needs samples from it
 
 
-def module_group(name: str) -> str:
-    """The group of a parameter, by its name; a LoRA adapter's name contains the module it adapts."""
-    if "visual" in name:
+def module_group(name: str, vision_tower: str) -> str:
+    """The group of a parameter, by its name; a LoRA adapter's name contains the module it adapts. `vision_tower`:
+    the vision tower's module name in the backbone's family (cpt.model.family.Family.vision_name)."""
+    if vision_tower in name.split("."):
         return "vision"
     if "embed_tokens" in name or "lm_head" in name:
         return "embeddings_head"
@@ -219,14 +221,15 @@ class ForgettingAnalysis(Callback):
             raise RuntimeError("ForgettingAnalysis has no parameters from the start of the stage: on_train_epoch_start "
                                "did not run before on_train_epoch_end")
         reshard(pl_module.backbone)
-        groups = sorted({module_group(name) for name in self.start}, key=GROUPS.index)
+        tower = family_of_model(pl_module.backbone).vision_name()
+        groups = sorted({module_group(name, tower) for name in self.start}, key=GROUPS.index)
         # Per group, row 0: squared norm of the change, row 1: of the start (float64: many squares add up).
         sums = torch.zeros(2, len(groups), dtype=torch.float64, device=pl_module.device)
         sharded = False
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
                 sharded |= isinstance(param, DTensor)
-                start, column = self.start[name].float(), groups.index(module_group(name))
+                start, column = self.start[name].float(), groups.index(module_group(name, tower))
                 sums[0, column] += (local_part(param).detach().float() - start).square().sum(dtype=torch.float64)
                 sums[1, column] += start.square().sum(dtype=torch.float64)
         if sharded:  # each rank summed its own shards
@@ -240,9 +243,10 @@ class ForgettingAnalysis(Callback):
         (`all`) and per module group."""
         parts: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}  # per group: (parameter, moved here)
         sizes: dict[str, int] = {}
+        tower = family_of_model(pl_module.backbone).vision_name()
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
-                group, start = module_group(name), self.start[name]
+                group, start = module_group(name, tower), self.start[name]
                 moved = (local_part(param.detach()) - start).abs() > self.tolerance * start.abs()
                 parts.setdefault(group, []).append((param, moved.sum()))
                 sizes[group] = sizes.get(group, 0) + param.numel()  # a DTensor's numel is its global size

@@ -81,8 +81,10 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = doc("`tiny` (built-in toy foundation model), `qwen2.5-vl-7b` (published shape, random "
-                            "weights: for sizing and speed), or a local checkpoint directory.", "tiny")
+    name_or_path: str = doc("`tiny` (built-in toy Qwen2.5-VL), `tiny-qwen3-vl` (built-in toy Qwen3-VL), a published "
+                            "shape with random weights for sizing and speed (`qwen2.5-vl-3b`, `qwen2.5-vl-7b`, "
+                            "`qwen3-vl-4b`, `qwen3-vl-8b`), or a local Qwen2.5-VL or Qwen3-VL checkpoint directory.",
+                            "tiny")
     finetune: str = doc("lora | qlora (4-bit NF4 base + LoRA) | full.", "full")
     dtype: str = doc("Weight dtype: float32 | bfloat16 | float16.", "float32")
     attn_implementation: str = doc("auto (flash_attention_2 when installed, on CUDA and with half-precision "
@@ -373,8 +375,8 @@ class Config:
                        "`python -m cpt fit <run dir>/config.yaml resume=true`.", False)
     overwrite: bool = doc("Replace the run output_dir holds (its results, checkpoints and logs are deleted); "
                           "without it `fit` refuses a directory that holds a run.", False)
-    model: ModelConfig = doc("The Qwen2.5-VL backbone.", factory=ModelConfig)
-    foundation: FoundationConfig = doc("The `tiny` preset's toy pre-training.", factory=FoundationConfig)
+    model: ModelConfig = doc("The backbone (Qwen2.5-VL or Qwen3-VL).", factory=ModelConfig)
+    foundation: FoundationConfig = doc("The tiny presets' toy pre-training.", factory=FoundationConfig)
     optim: OptimConfig = doc("Optimizer and per-task schedule.", factory=OptimConfig)
     data: DataConfig = doc("Batches, prompts and the synthetic benchmark.", factory=DataConfig)
     rft: RFTConfig = doc("Reinforcement fine-tuning (method=rft).", factory=RFTConfig)

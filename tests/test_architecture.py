@@ -1,6 +1,7 @@
 """The package's layering: no module imports one that imports it back, at module level or inside a function."""
 
 import ast
+import re
 from pathlib import Path
 
 from tests.helpers import REPO
@@ -83,3 +84,60 @@ def test_lower_layers_do_not_reach_up():
     for name, loaded in graph.items():
         if name.startswith(("cpt.model", "cpt.data", "cpt.rl", "cpt.eval", "cpt.methods", "cpt.smc")):
             assert not {m for m in loaded if m.startswith(("cpt.commands", "cpt.cli", "callbacks"))}, name
+
+
+# What only a family description may name: transformers' classes and modules of a family, and the module paths
+# and attributes inside its models.
+FAMILY_NAMES = re.compile(r"Qwen\w*(Config|Model|ForConditionalGeneration|Processor\w*|DecoderLayer|VisionBlock)\b"
+                          r"|transformers\.models\.qwen|^(visual|language_model|get_rope_index|rope_deltas)$"
+                          r"|\bmodel\.visual\b|\blanguage_model\.(layers|norm)\b")
+
+
+def family_names_in(source: str) -> list[str]:
+    """The names, attributes, imported modules and string constants (not docstrings) of `source` that name a
+    family's classes, modules or module paths."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words = [node.id]
+        elif isinstance(node, ast.Attribute):
+            words = [node.attr]
+        elif isinstance(node, ast.alias):
+            words = [node.name]
+        elif isinstance(node, ast.ImportFrom):
+            words = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words = [node.value]
+        else:
+            continue
+        found += [word for word in words if FAMILY_NAMES.search(word)]
+    return found
+
+
+def test_only_the_family_descriptions_name_a_familys_classes_or_module_paths():
+    """A new backbone family is a new file in cpt/model/families: no other module names a Qwen class, a Qwen
+    module of transformers, or a module path inside the models (`model.visual`, `language_model.layers`)."""
+    offenders = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "families" in path.parts or path.name == "family.py":  # the descriptions, and what they hold
+                continue
+            if names := family_names_in(path.read_text()):
+                offenders[str(path.relative_to(REPO))] = sorted(set(names))
+    assert offenders == {}
+
+
+def test_the_family_name_check_finds_what_it_looks_for():
+    source = ('"""Qwen2_5_VLForConditionalGeneration in a docstring is prose."""\n'
+              "from transformers import Qwen3VLForConditionalGeneration\n"
+              "from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import X\n"
+              "def f(model):\n    '''model.visual here is prose too'''\n"
+              "    return model.model.visual, model.get_submodule('model.language_model.norm')\n")
+    assert sorted(family_names_in(source)) == sorted([
+        "Qwen3VLForConditionalGeneration", "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl", "visual",
+        "model.language_model.norm"])

@@ -257,9 +257,10 @@ def test_an_installed_package_carries_the_configs(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     assert (target / "cpt" / "configs" / "experiments" / "paper" / "sft_lora.yaml").is_file()
     assert (target / "cpt" / "configs" / "studies" / "toy.yaml").is_file()
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.json"):
-        shipped = REPO / "cpt" / "model" / "tiny_foundation" / name
-        assert (target / "cpt" / "model" / "tiny_foundation" / name).read_bytes() == shipped.read_bytes()
+    for folder in ("tiny_foundation", "tiny_foundation_qwen3_vl"):  # each family's toy foundation
+        for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.json"):
+            shipped = REPO / "cpt" / "model" / folder / name
+            assert (target / "cpt" / "model" / folder / name).read_bytes() == shipped.read_bytes()
     probe = ("from cpt.config import DEFAULT_CONFIG, config_path, load_config; "
              "print(DEFAULT_CONFIG.is_file(), config_path('configs/rft.yaml'), "
              "load_config(config_path('configs/rft.yaml')).method)")

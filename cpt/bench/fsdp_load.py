@@ -35,26 +35,24 @@ def write_checkpoint(directory: Path, seed: int = 0, weights: bool = True) -> Pa
     """A random ~0.5B Qwen2.5-VL saved as bfloat16 safetensors, loadable by `python -m cpt fit`; without weights,
     a shape preset (config, tokenizer, image processor) that loads as a model initialised from the seed."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from cpt.model.tiny import build_tiny_processor, special_token_ids
+    from cpt.model.families import family_named
+    from cpt.model.tiny import build_tiny_processor
 
     if (directory / "config.json").is_file():
         return directory
-    processor = build_tiny_processor(seed, 64)
-    config = Qwen2_5_VLConfig(text_config={**TEXT, "eos_token_id": processor.eos_id, "pad_token_id": processor.pad_id},
-                              vision_config=VISION, tie_word_embeddings=True, **special_token_ids(processor.tokenizer))
+    family = family_named("qwen2.5-vl")
+    processor = build_tiny_processor(seed, 64, family)
+    config = family.config(TEXT, VISION, processor.tokenizer, tie_word_embeddings=True)
     directory.mkdir(parents=True, exist_ok=True)
     if weights:
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        model = family.model_class._from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(directory, max_shard_size="500MB")  # an index and several files, as published ones
     else:
         config.save_pretrained(directory)
     processor.tokenizer.save_pretrained(directory)
-    Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
-                             max_pixels=448 * 448).save_pretrained(directory)
+    family.image_processor(14, min_pixels=56 * 56, max_pixels=448 * 448).save_pretrained(directory)
     return directory
 
 
@@ -70,7 +68,8 @@ def _worker(rank: int, world: int, port: int, method: str, checkpoint: str, over
     from torch.distributed.device_mesh import init_device_mesh
 
     from cpt.config import load_config
-    from cpt.model.backbone import DTYPES, load_backbone, local_part, shard_backbone
+    from cpt.model.backbone import DTYPES, base_model, load_backbone, local_part, shard_backbone
+    from cpt.model.families import family_of_model
     from cpt.model.sharded_load import load_sharded_backbone
 
     torch.set_num_threads(1)
@@ -88,7 +87,8 @@ def _worker(rank: int, world: int, port: int, method: str, checkpoint: str, over
     seconds = time.perf_counter() - start
     held = sum(local_part(p).numel() * p.element_size() for p in model.parameters())
     full = sum(p.numel() * p.element_size() for p in model.parameters())
-    layer = next(m for m in model.modules() if type(m).__name__.endswith("Qwen2_5_VLDecoderLayer"))
+    decoder_layer = family_of_model(base_model(model)).fsdp_units[0]
+    layer = next(m for m in model.modules() if type(m).__name__ == decoder_layer)
     layer_bytes = sum(p.numel() * p.element_size() for p in layer.parameters())
     largest = max(p.numel() * p.element_size() for p in model.parameters())
     dist.barrier()

@@ -67,7 +67,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def random_model(spec: Spec):
     """A random Qwen2.5-VL with `spec`'s vocabulary and body, float32, the vision markers at the vocabulary's end."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from cpt.model.families import family_named
 
     if spec.hidden % 32:
         raise ValueError("--hidden must be a multiple of 32 (heads of 32 dimensions)")
@@ -81,8 +82,9 @@ def random_model(spec: Spec):
     markers = dict(image_token_id=spec.vocab - 1, video_token_id=spec.vocab - 2, vision_start_token_id=spec.vocab - 3,
                    vision_end_token_id=spec.vocab - 4)
     torch.manual_seed(spec.seed)
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **markers)
-    return Qwen2_5_VLForConditionalGeneration(config).float().train()
+    family = family_named("qwen2.5-vl")
+    config = family.config_class(text_config=text, vision_config=vision, tie_word_embeddings=False, **markers)
+    return family.model_class(config).float().train()
 
 
 def rollout_batch(spec: Spec):

@@ -27,6 +27,7 @@ from cpt.config import load_config
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt
 from cpt.data.tasks import build_tasks
+from cpt.model.families import family_of_checkpoint
 from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 from cpt.rl.rewards import Rewards
@@ -99,7 +100,7 @@ def prompt_length(cfg: DictConfig, checkpoint: Path, examples: list[Example], wi
 def time_trl(cfg: DictConfig, checkpoint: Path, warmup: int) -> SideRun:
     """One GRPOTrainer run on the case's prompts, settings translated from `cfg`, its steps timed."""
     from datasets import Dataset
-    from transformers import PrinterCallback, Qwen2_5_VLForConditionalGeneration
+    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     task = build_tasks(cfg)[0]
@@ -127,7 +128,7 @@ def time_trl(cfg: DictConfig, checkpoint: Path, warmup: int) -> SideRun:
     )
     clock = trainer_clock("completions/mean_length")
     with tempfile.TemporaryDirectory(prefix="trl-bench-") as out, quiet():
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+        model = family_of_checkpoint(checkpoint).model_class.from_pretrained(checkpoint, dtype=torch.float32)
         processor = trl_processor(checkpoint, cfg.model.min_pixels, cfg.model.max_pixels)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(output_dir=out, **config_args),
                               train_dataset=dataset, processing_class=processor, callbacks=[clock])

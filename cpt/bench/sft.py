@@ -25,6 +25,7 @@ from cpt.config import load_config
 from cpt.data.batches import IGNORE_INDEX, EncodedDataset
 from cpt.data.examples import Example
 from cpt.data.tasks import build_tasks
+from cpt.model.families import family_of_checkpoint
 from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 
@@ -62,7 +63,7 @@ def sft_dataset(cfg: DictConfig, examples: list[Example]):
 
 def trl_sft_trainer(cfg: DictConfig, checkpoint: Path, output_dir: str, callbacks=()):
     """TRL's SFTTrainer with `cfg`'s model, data, batch, optimizer and clipping (not yet trained)."""
-    from transformers import PrinterCallback, Qwen2_5_VLForConditionalGeneration
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -74,7 +75,7 @@ def trl_sft_trainer(cfg: DictConfig, checkpoint: Path, output_dir: str, callback
         completion_only_loss=True, assistant_only_loss=False, logging_strategy="no", save_strategy="no",
         eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed,
     )
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+    model = family_of_checkpoint(checkpoint).model_class.from_pretrained(checkpoint, dtype=torch.float32)
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(cfg, train_examples(cfg)),
                          processing_class=trl_processor(checkpoint, cfg.model.min_pixels, cfg.model.max_pixels),
                          callbacks=list(callbacks))

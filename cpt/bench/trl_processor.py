@@ -1,5 +1,5 @@
-"""How TRL's trainers see our checkpoint and prompts: Qwen2.5-VL's processor without the video processor (which
-needs torchvision), with our chat template (cpt.model.chat) and the image size limits the run's
+"""How TRL's trainers see our checkpoint and prompts: the family's own processor without the video processor (which
+needs torchvision), with the checkpoint's chat template and the image size limits the run's
 `model.min_pixels`/`max_pixels` set, and our prompts as chat messages."""
 
 from __future__ import annotations
@@ -8,17 +8,18 @@ from pathlib import Path
 
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt, render_response
-from cpt.model.chat import QWEN_CHAT_TEMPLATE, user_turn
+from cpt.model.chat import user_turn
+from cpt.model.families import family_of_checkpoint
 from cpt.model.processor import images_only_stock_processor
 
 
 def trl_processor(checkpoint: Path, min_pixels: int | None = None, max_pixels: int | None = None):
-    """A Qwen2_5_VLProcessor for TRL, resizing images as cpt's VisionTextProcessor.from_pretrained does with the
-    same limits (so both sides see the same image tokens)."""
+    """transformers' processor of the checkpoint's family for TRL, resizing images as cpt's
+    VisionTextProcessor.from_pretrained does with the same limits (so both sides see the same image tokens)."""
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint)
+    family = family_of_checkpoint(checkpoint)
+    image_processor = family.image_processor_class.from_pretrained(checkpoint)
     size = {}
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels
@@ -27,7 +28,8 @@ def trl_processor(checkpoint: Path, min_pixels: int | None = None, max_pixels: i
     if size:
         image_processor.size = {**dict(image_processor.size), **size}
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return images_only_stock_processor(image_processor, tokenizer, QWEN_CHAT_TEMPLATE)
+    return images_only_stock_processor(family, image_processor, tokenizer,
+                                       tokenizer.chat_template or family.chat_template)
 
 
 def trl_prompt(template: str, example: Example) -> list[dict]:

@@ -1,4 +1,4 @@
-"""`python -m cpt bench rft|sft|memory|fsdp-load|jobs`: figures that answer a user's question, measured on this
+"""`python -m cpt bench rft|sft|memory|fsdp-load|jobs|gpu`: figures that answer a user's question, measured on this
 machine.
 
   rft      seconds per RFT step: our RFTModule (shared prompt prefix, and the prompt repeated per rollout) against
@@ -10,6 +10,8 @@ machine.
            checkpoint on every process, then sharded, against each process reading its own shards
   jobs     runs per hour of `cpt study --jobs N` (N short runs at once, the cores shared out) against one run at a
            time on all the cores
+  gpu      on one GPU, at the published 7B/8B shapes with random weights: peak memory, rollout tokens per second
+           and seconds per RFT step (shared against repeated prompt) and per SFT step, LoRA and QLoRA
 
 A speed figure is a ratio to a peer measured in the same process, over several rounds in which the sides take
 turns: the median over rounds and its min-max range. TRL is an optional dependency: `pip install -e ".[bench]"`.
@@ -36,11 +38,26 @@ def rounds_options(parser: argparse.ArgumentParser, steps: int, warmup: int, rou
                              "that wait for each other")
 
 
+def gpu_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", default=None,
+                        help="comma-separated presets (default on a GPU qwen2.5-vl-7b,qwen3-vl-8b; without one "
+                             "tiny,tiny-qwen3-vl; random weights)")
+    parser.add_argument("--finetune", help="comma-separated: lora, qlora (default both; CPU lora)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per RFT step (default 4; CPU 2)")
+    parser.add_argument("--group", type=int, default=None, help="rollouts per prompt, G (default 8; CPU 2)")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="new tokens of every rollout, forced (default 256; CPU 8)")
+    parser.add_argument("--image", type=int, default=None, help="image side in pixels (default 448; CPU 64)")
+    parser.add_argument("--sft-batch", type=int, default=None, help="examples per SFT step (default 8; CPU 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; in each, every side runs once (default 2)")
+    parser.add_argument("--out", default="bench-gpu.json", help="where the rows go as JSON (default bench-gpu.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cpt bench", description=__doc__.split("\n\n")[0],
                                      epilog="rft and sft also take key=value config overrides, as `fit` does "
                                             "(e.g. rft.group_size=16 data.batch_size=8).")
-    commands = parser.add_subparsers(dest="what", required=True, metavar="rft|sft|memory|fsdp-load|jobs")
+    commands = parser.add_subparsers(dest="what", required=True, metavar="rft|sft|memory|fsdp-load|jobs|gpu")
     rft = commands.add_parser("rft", help="our RFT step against TRL's GRPOTrainer",
                               description="Seconds per RFT step: cpt with a shared prompt prefix, cpt with the "
                                           "prompt repeated per rollout, and TRL's GRPOTrainer, in alternating rounds.")
@@ -59,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_options(memory)
     commands.add_parser("fsdp-load", add_help=False, help="host memory per process of a sharded load (FSDP)")
+    gpu = commands.add_parser("gpu", help="one RFT and one SFT step at real size on one GPU",
+                              description="Peak GPU memory, rollout tokens per second and seconds per step of one RFT "
+                                          "step (shared prompt against repeated prompt) and one SFT step, LoRA and "
+                                          "QLoRA, at the published shapes with random weights; on a machine without "
+                                          "a GPU, at the tiny shapes.")
+    gpu_options(gpu)
     jobs = commands.add_parser("jobs", help="runs per hour with N runs at once against one at a time",
                                description="Wall time per run of N short `cpt fit` runs at once (the cores shared "
                                            "out) against one on all the cores, in alternating rounds.")
@@ -74,6 +97,13 @@ def main(args: list[str]) -> int:
 
         return bench_fsdp_load(args[1:])
     known, overrides = build_parser().parse_known_args(args)
+    if known.what == "gpu":
+        if overrides:
+            raise SystemExit(f"bench gpu takes no config overrides: {' '.join(overrides)}")
+        from cpt.bench.gpu import bench_gpu
+
+        bench_gpu(known)
+        return 0
     if known.what == "jobs":
         from cpt.bench.jobs import bench_jobs
 

@@ -47,6 +47,7 @@ from cpt.methods.onpolicy_sft import OnPolicySFTModule
 from cpt.methods.rft import RFTModule
 from cpt.methods.sft import SFTModule
 from cpt.model.card import model_card
+from cpt.model.families import family_of_checkpoint
 from cpt.model.presets import resolve_checkpoint
 from cpt.plugins import load_object
 
@@ -168,7 +169,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     if cfg.save_checkpoints:
         adapters = cfg.model.finetune != "full"
         callbacks.append(TaskCheckpoint(run_dir, names, lambda k: model_card(
-            cfg, k, names[k], evaluation.summary, adapters, str(checkpoint.resolve()))))
+            cfg, k, names[k], evaluation.summary, adapters, str(checkpoint.resolve()),
+            family_of_checkpoint(checkpoint).display_name)))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TaskProgressBar(names, label=f"{cfg.name} seed {cfg.seed}" if cfg.name else ""))
     if cfg.logger != "none":

@@ -7,17 +7,19 @@ from collections import Counter
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from cpt.config import config_from_args
 from cpt.model.backbone import DTYPES, apply_finetune, count_parameters, fsdp_units
+from cpt.model.families import family_of_checkpoint
 from cpt.model.presets import resolve_checkpoint
 
 
 def describe_backbone(cfg: DictConfig) -> dict:
-    config = Qwen2_5_VLConfig.from_pretrained(resolve_checkpoint(cfg, build_weights=False))
+    checkpoint = resolve_checkpoint(cfg, build_weights=False)
+    family = family_of_checkpoint(checkpoint)
+    config = family.config_class.from_pretrained(checkpoint)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=DTYPES[cfg.model.dtype])
+        model = family.model_class._from_config(config, dtype=DTYPES[cfg.model.dtype])
         # On meta there is nothing to quantize: QLoRA trains the same adapters as LoRA.
         finetune = "lora" if cfg.model.finetune == "qlora" else cfg.model.finetune
         model = apply_finetune(model, OmegaConf.merge(cfg.model, {"finetune": finetune}))
@@ -25,10 +27,12 @@ def describe_backbone(cfg: DictConfig) -> dict:
     units = fsdp_units(model)
     unit_params = [sum(p.numel() for p in unit.parameters()) for unit in units]
     sharded = sum(unit_params)
+    vision = family.vision_name()
     return {
+        "family": family.display_name,
         "total_params": total,
         "trainable_params": trainable,
-        "vision_params": sum(p.numel() for n, p in model.named_parameters() if ".visual." in f".{n}"),
+        "vision_params": sum(p.numel() for n, p in model.named_parameters() if f".{vision}." in f".{n}"),
         "fsdp_units": dict(Counter(type(unit).__name__ for unit in units)),
         "fsdp_unit_params_max": max(unit_params, default=0),
         "fsdp_root_params": total - sharded,
@@ -40,7 +44,7 @@ def format_description(name: str, d: dict) -> str:
     units = ", ".join(f"{n} x {k}" for k, n in d["fsdp_units"].items())
     gib = d["total_params"] * d["bytes_per_param"] / 2**30
     return "\n".join([
-        f"backbone            {name}",
+        f"backbone            {name} ({d['family']})",
         f"parameters          {d['total_params']:,} ({d['total_params'] / 1e9:.2f}B; {gib:.1f} GiB of weights)",
         f"  vision tower      {d['vision_params']:,}",
         f"trainable           {d['trainable_params']:,} ({100 * d['trainable_params'] / d['total_params']:.2f}%)",

@@ -33,7 +33,7 @@ def per_task_schedule(steps_per_task: int, warmup_ratio: float, min_lr_ratio: fl
 
 
 class CPTModule(L.LightningModule):
-    """Holds the Qwen2.5-VL backbone and the task sequence; subclasses define `training_step`.
+    """Holds the backbone and the task sequence; subclasses define `training_step`.
 
     The backbone is built in `configure_model`, so that under FSDP each rank loads it and shards it at once.
 

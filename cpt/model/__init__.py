@@ -1,1 +1,2 @@
-"""The Qwen2.5-VL backbone: presets, the toy foundation model, tokenizer and processor, loading and generation."""
+"""The backbone: its families, presets, the toy foundation models, tokenizer and processor, loading and
+generation."""

@@ -1,8 +1,9 @@
-"""The one Qwen2.5-VL backbone every LightningModule trains: loading, fine-tuning mode, sharding, saving.
+"""The one backbone every LightningModule trains: loading, fine-tuning mode, sharding, saving.
 
 A checkpoint directory holds `config.json`, tokenizer and image-processor files, and usually weights. A
 directory without weights (a shape preset) is initialised at random from the seed, which is how real-size
-memory and speed are measured without downloading anything.
+memory and speed are measured without downloading anything. Which classes and module paths a model has is its
+family's (cpt.model.families), found from the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -18,9 +18,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.distributed.tensor import DTensor
-from transformers import BitsAndBytesConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from cpt.errors import ConfigError
+from cpt.model.families import family_of_checkpoint, family_of_model
 from cpt.model.moe_lora import experts_of, load_moe_lora, moe_lora_config, write_marker
 from cpt.model.positions import require_token_types
 from cpt.model.stage_adapters import (
@@ -33,15 +34,6 @@ from cpt.model.stage_adapters import (
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# model.trainable: the parameters each subset trains under full fine-tuning (matched on the parameter's name).
-TRAINABLE = {
-    "attention": re.compile(r"\blanguage_model\.layers\.\d+\.self_attn\.[qkvo]_proj\."),
-    "mlp_gate_up": re.compile(r"\blanguage_model\.layers\.\d+\.mlp\.(gate|up)_proj\."),
-    "language": re.compile(r"^(?!.*\bvisual\b)"),
-    "vision": re.compile(r"\bvisual\b"),
-}
-# The linear layers of Qwen2.5-VL's vision blocks (not the Conv3d patch embedding, also named `proj`).
-VISION_LORA_PATTERN = r".*\bvisual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))$"
 
 
 def attention_implementation(requested: str, dtype: torch.dtype) -> str:
@@ -99,14 +91,13 @@ def load_backbone(model_cfg: DictConfig, checkpoint: Path, seed: int = 0, adapte
     attn = attention_implementation(model_cfg.attn_implementation, dtype)
     quantization = None
     if model_cfg.finetune == "qlora":
+        family = family_of_checkpoint(checkpoint)
         quantization = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            # The vision tower and the head stay in full precision. transformers 5 matches names from the start
-            # ("model.visual"), older versions by substring ("visual"): give both.
-            llm_int8_skip_modules=["model.visual", "visual", "lm_head"],
+            llm_int8_skip_modules=family.quantization_skip(),  # the vision tower and the head
         )
     return apply_finetune(load_model(Path(checkpoint), dtype, attn, quantization, seed), model_cfg, adapters, experts)
 
@@ -126,15 +117,16 @@ def load_model(checkpoint: Path, dtype: torch.dtype, attn: str, quantization=Non
         # the stage's model, not the first base.
         model = load_adapter_stack(load_model(base, dtype, attn, seed=seed), checkpoint).merge_and_unload()
     elif has_weights(checkpoint):
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model = family_of_checkpoint(checkpoint).model_class.from_pretrained(
             checkpoint, dtype=dtype, attn_implementation=attn, quantization_config=quantization
         )
     else:
         if quantization is not None:
             raise ValueError(f"{checkpoint} has no weights to quantize; use model.finetune=lora or full")
-        config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
+        family = family_of_checkpoint(checkpoint)
+        config = family.config_class.from_pretrained(checkpoint)
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+        model = family.model_class._from_config(config, dtype=dtype, attn_implementation=attn)
     if base is None:  # a stage's base has its guard already
         require_token_types(model)
     model.name_or_path = model.config._name_or_path = str(checkpoint)
@@ -145,24 +137,22 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int 
                    experts: int | None = None) -> nn.Module:
     """Wrap in LoRA adapters (`adapters` > 1: one per stage, cpt.model.stage_adapters; `experts`: MoELoRA layers,
     cpt.model.moe_lora), or choose which full weights train."""
+    family = family_of_model(model)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model_cfg.finetune == "full":
         model.requires_grad_(True)
         if model_cfg.freeze_vision:
-            model.model.visual.requires_grad_(False)
+            family.vision(model).requires_grad_(False)
         if model_cfg.trainable != "all":
-            chosen = TRAINABLE[model_cfg.trainable]
+            chosen = family.trainable()[model_cfg.trainable]
             for name, param in model.named_parameters():
                 if not chosen.search(name):
                     param.requires_grad_(False)
         return model
     lora = model_cfg.lora
-    text_targets = "|".join(lora.target_modules)
-    # peft matches a string target as a regex on the full module name: keep the vision tower out unless asked.
-    pattern = rf"^(?!.*\bvisual\b).*\.({text_targets})$"
-    if lora.vision:
-        pattern = rf"(?:{pattern})|(?:{VISION_LORA_PATTERN})"
+    # peft matches a string target as a regex on the full module name: the vision tower stays out unless asked.
+    pattern = family.lora_pattern(list(lora.target_modules), lora.vision)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # see has_adapters
 
     if model_cfg.finetune == "qlora":
@@ -194,14 +184,14 @@ def base_model(model: nn.Module) -> PreTrainedModel:
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
     """The modules sharded one by one: every decoder layer and every vision block."""
-    names = set(base_model(model)._no_split_modules)
+    names = set(family_of_model(base_model(model)).fsdp_units)
     return [module for module in model.modules() if type(module).__name__ in names]
 
 
 def shard_backbone(model: nn.Module, mesh, param_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2: each unit gathers its parameters only while it runs; the root holds the rest (embeddings, head).
 
-    The root is the Qwen2.5-VL model itself, not a peft wrapper around it: `generate` calls the inner model's
+    The root is the transformers model itself, not a peft wrapper around it: `generate` calls the inner model's
     forward, and the root's gathering hooks must fire there too. (`generate` also runs the vision tower before
     that forward: see `cpt.model.generation.generate_ids`.)
     """

@@ -8,13 +8,15 @@ import math
 from omegaconf import DictConfig, OmegaConf
 
 
-def model_card(cfg: DictConfig, stage: int, stage_name: str, summary: dict, adapters: bool, base: str) -> str:
+def model_card(cfg: DictConfig, stage: int, stage_name: str, summary: dict, adapters: bool, base: str,
+               family: str) -> str:
     """Markdown for the directory saved after stage `stage` (0-based) of the run `cfg`, whose results so far are
-    `summary` (cpt.eval.results.summarize); `adapters`: LoRA adapters on `base` rather than whole weights."""
+    `summary` (cpt.eval.results.summarize); `adapters`: LoRA adapters on `base` rather than whole weights; `family`:
+    the backbone family's name in prose."""
     stages = len(summary.get("stages") or summary["tasks"])
     kind = f"LoRA adapters (peft) on `{base}`" if adapters else "the whole model (transformers)"
     lines = [f"# {summary.get('name') or cfg.method}: stage {stage + 1} of {stages} ({stage_name})", "",
-             f"Qwen2.5-VL after continual post-training with `cpt` ({cfg.method}, {cfg.schedule}), seed {cfg.seed}. "
+             f"{family} after continual post-training with `cpt` ({cfg.method}, {cfg.schedule}), seed {cfg.seed}. "
              f"This directory holds {kind}, the processor with its chat template, and the generation config.", ""]
     rows = summary["accuracy_matrix"]
     if stage + 1 < len(rows):

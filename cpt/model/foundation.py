@@ -1,14 +1,15 @@
-"""The toy foundation model behind the `tiny` preset.
+"""The toy foundation models behind the tiny presets (`tiny`: Qwen2.5-VL, `tiny-qwen3-vl`: Qwen3-VL).
 
 The study starts from a model that already has general skills and some zero-shot ability on the new tasks
 (RFT needs a non-zero reward to learn from). A random network has neither, so the package pre-trains one:
-full fine-tuning of a random tiny Qwen2.5-VL on the synthetic general pool, with a share of examples in the
+full fine-tuning of a random tiny model of the family on the synthetic general pool, with a share of examples in the
 downstream tasks' format. The result is cached under a key made from the whole recipe, so a changed recipe
 never reuses a stale model.
 
 Pre-training is seeded but not bit-reproducible across CPUs (their float kernels differ), so the package ships
-the default recipe's weights (`tiny_foundation/`, 5 MB): every machine starts from the same base and sees the
-same base row. `foundation.use_shipped=false` rebuilds them from the recipe instead, into the cache.
+the default recipe's weights (`tiny_foundation/` and `tiny_foundation_qwen3_vl/`, 5 and 7 MB): every machine starts
+from the same base and sees the same base row. `foundation.use_shipped=false` rebuilds them from the recipe
+instead, into the cache.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 from tqdm.auto import tqdm
-from transformers import Qwen2_5_VLForConditionalGeneration
 
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.examples import Example
@@ -35,8 +35,9 @@ from cpt.data.prompts import TEMPLATES
 from cpt.data.synthetic import GENERAL_NAME, PRIMITIVES_NAME, TASKS, SyntheticSplit
 from cpt.methods.sft import sft_loss
 from cpt.model.backbone import has_weights
+from cpt.model.family import Family
 from cpt.model.positions import require_token_types
-from cpt.model.tiny import build_tiny_processor, tiny_config
+from cpt.model.tiny import build_tiny_processor
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = 4
 POOL_SIZE = 20_000
 FIRST_STAGE_SHARE = 0.4
-# The default recipe's weights, built once and shipped; recipe.json says which recipe they are.
-SHIPPED = Path(__file__).parent / "tiny_foundation"
+# The default recipe's weights, built once and shipped (a directory per family); recipe.json says which recipe.
+SHIPPED_ROOT = Path(__file__).parent
 
 
 def cache_root(configured: str | None) -> Path:
@@ -56,37 +57,38 @@ def cache_root(configured: str | None) -> Path:
     return Path(os.environ.get("CPT_CACHE_DIR", Path.home() / ".cache" / "cpt"))
 
 
-def recipe(cfg: DictConfig, image_size: int) -> dict:
-    return {"version": RECIPE_VERSION, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "task_share": cfg.task_share, "seed": cfg.seed, "image_size": image_size}
+def recipe(cfg: DictConfig, image_size: int, family: Family) -> dict:
+    return {"family": family.name, "version": RECIPE_VERSION, "steps": cfg.steps, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "task_share": cfg.task_share, "seed": cfg.seed, "image_size": image_size}
 
 
-def foundation_dir(cfg: DictConfig, image_size: int) -> Path:
-    key = hashlib.sha256(json.dumps(recipe(cfg, image_size), sort_keys=True).encode()).hexdigest()[:12]
+def foundation_dir(cfg: DictConfig, image_size: int, family: Family) -> Path:
+    key = hashlib.sha256(json.dumps(recipe(cfg, image_size, family), sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg.cache_dir) / "foundation" / key
 
 
-def shipped_foundation(cfg: DictConfig, image_size: int) -> Path | None:
-    """The shipped weights' directory when the config asks for exactly their recipe, else None."""
-    if not cfg.use_shipped or not (SHIPPED / "recipe.json").is_file() or not has_weights(SHIPPED):
+def shipped_foundation(cfg: DictConfig, image_size: int, family: Family) -> Path | None:
+    """The family's shipped weights' directory when the config asks for exactly their recipe, else None."""
+    shipped = SHIPPED_ROOT / family.shipped_foundation
+    if not cfg.use_shipped or not (shipped / "recipe.json").is_file() or not has_weights(shipped):
         return None
-    return SHIPPED if json.loads((SHIPPED / "recipe.json").read_text()) == recipe(cfg, image_size) else None
+    return shipped if json.loads((shipped / "recipe.json").read_text()) == recipe(cfg, image_size, family) else None
 
 
-def ensure_foundation(cfg: DictConfig, image_size: int) -> Path:
-    """The toy foundation model's directory: the shipped weights for their recipe, else the cached model of the
-    configured recipe, pre-training it first if it is not there."""
-    shipped = shipped_foundation(cfg, image_size)
+def ensure_foundation(cfg: DictConfig, image_size: int, family: Family) -> Path:
+    """The family's toy foundation model's directory: the shipped weights for their recipe, else the cached model
+    of the configured recipe, pre-training it first if it is not there."""
+    shipped = shipped_foundation(cfg, image_size, family)
     if shipped is not None:
         return shipped
-    directory = foundation_dir(cfg, image_size)
+    directory = foundation_dir(cfg, image_size, family)
     if (directory / "config.json").is_file() and has_weights(directory):
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the final place and rename: an interrupted run never leaves a half-written model behind.
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
-        pretrain(cfg, image_size, staging)
+        pretrain(cfg, image_size, family, staging)
         try:
             staging.rename(directory)
         except OSError:  # another process finished first
@@ -133,10 +135,10 @@ def pretraining_stages(cfg: DictConfig, image_size: int) -> list[tuple[int, Mixe
     return [(steps, pool) for steps, pool in stages if steps > 0]
 
 
-def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:
+def pretrain(cfg: DictConfig, image_size: int, family: Family, directory: Path) -> None:
     torch.manual_seed(cfg.seed)
-    processor = build_tiny_processor(cfg.seed, image_size)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer))
+    processor = build_tiny_processor(cfg.seed, image_size, family)
+    model = family.model_class(family.tiny_config(processor.tokenizer))
     require_token_types(model)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -144,7 +146,8 @@ def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
     )
-    progress = tqdm(desc="Pre-training the tiny foundation model (cached afterwards)", total=cfg.steps)
+    progress = tqdm(desc=f"Pre-training the tiny {family.display_name} foundation model (cached afterwards)",
+                    total=cfg.steps)
     for stage, (steps, pool) in enumerate(pretraining_stages(cfg, image_size)):
         # Both prompt templates, so the base can answer directly or reason first, whichever a run asks for.
         dataset = ConcatDataset([EncodedDataset(pool, processor, template) for template in TEMPLATES])
@@ -165,4 +168,4 @@ def pretrain(cfg: DictConfig, image_size: int, directory: Path) -> None:
     progress.close()
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    (directory / "recipe.json").write_text(json.dumps(recipe(cfg, image_size), indent=2))
+    (directory / "recipe.json").write_text(json.dumps(recipe(cfg, image_size, family), indent=2))

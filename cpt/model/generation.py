@@ -12,6 +12,7 @@ ranks `synced_gpus` keeps a finished rank stepping until all are done.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,7 @@ class PromptCache:
         inputs = {name: value[:, :-1] if name in ("input_ids", "attention_mask", "mm_token_type_ids") else value
                   for name, value in prompts.model_inputs().items()}
         out = model(**inputs, position_ids=positions[..., :-1], use_cache=True, logits_to_keep=1)
-        return cls(out.cache, positions)
+        return cls(getattr(out, cache_keyword(model)), positions)
 
     def repeated(self, times: int) -> tuple[Cache, torch.Tensor]:
         """A fresh copy of the cache for `times` rows per prompt (generation extends it in place), and the
@@ -58,14 +59,23 @@ class PromptCache:
         return cache, self.positions.repeat_interleave(times, 1)
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name of the KV cache in the model's forward and outputs: `cache` since transformers 5.2x,
+    `past_key_values` before (5.17, which GPU images still ship)."""
+    forward = inspect.signature(base_model(model).forward).parameters
+    return "cache" if "cache" in forward else "past_key_values"
+
+
 @torch.no_grad()
 def generate_ids(model: nn.Module, processor: VisionTextProcessor, batch: Batch, max_new_tokens: int,
                  synced: bool = False, sampling: Sampling | None = None, repeats: int = 1,
-                 prefix: PromptCache | None = None) -> torch.Tensor:
+                 prefix: PromptCache | None = None, min_new_tokens: int = 0) -> torch.Tensor:
     """The new tokens for every row of a collated batch of prompts, each row `repeats` times in a row, as
     (rows * repeats, <= max_new_tokens), padded with `processor.pad_id` after each row's end-of-turn token.
-    Greedy unless `sampling` is given. With `prefix` (the batch's PromptCache) the prompts are not encoded again."""
-    out = _generate(model, processor, batch, max_new_tokens, synced, sampling, repeats, prefix, scores=False)
+    Greedy unless `sampling` is given. With `prefix` (the batch's PromptCache) the prompts are not encoded again.
+    `min_new_tokens`: the end of turn is held back until then (benchmarks: a random model's lengths are forced)."""
+    out = _generate(model, processor, batch, max_new_tokens, synced, sampling, repeats, prefix, scores=False,
+                    min_new_tokens=min_new_tokens)
     return out.sequences[:, batch.input_ids.shape[1]:]
 
 
@@ -84,7 +94,8 @@ def generate_ids_and_log_probs(model: nn.Module, processor: VisionTextProcessor,
 
 
 def _generate(model: nn.Module, processor: VisionTextProcessor, batch: Batch, max_new_tokens: int, synced: bool,
-              sampling: Sampling | None, repeats: int, prefix: PromptCache | None, scores: bool):
+              sampling: Sampling | None, repeats: int, prefix: PromptCache | None, scores: bool,
+              min_new_tokens: int = 0):
     # Under FSDP2, generate runs the vision tower (get_image_features) before the first forward of the root.
     # FSDP2 would take the first module to run for its root, and the root's own weights (patch embedding,
     # merger, embeddings) would still be sharded: settle the root (a no-op once done) and gather them first.
@@ -93,11 +104,12 @@ def _generate(model: nn.Module, processor: VisionTextProcessor, batch: Batch, ma
     if sharded:
         root._get_fsdp_state()._lazy_init()  # private in torch 2.13; the public path is a forward of the root
         root.unshard()
-    # A fresh generation config, not the checkpoint's: Qwen2.5-VL ships a repetition penalty and top_k, and RFT
+    # A fresh generation config, not the checkpoint's: Qwen-VL ships a repetition penalty and top_k, and RFT
     # must sample from the plain softmax(logits / temperature) that its loss scores.
     config = GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=processor.pad_id,
                               eos_token_id=processor.eos_id, suppress_tokens=processor.placeholder_ids, do_sample=False,
-                              return_dict_in_generate=True, output_scores=scores)
+                              return_dict_in_generate=True, output_scores=scores,
+                              min_new_tokens=min_new_tokens or None)
     if sampling is not None:
         config.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
     reset_rope_offsets(root)  # each call places its own rows (transformers keeps the last call's offsets)
@@ -111,7 +123,8 @@ def _generate(model: nn.Module, processor: VisionTextProcessor, batch: Batch, ma
         cache, positions = prefix.repeated(repeats)
         return model.generate(input_ids=batch.input_ids.repeat_interleave(repeats, 0),
                               attention_mask=batch.attention_mask.repeat_interleave(repeats, 0),
-                              position_ids=positions, cache=cache, generation_config=config, synced_gpus=synced)
+                              position_ids=positions, generation_config=config, synced_gpus=synced,
+                              **{cache_keyword(model): cache})
     finally:
         reset_rope_offsets(root)
         if sharded:

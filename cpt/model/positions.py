@@ -1,6 +1,6 @@
-"""Qwen2.5-VL's own token positions (M-RoPE) in every forward cpt makes.
+"""The model's own token positions (M-RoPE) in every forward cpt makes.
 
-The model places a text token at one position in all three rotary sections (time, height, width), and an image's
+Qwen-VL models place a text token at one position in all three rotary sections (time, height, width), and an image's
 tokens on its merged (t, h, w) grid offset by where the image starts; text after an image continues at the largest
 position so far + 1. So a 448 x 448 image (256 tokens on a 16 x 16 grid) advances the text by 16, not 256.
 
@@ -8,7 +8,8 @@ transformers computes these positions in the model's forward and in `generate` o
 `mm_token_type_ids` (0 text, 1 image, 2 video), and otherwise falls back to 1D positions without a word. Every
 `Batch` carries the token types (cpt.data.batches), and `require_token_types` makes a forward with images but
 without them an error. Where cpt builds positions itself (a prompt cache that `generate` continues, the packed
-shared-prefix sequence of cpt.rl.log_probs) it builds them here, from the model's own `get_rope_index`.
+shared-prefix sequence of cpt.rl.log_probs) it builds them here, from the model's own `get_rope_index`, which its
+family description points to (cpt.model.families).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from cpt.model.families import family_of_model
+
 if TYPE_CHECKING:
     from cpt.data.batches import Batch
 
@@ -28,16 +31,16 @@ def rope_positions(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, 
     padding), by the model's own `get_rope_index`; and (rows,) the position a token appended to each row takes
     (the row's largest position + 1), from which a continuation counts on one position per token. `model` is the
     transformers model itself (cpt.model.backbone.base_model of a peft model)."""
-    positions, offsets = model.model.get_rope_index(
-        batch.input_ids, mm_token_type_ids=batch.mm_token_type_ids, image_grid_thw=batch.image_grid_thw,
-        attention_mask=batch.attention_mask)
+    positions, offsets = family_of_model(model).rope_index(
+        model, input_ids=batch.input_ids, mm_token_type_ids=batch.mm_token_type_ids,
+        image_grid_thw=batch.image_grid_thw, attention_mask=batch.attention_mask)
     return positions, batch.attention_mask.sum(1) + offsets.view(-1).to(batch.attention_mask.device)
 
 
 def reset_rope_offsets(model: PreTrainedModel) -> None:
     """Forget the rope offsets the model keeps from its last call with images (`rope_deltas`), which transformers
     adds to the positions of a call that continues a cache: no call of cpt's may continue from another's."""
-    model.model.rope_deltas = None
+    family_of_model(model).forget_rope_offsets(model)
 
 
 def declares_mrope(model: PreTrainedModel) -> bool:

@@ -1,8 +1,9 @@
 """The resolution of `model.name_or_path` to a checkpoint directory: a built-in preset or a local checkpoint.
 
-`tiny` is a toy Qwen2.5-VL pre-trained by the package (cpt.model.tiny, cpt.model.foundation). `qwen2.5-vl-7b` has
-the published shape of Qwen2.5-VL-7B-Instruct with random weights, for sizing and speed measurements without a
-download.
+`tiny` (Qwen2.5-VL) and `tiny-qwen3-vl` are toy models pre-trained by the package (cpt.model.tiny,
+cpt.model.foundation). `qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b` and `qwen3-vl-8b` have the published shapes
+with random weights, for sizing and speed measurements without a download. Each family describes its own
+(cpt.model.families).
 """
 
 from __future__ import annotations
@@ -12,57 +13,52 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 from safetensors import safe_open
-from transformers import Qwen2_5_VLConfig
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from cpt.errors import ConfigError, DataError
 from cpt.model.backbone import adapter_base
+from cpt.model.families import family_of_type, preset_families
+from cpt.model.family import Family, Shape
 from cpt.model.foundation import cache_root, ensure_foundation
-from cpt.model.processor import VisionTextProcessor
-from cpt.model.tiny import build_tiny_processor, special_token_ids, tiny_config
-
-# Qwen2.5-VL-7B-Instruct's published config.json (text and vision parts).
-QWEN25_VL_7B = {
-    "text": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                 intermediate_size=18944, vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
-    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                   fullatt_block_indexes=[7, 15, 23, 31]),
-}
+from cpt.model.tiny import build_tiny_processor
 
 
-def write_shape_preset(directory: Path, processor: VisionTextProcessor) -> Path:
-    """A weightless checkpoint directory with the 7B's config; loads as a random-init model."""
-    config = Qwen2_5_VLConfig(text_config={**QWEN25_VL_7B["text"], "eos_token_id": processor.eos_id,
-                                           "pad_token_id": processor.pad_id},
-                              vision_config=QWEN25_VL_7B["vision"], tie_word_embeddings=False,
-                              **special_token_ids(processor.tokenizer))
+def write_shape_preset(directory: Path, family: Family, shape: Shape, seed: int, image_size: int,
+                       max_pixels: int = 448 * 448) -> Path:
+    """A weightless checkpoint directory with architecture `shape` of `family` (a published one, or the tiny one),
+    the tiny model's tokenizer and an image processor at the shape's patch size (up to `max_pixels`); loads as a
+    random-init model."""
+    processor = build_tiny_processor(seed, image_size, family)
     directory.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(directory)
+    family.config({"vocab_size": len(processor.tokenizer), **shape.text}, shape.vision, processor.tokenizer,
+                  shape.tie_word_embeddings).save_pretrained(directory)
     processor.tokenizer.save_pretrained(directory)
-    Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
-                             max_pixels=448 * 448).save_pretrained(directory)
+    patch = shape.patch_size
+    family.image_processor(patch, min_pixels=(4 * patch) ** 2, max_pixels=max_pixels).save_pretrained(directory)
     return directory
+
+
+def preset_names() -> str:
+    return ", ".join(preset_families())
 
 
 def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
     """The checkpoint directory for `model.name_or_path`, pre-training the toy foundation model when needed.
 
-    With build_weights=False, `tiny` gives a weightless directory with its config (enough for sizing).
+    With build_weights=False, a tiny preset gives a weightless directory with its config (enough for sizing).
     """
     name = cfg.model.name_or_path
-    if name == "tiny":
+    family = preset_families().get(name)
+    if family is not None and name == family.tiny_preset:
         if build_weights:
-            return ensure_foundation(cfg.foundation, cfg.data.image_size)
-        processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size)
+            return ensure_foundation(cfg.foundation, cfg.data.image_size, family)
+        processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size, family)
         directory = cache_root(cfg.foundation.cache_dir) / "shapes" / name
         directory.mkdir(parents=True, exist_ok=True)
-        tiny_config(processor.tokenizer).save_pretrained(directory)
+        family.tiny_config(processor.tokenizer).save_pretrained(directory)
         return directory
-    if name == "qwen2.5-vl-7b":
-        processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size)
-        return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, processor)
+    if family is not None:
+        return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, family,
+                                  family.shapes[name], cfg.foundation.seed, cfg.data.image_size)
     path = Path(name).expanduser()
     if path.is_dir():
         check_model_files(path)  # a damaged file named before anything reads it
@@ -76,12 +72,10 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
         return path
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"model.name_or_path={name!r} is neither a preset (tiny, qwen2.5-vl-7b) nor a directory with a "
+            f"model.name_or_path={name!r} is neither a preset ({preset_names()}) nor a directory with a "
             f"config.json; download the checkpoint on a machine with internet and point to its directory"
         )
-    config = json.loads((path / "config.json").read_text())
-    if config.get("model_type") != "qwen2_5_vl":
-        raise ConfigError(f"{path} holds a {config.get('model_type')!r} model; cpt trains Qwen2.5-VL (qwen2_5_vl)")
+    family_of_type(json.loads((path / "config.json").read_text()).get("model_type"), str(path))
     return path
 
 

@@ -1,8 +1,8 @@
-"""Turning (images, user text, answer) into Qwen2.5-VL token ids and pixel patches.
+"""Turning (images, user text, answer) into a backbone's token ids and pixel patches.
 
-The stock `Qwen2_5_VLProcessor` is used where it loads (it needs torchvision for its video processor). Where
-it does not, the PIL image processor makes the patches and we expand each `<|image_pad|>` ourselves into
-one pad per merged patch, which is exactly what the stock processor does.
+The family's stock processor is used where it loads (it needs torchvision for its video processor). Where it does
+not, the PIL image processor makes the patches and we expand each image pad (`<|image_pad|>`) ourselves into one
+pad per merged patch, which is exactly what the stock processor does.
 """
 
 from __future__ import annotations
@@ -13,27 +13,31 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers import AutoProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
-from cpt.model.chat import QWEN_CHAT_TEMPLATE, user_turn
-from cpt.model.tokenizer import IM_END, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_START
+from cpt.model.chat import user_turn
+from cpt.model.families import family_of_checkpoint
+from cpt.model.family import Family
 
 log = logging.getLogger(__name__)
 
 
-def images_only_stock_processor(image_processor, tokenizer: PreTrainedTokenizerBase,
-                                chat_template: str | None = None) -> Qwen2_5_VLProcessor:
-    """transformers' own Qwen2_5_VLProcessor without its video processor (which needs torchvision): its
+def images_only_stock_processor(family: Family, image_processor, tokenizer: PreTrainedTokenizerBase,
+                                chat_template: str | None = None):
+    """transformers' own processor of `family` without its video processor (which needs torchvision): its
     `__call__` expands the image pads and writes the token types for prompts with images, as the stock processor
     does on a machine that has torchvision."""
     from transformers.processing_utils import ProcessorMixin
 
-    class ImagesOnly(Qwen2_5_VLProcessor):
+    markers = family.markers
+
+    class ImagesOnly(family.processor_class):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = IMAGE_PAD, VIDEO_PAD
-            self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+            ids = tokenizer.convert_tokens_to_ids
+            self.image_token, self.video_token = markers.image, markers.video
+            self.image_token_id, self.video_token_id = ids(markers.image), ids(markers.video)
+            self.vision_start_token, self.vision_end_token = markers.vision_start, markers.vision_end
+            self.vision_start_token_id, self.vision_end_token_id = ids(markers.vision_start), ids(markers.vision_end)
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
     return ImagesOnly(image_processor, tokenizer, chat_template=chat_template)
@@ -48,30 +52,37 @@ class EncodedPrompt:
 
 
 class VisionTextProcessor:
-    """Encodes chat prompts with images the way Qwen2.5-VL expects, and decodes completions."""
+    """Encodes chat prompts with images the way the family's model expects, and decodes completions."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor, stock=None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, image_processor, family: Family, stock=None):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.family = family
         self.stock = stock
         self.merge_size = image_processor.merge_size
-        self.image_pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        self.video_pad_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        markers = family.markers
+        self.image_pad = markers.image
+        self.image_pad_id = tokenizer.convert_tokens_to_ids(markers.image)
+        self.video_pad_id = tokenizer.convert_tokens_to_ids(markers.video)
         # Placeholders the model must never write: fed back for training, they would be read as image slots.
         self.placeholder_ids = [tokenizer.convert_tokens_to_ids(t)
-                                for t in (IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)]
-        self.eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+                                for t in (markers.image, markers.video, markers.vision_start, markers.vision_end)]
+        self.end_of_turn = markers.end_of_turn
+        self.eos_id = tokenizer.convert_tokens_to_ids(markers.end_of_turn)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        # The checkpoint's template (the processor's, else the tokenizer's); Qwen2.5-VL's where it has none, kept on
+        # The checkpoint's template (the processor's, else the tokenizer's); the family's where it has none, kept on
         # the tokenizer so that every checkpoint saved from here carries it.
         self.chat_template = getattr(stock, "chat_template", None) or tokenizer.chat_template
         if self.chat_template is None:
-            log.info("the checkpoint has no chat template; prompts take Qwen2.5-VL's framing (cpt.model.chat)")
-            self.chat_template = tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+            log.info("the checkpoint has no chat template; prompts take %s's framing (cpt.model.families)",
+                     family.display_name)
+            self.chat_template = tokenizer.chat_template = family.chat_template
 
     @classmethod
     def from_pretrained(cls, path: str | Path, min_pixels: int | None = None,
                         max_pixels: int | None = None) -> VisionTextProcessor:
+        """The processor of checkpoint `path`, of the family its config (or its adapters' base) names."""
+        family = family_of_checkpoint(path)
         size = {}
         if min_pixels is not None:
             size["shortest_edge"] = min_pixels
@@ -83,7 +94,7 @@ class VisionTextProcessor:
                 raise ValueError(f"{path} has no multimodal processor")
         except Exception as error:  # typically: no torchvision, so no video processor
             log.info("stock processor unavailable (%s); using the PIL image processor", error)
-            image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+            image_processor = family.image_processor_class.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
             stock = None
         else:
@@ -91,7 +102,7 @@ class VisionTextProcessor:
             tokenizer.padding_side = "left"
         if size:
             image_processor.size = {**dict(image_processor.size), **size}
-        return cls(tokenizer, image_processor, stock)
+        return cls(tokenizer, image_processor, family, stock)
 
     def prompt_text(self, user_text: str, num_images: int) -> str:
         """The user's turn through the chat template, up to where the assistant starts to speak."""
@@ -111,8 +122,8 @@ class VisionTextProcessor:
             return EncodedPrompt(ids, self.token_types(ids), None, None)
         vision = self.image_processor(images=images, return_tensors="pt")
         per_image = (vision["image_grid_thw"].prod(dim=-1) // self.merge_size**2).tolist()
-        pieces = text.split(IMAGE_PAD)
-        expanded = pieces[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(per_image, pieces[1:]))
+        pieces = text.split(self.image_pad)
+        expanded = pieces[0] + "".join(self.image_pad * n + rest for n, rest in zip(per_image, pieces[1:]))
         ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
         return EncodedPrompt(ids, self.token_types(ids), vision["pixel_values"], vision["image_grid_thw"])
 

@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from safetensors import safe_open
 from torch import nn
 from torch.distributed.tensor import DTensor
-from transformers import GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import GenerationConfig, PreTrainedModel
 
 from cpt.model.backbone import (
     DTYPES,
@@ -46,6 +46,7 @@ from cpt.model.backbone import (
     load_backbone,
     shard_backbone,
 )
+from cpt.model.families import family_of_checkpoint
 from cpt.model.positions import require_token_types
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class SafetensorsWeights:
 
     def names_for(self, model: PreTrainedModel) -> dict[str, str]:
         """Model parameter name -> checkpoint key, through transformers' conversion mapping for this model (the
-        renames `from_pretrained` applies, e.g. Qwen2.5-VL's `model.layers.*` -> `model.language_model.layers.*`)."""
+        renames `from_pretrained` applies, e.g. an older layout's `model.layers.*` ->
+        `model.language_model.layers.*`)."""
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
@@ -244,12 +246,12 @@ def load_sharded_backbone(model_cfg: DictConfig, checkpoint: Path, mesh, seed: i
         log.warning("%s: every process loads the whole checkpoint, then shards it (%s)", checkpoint, whole_reason)
         return shard_backbone(load_backbone(model_cfg, checkpoint, seed=seed), mesh, param_dtype=param_dtype)
 
-    config = Qwen2_5_VLConfig.from_pretrained(checkpoint)
+    family = family_of_checkpoint(checkpoint)
+    config = family.config_class.from_pretrained(checkpoint)
     config._name_or_path = str(checkpoint.resolve())  # what adapters trained on it record as their base
     attn = attention_implementation(model_cfg.attn_implementation, DTYPES[model_cfg.dtype])
     with parameters_on_meta():
-        base = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=DTYPES[model_cfg.dtype],
-                                                               attn_implementation=attn)
+        base = family.model_class._from_config(config, dtype=DTYPES[model_cfg.dtype], attn_implementation=attn)
     require_token_types(base)
     params, buffer_slots = tensor_slots(base), tensor_slots(base, buffers=True)
     # Buffers as built (the rotary inverse frequencies, in no checkpoint: non-persistent); to_empty wipes them.

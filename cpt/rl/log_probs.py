@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cpt.data.batches import Batch
 from cpt.model.backbone import base_model
+from cpt.model.families import family_of_model
 from cpt.model.positions import rope_positions
 
 
@@ -40,7 +41,7 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
     them all in the model's forward.
     """
     if groups is not None and not (takes_block_masks(model) and packing_pays(
-            prompts, completion_ids, groups, base_model(model).config.text_config.hidden_size)):
+            prompts, completion_ids, groups, base_model(model).config.get_text_config().hidden_size)):
         groups = None
     if groups is None:
         sequences = prompts.with_completions(completion_ids, mask)
@@ -82,7 +83,7 @@ def _final_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
     """The language model's last hidden states (after its final norm) for every input position, through the
     model's own forward (so FSDP's and peft's hooks run) with the head applied to one position only."""
     captured = []
-    norm = base_model(model).model.language_model.norm
+    norm = family_of_model(base_model(model)).norm(base_model(model))
     handle = norm.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
         model(**inputs, logits_to_keep=1)

@@ -47,13 +47,14 @@ def group_norm(named: dict[str, torch.Tensor], keep) -> float:
 
 def test_parameter_names_map_to_module_groups():
     prefix = "base_model.model.model."
-    assert module_group(prefix + "language_model.layers.0.self_attn.q_proj.lora_A.default.weight") == "attention"
-    assert module_group(prefix + "language_model.layers.1.mlp.down_proj.lora_B.default.weight") == "mlp"
-    assert module_group(prefix + "visual.blocks.0.mlp.up_proj.lora_B.default.weight") == "vision"
-    assert module_group("model.visual.blocks.0.attn.qkv.weight") == "vision"
-    assert module_group("model.language_model.embed_tokens.weight") == "embeddings_head"
-    assert module_group("lm_head.weight") == "embeddings_head"
-    assert module_group("model.language_model.layers.0.input_layernorm.weight") == "other"
+    attention = prefix + "language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert module_group(attention, "visual") == "attention"
+    assert module_group(prefix + "language_model.layers.1.mlp.down_proj.lora_B.default.weight", "visual") == "mlp"
+    assert module_group(prefix + "visual.blocks.0.mlp.up_proj.lora_B.default.weight", "visual") == "vision"
+    assert module_group("model.visual.blocks.0.attn.qkv.weight", "visual") == "vision"
+    assert module_group("model.language_model.embed_tokens.weight", "visual") == "embeddings_head"
+    assert module_group("lm_head.weight", "visual") == "embeddings_head"
+    assert module_group("model.language_model.layers.0.input_layernorm.weight", "visual") == "other"
 
 
 def test_bad_arguments_are_named():
@@ -160,6 +161,8 @@ def test_sft_run_writes_the_analysis(tmp_path, quick_cfg, foundation_dir):
 
 class TwoGroups(torch.nn.Module):
     """Parameters named like a language model's MLP and attention weights, set by hand."""
+
+    config = SimpleNamespace(model_type="qwen2_5_vl")  # the family the analysis reads the vision tower's name from
 
     def __init__(self, mlp: list[float], attention: list[float]):
         super().__init__()

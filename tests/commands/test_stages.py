@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cpt.cli import main
-from cpt.model.chat import QWEN_CHAT_TEMPLATE
+from cpt.model.families import QWEN2_5_VL
 from cpt.model.processor import VisionTextProcessor
 
 pytestmark = pytest.mark.slow  # every test here trains
@@ -32,7 +32,7 @@ def test_a_stage_directory_holds_what_loading_it_needs(first_run, foundation_dir
     adapters = json.loads((stage / "adapter_config.json").read_text())
     assert adapters["base_model_name_or_path"] == str(foundation_dir.resolve())  # absolute: loads from anywhere
     assert (stage / "generation_config.json").is_file() and (stage / "adapter_model.safetensors").is_file()
-    assert VisionTextProcessor.from_pretrained(stage).tokenizer.chat_template == QWEN_CHAT_TEMPLATE
+    assert VisionTextProcessor.from_pretrained(stage).tokenizer.chat_template == QWEN2_5_VL.chat_template
     card = (stage / "README.md").read_text()
     assert card.startswith("# sft sequential: stage 2 of 2 (shape)")
     row = results["accuracy_matrix"][2] + [results["general"][2]]

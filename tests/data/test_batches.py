@@ -6,7 +6,6 @@ from PIL import Image
 from cpt.data.batches import IGNORE_INDEX, Batch, Collator, EncodedDataset, collate
 from cpt.data.examples import Example
 from cpt.data.synthetic import SyntheticSplit
-from cpt.model.tokenizer import IMAGE_PAD
 
 
 def test_image_tokens_in_collated_batch(processor):
@@ -15,7 +14,7 @@ def test_image_tokens_in_collated_batch(processor):
                 Example("What?", "blue", [Image.new("RGB", (32, 48), "blue"), Image.new("RGB", (64, 64), "blue")])]
     dataset = EncodedDataset(examples, processor, "direct")
     batch = collate([dataset[0], dataset[1]], processor.pad_id)
-    pad = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+    pad = processor.image_pad_id
     counts = (batch.input_ids == pad).sum(dim=1).tolist()
     grids = batch.image_grid_thw.tolist()
     assert grids == [[1, 8, 8], [1, 6, 4], [1, 8, 8]]  # PIL size (32, 48) is width x height: 6 x 4 patches

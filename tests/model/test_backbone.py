@@ -8,6 +8,7 @@ from cpt.errors import ConfigError
 from cpt.methods.sft import sft_loss
 from cpt.model import backbone
 from cpt.model.backbone import attention_implementation, count_parameters, fsdp_units, load_backbone
+from cpt.model.families import FAMILIES
 
 
 def model_cfg(*overrides):
@@ -56,7 +57,7 @@ def test_parameter_subsets_train_only_their_modules(foundation_dir):
     assert chosen == {n for n in every if "visual" in n}
     chosen, _ = trainable("language")
     assert chosen == {n for n in every if "visual" not in n} and "lm_head.weight" in chosen
-    assert set(backbone.TRAINABLE) | {"all"} == set(CHOICES["model.trainable"])
+    assert all(set(family.trainable()) | {"all"} == set(CHOICES["model.trainable"]) for family in FAMILIES)
     with pytest.raises(ConfigError, match="needs model.finetune=full"):
         model_cfg("model.trainable=attention", "model.finetune=lora")
     with pytest.raises(ConfigError, match="choose one"):

@@ -1,9 +1,9 @@
-"""cpt's forwards are Qwen2.5-VL's: on a random model at the published layout (tests/helpers/qwen_reference.py), fed
-one left-padded batch of a one-image row, a two-image row and a text-only row, every number cpt computes equals
-transformers' own forward and `generate` given what the stock processor gives (float32): the batch itself, SFT's
-per-token loss and gradient, greedy evaluation's tokens, and RFT's log-probabilities, which equal those of the
-distribution each rollout token was drawn from (prompt cache and fan-out included), in the shared-prefix, repeated
-and reference passes; with LoRA, and under two-process FSDP."""
+"""cpt's forwards are the model's own, for each family (Qwen2.5-VL, Qwen3-VL): on a random model at the published
+layout (tests/helpers/qwen_reference.py), fed one left-padded batch of a one-image row, a two-image row and a
+text-only row, every number cpt computes equals transformers' own forward and `generate` given what the stock
+processor gives (float32): the batch itself, SFT's per-token loss and gradient, greedy evaluation's tokens, and
+RFT's log-probabilities, which equal those of the distribution each rollout token was drawn from (prompt cache and
+fan-out included), in the shared-prefix, repeated and reference passes; with LoRA, and under two-process FSDP."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from transformers import GenerationConfig
 
 from cpt.data.batches import IGNORE_INDEX
 from cpt.methods.sft import sft_loss, sft_token_losses
+from cpt.model.families import FAMILIES
 from cpt.model.generation import PromptCache, Sampling, generate_ids, generate_ids_and_log_probs
 from cpt.model.positions import rope_positions
 from cpt.model.processor import VisionTextProcessor
@@ -28,9 +29,15 @@ from tests.helpers.qwen_reference import build_reference, load_reference
 TEMPERATURE, GROUP, NEW_TOKENS = 0.7, 3, 10
 
 
-@pytest.fixture(scope="module")
-def ref(processor, tmp_path_factory):
-    return build_reference(processor.tokenizer, tmp_path_factory.mktemp("qwen2.5-vl-published"))
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda family: family.name)
+def ref(request, processor, tmp_path_factory):
+    family = request.param
+    return build_reference(family, processor.tokenizer, tmp_path_factory.mktemp(f"{family.name}-published"))
+
+
+# Row 0's image (168 x 224) on each family's merged grid: 14-pixel patches give 12 x 16, merged 6 x 8; 16-pixel ones
+# resize it to 160 x 224 (multiples of 32), 10 x 14 patches, merged 5 x 7.
+ROW0_GRID = {"qwen2.5-vl": (6, 8), "qwen3-vl": (5, 7)}
 
 
 # --- what the reference computes, from the stock processor's inputs ----------------------------------------------
@@ -90,7 +97,8 @@ def assert_same_gradients(ours: dict[str, torch.Tensor], expected: dict[str, tor
 def test_cpt_batches_hold_what_the_stock_processor_gives(ref):
     """cpt's own encoding (pads expanded by cpt, token types from the pad ids) and its stock-processor path both
     give the stock processor's ids, mask, token types, patches and grids, for prompts and for SFT's texts."""
-    through_stock = VisionTextProcessor(ref.processor.tokenizer, ref.processor.image_processor, stock=ref.stock)
+    through_stock = VisionTextProcessor(ref.processor.tokenizer, ref.processor.image_processor, ref.family,
+                                        stock=ref.stock)
     for with_response in (False, True):
         stock = ref.stock_inputs(with_response)
         assert set(stock) == {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
@@ -99,29 +107,33 @@ def test_cpt_batches_hold_what_the_stock_processor_gives(ref):
             assert set(batch.model_inputs()) == set(stock)
             for name, value in stock.items():
                 assert torch.equal(batch.model_inputs()[name], value), (with_response, name)
-    assert stock["mm_token_type_ids"].sum(1).tolist() == [48, 6 + 16, 0]  # image tokens per row
+    height, width = ROW0_GRID[ref.family.name]
+    assert stock["mm_token_type_ids"].sum(1).tolist() == [height * width, 6 + 16, 0]  # image tokens per row
 
 
 def test_positions_are_the_models_own_worked_by_hand(ref):
-    """Text after an image continues from the image's largest position + 1: a 168 x 224 image (12 x 16 patches,
-    6 x 8 merged: 48 tokens) advances the text by 8, not 48; 56 x 84 (2 x 3 merged) by 3 and 112 x 112 (4 x 4) by
-    4: row 0's last prompt token sits 40 positions before its index, row 1's 15 (3 fewer for 6 image tokens, 12
-    for 16), the text-only row's at its index."""
+    """Text after an image continues from the image's largest position + 1: a 168 x 224 image (Qwen2.5-VL: 12 x 16
+    patches, 6 x 8 merged: 48 tokens) advances the text by 8, not 48; 56 x 84 (2 x 3 merged; Qwen3-VL resizes it to
+    64 x 96, the same grid) by 3 and 112 x 112 (4 x 4; Qwen3-VL: 128 x 128) by 4: row 0's last prompt token sits
+    48 - 8 = 40 positions before its index (Qwen3-VL: 35 - 7 = 28), row 1's 15 (3 fewer for 6 image tokens, 12 for
+    16), the text-only row's at its index."""
     model = ref.model()
     batch = ref.batch(with_response=False)
     positions, next_position = rope_positions(model, batch)
     lengths = batch.attention_mask.sum(1)
-    expected_last = lengths - 1 - torch.tensor([40, 15, 0])
+    height, width = ROW0_GRID[ref.family.name]
+    tokens = height * width
+    expected_last = lengths - 1 - torch.tensor([tokens - max(height, width), 15, 0])
     assert positions[:, :, -1].tolist() == [expected_last.tolist()] * 3
     assert next_position.tolist() == (expected_last + 1).tolist()
-    # Row 0's image: time at its start, height over 6 and width over 8 merged patches, all from the same start.
+    # Row 0's image: time at its start, height and width over the merged patches, all from the same start.
     start = int((batch.mm_token_type_ids[0] == 1).nonzero()[0])
-    image = positions[:, 0, start:start + 48]
+    image = positions[:, 0, start:start + tokens]
     first = int(image[0, 0])
-    assert image[0].tolist() == [first] * 48
-    assert image[1].tolist() == [first + h for h in range(6) for _ in range(8)]
-    assert image[2].tolist() == [first + w for _ in range(6) for w in range(8)]
-    assert positions[:, 0, start + 48].tolist() == [first + 8] * 3  # <|vision_end|>
+    assert image[0].tolist() == [first] * tokens
+    assert image[1].tolist() == [first + h for h in range(height) for _ in range(width)]
+    assert image[2].tolist() == [first + w for _ in range(height) for w in range(width)]
+    assert positions[:, 0, start + tokens].tolist() == [first + width] * 3  # <|vision_end|>
     # And the model computes the same itself, from the token types (transformers' get_rope_index).
     inner = model.model
     expected, _ = inner.get_rope_index(batch.input_ids, batch.mm_token_type_ids, batch.image_grid_thw,
@@ -130,8 +142,8 @@ def test_positions_are_the_models_own_worked_by_hand(ref):
 
 
 def test_images_without_token_types_are_refused(ref):
-    """Without token types Qwen2.5-VL would place image tokens in 1D, silently: a forward or `generate` given
-    images without them is an error that says what to pass."""
+    """Without token types Qwen2.5-VL would place image tokens in 1D, silently (Qwen3-VL raises): a forward or
+    `generate` given images without them is an error that says what to pass."""
     model = ref.model()
     inputs = ref.stock_inputs(with_response=False)
     del inputs["mm_token_type_ids"]

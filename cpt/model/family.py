@@ -1,0 +1,137 @@
+"""What cpt needs to know of a backbone family, in one description per family (cpt.model.families).
+
+Everything that differs between model families lives here and nowhere else: the transformers classes, the chat
+framing, the tokens that mark images and turns, the module paths of the vision tower and the language model's
+layers, what LoRA and `model.trainable` select, the FSDP units, the tiny architecture the package pre-trains, and
+the published shapes. The rest of cpt reads these fields, so a new family is one new file in cpt.model.families.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Markers:
+    """The tokens of a family's chat and vision framing."""
+
+    pad: str  # the tokenizer's padding
+    turn_start: str
+    end_of_turn: str  # what the model writes to end its answer; generation stops there
+    vision_start: str
+    vision_end: str
+    image: str  # one per image token: the processor expands it to the image's number of merged patches
+    video: str
+
+    @property
+    def special(self) -> list[str]:
+        return [self.pad, self.turn_start, self.end_of_turn, self.vision_start, self.vision_end, self.image,
+                self.video]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A published checkpoint's architecture: its config.json's text and vision parts."""
+
+    text: dict
+    vision: dict
+    tie_word_embeddings: bool = False
+    patch_size: int = 14  # the image processor's
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # as users write it: `qwen2.5-vl`
+    display_name: str  # in prose: `Qwen2.5-VL`
+    model_type: str  # config.json's `model_type`, by which a checkpoint's family is found
+    config_class: type[PretrainedConfig]
+    model_class: type[PreTrainedModel]
+    image_processor_class: type  # the PIL one, which needs no torchvision
+    processor_class: type  # transformers' own processor (its video part needs torchvision)
+    markers: Markers
+    chat_template: str  # the framing of a checkpoint that ships none (and of the tiny model's tokenizer)
+    vision_tower: str  # module path from the model's root
+    language_layers: str  # module path of the decoder layers' list
+    final_norm: str  # module path of the language model's last norm (its output feeds the head)
+    positions_owner: str  # module path of the module with `get_rope_index` and `rope_deltas`
+    fsdp_units: tuple[str, ...]  # class names of the modules sharded one by one
+    vision_lora_targets: str  # regex, after the vision tower's blocks: the linear layers LoRA may adapt
+    attention_projections: str  # regex, within a decoder layer
+    mlp_gate_up: str  # regex, within a decoder layer
+    tiny_preset: str  # `model.name_or_path` of the toy foundation model the package pre-trains
+    shipped_foundation: str  # the directory of its shipped weights, in cpt/model
+    tiny: Shape  # the toy foundation's architecture (its vocabulary: the tiny tokenizer's)
+    shapes: dict[str, Shape] = field(default_factory=dict)  # published shapes, by preset name
+
+    # --- configs -----------------------------------------------------------------------------------------------
+
+    def marker_ids(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+        """The vision markers' ids, as the family's config names them."""
+        ids = tokenizer.convert_tokens_to_ids
+        return dict(image_token_id=ids(self.markers.image), video_token_id=ids(self.markers.video),
+                    vision_start_token_id=ids(self.markers.vision_start),
+                    vision_end_token_id=ids(self.markers.vision_end))
+
+    def config(self, text: dict, vision: dict, tokenizer: PreTrainedTokenizerBase,
+               tie_word_embeddings: bool = False) -> PretrainedConfig:
+        """A config of this family with `tokenizer`'s markers, end of turn and padding."""
+        ends = {"eos_token_id": tokenizer.convert_tokens_to_ids(self.markers.end_of_turn),
+                "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.pad_token_id}
+        return self.config_class(text_config={**ends, **text}, vision_config=vision,
+                                 tie_word_embeddings=tie_word_embeddings, **self.marker_ids(tokenizer))
+
+    def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+        return self.config({**self.tiny.text, "vocab_size": len(tokenizer)}, self.tiny.vision, tokenizer,
+                           self.tiny.tie_word_embeddings)
+
+    def image_processor(self, patch_size: int, min_pixels: int, max_pixels: int):
+        return self.image_processor_class(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                          min_pixels=min_pixels, max_pixels=max_pixels)
+
+    # --- modules -----------------------------------------------------------------------------------------------
+
+    def vision(self, model: PreTrainedModel) -> nn.Module:
+        return model.get_submodule(self.vision_tower)
+
+    def norm(self, model: PreTrainedModel) -> nn.Module:
+        return model.get_submodule(self.final_norm)
+
+    def rope_index(self, model: PreTrainedModel, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own (3, rows, width) positions and (rows, 1) offsets of the continuation."""
+        return model.get_submodule(self.positions_owner).get_rope_index(**inputs)
+
+    def forget_rope_offsets(self, model: PreTrainedModel) -> None:
+        model.get_submodule(self.positions_owner).rope_deltas = None
+
+    def vision_name(self) -> str:
+        """The vision tower's last name (`visual`): what parameter names hold when they belong to it."""
+        return self.vision_tower.rpartition(".")[2]
+
+    def trainable(self) -> dict[str, re.Pattern]:
+        """model.trainable: the parameters each subset trains under full fine-tuning (matched on their name)."""
+        layers, vision = re.escape(self.language_layers), re.escape(self.vision_name())
+        return {
+            "attention": re.compile(rf"\b{layers}\.\d+\.{self.attention_projections}\."),
+            "mlp_gate_up": re.compile(rf"\b{layers}\.\d+\.{self.mlp_gate_up}\."),
+            "language": re.compile(rf"^(?!.*\b{vision}\b)"),
+            "vision": re.compile(rf"\b{vision}\b"),
+        }
+
+    def lora_pattern(self, text_targets: list[str], vision: bool) -> str:
+        """peft's target regex (matched on full module names): the language model's `text_targets`, and with
+        `vision` the vision blocks' linear layers (not its patch embedding, which may share their names)."""
+        tower = re.escape(self.vision_name())
+        pattern = rf"^(?!.*\b{tower}\b).*\.({'|'.join(text_targets)})$"
+        if vision:
+            pattern = rf"(?:{pattern})|(?:.*\b{tower}\.blocks\.\d+\.{self.vision_lora_targets}$)"
+        return pattern
+
+    def quantization_skip(self) -> list[str]:
+        """Modules QLoRA keeps in full precision: the vision tower and the head. transformers 5 matches names from
+        the start, older versions by substring: both forms."""
+        return [self.vision_tower, self.vision_name(), "lm_head"]

@@ -1,0 +1,88 @@
+"""The second family end to end, as a user runs it: the shipped tiny Qwen3-VL trained with RFT (LoRA, the analysis
+callback on) and SFT (QLoRA), its stages evaluated, exported and asked, and the published shapes inspected."""
+
+import json
+
+import pytest
+
+from cpt.cli import main
+from cpt.model.families import QWEN3_VL
+from cpt.model.processor import VisionTextProcessor
+
+pytestmark = pytest.mark.slow  # every test here trains
+
+QWEN3 = ["model.name_or_path=tiny-qwen3-vl", "data.batch_size=4", "data.eval_size=8", "data.general_size=8",
+         "eval.batch_size=8", "eval.max_new_tokens=6", "trainer.enable_progress_bar=false",
+         "trainer.accelerator=cpu", "logger=none", "tasks=[colour,shape]", "steps_per_task=2"]
+
+
+@pytest.fixture(scope="module")
+def rft_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("qwen3-rft")
+    assert main(["fit", "configs/rft.yaml", *QWEN3, "model.finetune=lora", "rft.group_size=2",
+                 "rft.max_new_tokens=6", "analysis.enabled=true", f"output_dir={run_dir}"]) == 0
+    return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def test_rft_with_lora_trains_both_tasks_and_its_stage_is_a_qwen3_vl_checkpoint(rft_run):
+    run_dir, results = rft_run
+    assert len(results["accuracy_matrix"]) == 3  # the base row and one per task
+    stage = run_dir / "checkpoints" / "2-shape"
+    assert json.loads((stage / "adapter_config.json").read_text())["base_model_name_or_path"]
+    processor = VisionTextProcessor.from_pretrained(stage)
+    assert processor.family is QWEN3_VL and processor.image_processor.patch_size == 8
+    assert processor.tokenizer.chat_template == QWEN3_VL.chat_template
+    assert (run_dir / "analysis.json").is_file()
+
+
+def test_sft_with_qlora_runs_on_the_second_family(tmp_path):
+    assert main(["fit", *QWEN3, "model.finetune=qlora", f"output_dir={tmp_path}"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["accuracy_matrix"]) == 3
+
+
+def test_eval_of_a_stage_reproduces_its_row(rft_run, tmp_path):
+    run_dir, first = rft_run
+    out = tmp_path / "eval"
+    assert main(["eval", *QWEN3, f"checkpoint={run_dir / 'checkpoints' / '2-shape'}", f"out={out}"]) == 0
+    assert json.loads((out / "results.json").read_text())["accuracy_matrix"] == [first["accuracy_matrix"][2]]
+
+
+def test_export_answers_in_plain_transformers_as_cpt_does(rft_run, tmp_path, capsys):
+    """The merged stage in transformers alone (Qwen3-VL's image processor, the tokenizer's template) answers as
+    `cpt generate` does."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from cpt.data.prompts import render_prompt
+    from cpt.data.synthetic import make_example
+
+    run_dir, _ = rft_run
+    stage, out = run_dir / "checkpoints" / "2-shape", tmp_path / "exported"
+    assert main(["export", str(stage), str(out)]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert type(model) is QWEN3_VL.model_class
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    images = QWEN3_VL.image_processor_class.from_pretrained(out)
+    for index in range(3):
+        example = make_example("colour", "eval", index, 0, 64)  # no choices: the prompt `generate` gives
+        example.images[0].save(tmp_path / "image.png")
+        capsys.readouterr()
+        assert main(["generate", f"checkpoint={stage}", f"image={tmp_path / 'image.png'}",
+                     f"question={example.question}", "max_new_tokens=8"]) == 0
+        ours = capsys.readouterr().out.split("\nA: ", 1)[1].rstrip("\n")
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": render_prompt("direct", example)}]}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        vision = images(images=example.images, return_tensors="pt")
+        pads = int(vision["image_grid_thw"].prod()) // images.merge_size ** 2
+        text = text.replace("<|image_pad|>", "<|image_pad|>" * pads)
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        output = model.generate(**inputs, **vision, max_new_tokens=8, do_sample=False)
+        assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == ours
+
+
+@pytest.mark.parametrize("preset", ["qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen3-vl-4b", "qwen3-vl-8b"])
+def test_inspect_prints_each_published_shape(preset, capsys):
+    assert main(["inspect", f"model.name_or_path={preset}"]) == 0
+    printed = capsys.readouterr().out
+    assert preset in printed

@@ -8,6 +8,7 @@ import pytest
 from cpt.cli import main
 from cpt.model.families import QWEN3_VL
 from cpt.model.processor import VisionTextProcessor
+from tests.helpers.plain_transformers import PlainTransformers
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -51,18 +52,13 @@ def test_eval_of_a_stage_reproduces_its_row(rft_run, tmp_path):
 def test_export_answers_in_plain_transformers_as_cpt_does(rft_run, tmp_path, capsys):
     """The merged stage in transformers alone (Qwen3-VL's image processor, the tokenizer's template) answers as
     `cpt generate` does."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    from cpt.data.prompts import render_prompt
     from cpt.data.synthetic import make_example
 
     run_dir, _ = rft_run
     stage, out = run_dir / "checkpoints" / "2-shape", tmp_path / "exported"
     assert main(["export", str(stage), str(out)]) == 0
-    model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    assert type(model) is QWEN3_VL.model_class
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    images = QWEN3_VL.image_processor_class.from_pretrained(out)
+    plain = PlainTransformers(out, QWEN3_VL.image_processor_class)
+    assert type(plain.model) is QWEN3_VL.model_class
     for index in range(3):
         example = make_example("colour", "eval", index, 0, 64)  # no choices: the prompt `generate` gives
         example.images[0].save(tmp_path / "image.png")
@@ -70,15 +66,7 @@ def test_export_answers_in_plain_transformers_as_cpt_does(rft_run, tmp_path, cap
         assert main(["generate", f"checkpoint={stage}", f"image={tmp_path / 'image.png'}",
                      f"question={example.question}", "max_new_tokens=8"]) == 0
         ours = capsys.readouterr().out.split("\nA: ", 1)[1].rstrip("\n")
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": render_prompt("direct", example)}]}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        vision = images(images=example.images, return_tensors="pt")
-        pads = int(vision["image_grid_thw"].prod()) // images.merge_size ** 2
-        text = text.replace("<|image_pad|>", "<|image_pad|>" * pads)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        output = model.generate(**inputs, **vision, max_new_tokens=8, do_sample=False)
-        assert tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True) == ours
+        assert plain.answer(example, max_new_tokens=8) == ours
 
 
 @pytest.mark.parametrize("preset", ["qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen3-vl-4b", "qwen3-vl-8b"])

@@ -9,6 +9,7 @@ import pytest
 from cpt.cli import main
 from cpt.model.families import QWEN2_5_VL
 from cpt.model.processor import VisionTextProcessor
+from tests.helpers.plain_transformers import PlainTransformers
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -81,12 +82,8 @@ def test_eval_of_a_stage_reproduces_its_row_and_compare_puts_it_beside_runs(firs
 def test_export_loads_in_plain_transformers_with_the_answers_cpt_gives(first_run, tmp_path, quick_cfg, capsys):
     """A LoRA stage merged and saved; transformers alone (the tokenizer's chat template, Qwen2.5-VL's image
     processor: AutoProcessor where torchvision is installed) answers as cpt's evaluation does."""
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     from cpt.config import load_config
     from cpt.data.batches import Collator, EncodedDataset
-    from cpt.data.prompts import render_prompt
     from cpt.data.synthetic import make_example
     from cpt.model.backbone import load_for_inference
     from cpt.model.generation import generate
@@ -105,20 +102,8 @@ def test_export_loads_in_plain_transformers_with_the_answers_cpt_gives(first_run
     batch = Collator(processor.pad_id)([dataset[i] for i in range(len(examples))])
     ours = generate(ours_model, processor, batch, max_new_tokens=8)
 
-    model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    images = Qwen2VLImageProcessorPil.from_pretrained(out)
-    theirs = []
-    for example in examples:
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": render_prompt("direct", example)}]}]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        vision = images(images=example.images, return_tensors="pt")
-        pads = int(vision["image_grid_thw"].prod()) // images.merge_size ** 2
-        text = text.replace("<|image_pad|>", "<|image_pad|>" * pads)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-        output = model.generate(**inputs, **vision, max_new_tokens=8, do_sample=False)
-        theirs.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    plain = PlainTransformers(out, QWEN2_5_VL.image_processor_class)
+    theirs = [plain.answer(example, max_new_tokens=8) for example in examples]
     assert theirs == ours and any(answer.startswith("\\boxed{") for answer in ours)
 
 

@@ -106,7 +106,10 @@ def test_baselines_resume_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg,
      "analysis.enabled=true", "tasks=[colour,count]"],
     # EWC's Fisher and anchor, and the analysis probes, come back: the same penalty, the same analysis.json.
     ["regularizer.kind=ewc", "regularizer.strength=1000", "analysis.enabled=true", "tasks=[colour,count,shape]"],
-], ids=["rft", "onpolicy_sft", "ewc-analysis"])
+    # The second family resumes as the first does.
+    ["model.name_or_path=tiny-qwen3-vl", "method=rft", "rft.group_size=2", "data.batch_size=2",
+     "rft.max_new_tokens=6", *VARIED, "analysis.enabled=true", "tasks=[colour,count]"],
+], ids=["rft", "onpolicy_sft", "ewc-analysis", "rft-qwen3-vl"])
 def test_resumes_after_a_crash_as_if_uninterrupted(tmp_path, quick_cfg, foundation_dir, case):
     args = [*quick_cfg, "steps_per_task=2", "data.eval_size=4", "eval.general=true", *case]
     last = len(case[-1].split(","))

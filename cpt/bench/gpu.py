@@ -5,15 +5,17 @@ For each shape (default `qwen2.5-vl-7b` and `qwen3-vl-8b`, random weights in bfl
   - one RFT step of `--prompts` prompts x G = `--group` rollouts, one `--image` x `--image` image each, exactly
     `--new-tokens` new tokens per rollout (the end of turn is held back: a random model would end at random), with
     the KL term's reference pass (the adapters switched off) and the update in micro-batches of one prompt's group,
-    gradient checkpointing on: with the shared prompt (a prompt cache for the rollouts, one prompt pass per group in
-    the update) against the prompt repeated on every row; with SDPA, and with flash-attention 2 where installed;
+    gradient checkpointing on (on a GPU): with the shared prompt (a prompt cache for the rollouts, one prompt pass
+    per group in the update) against the prompt repeated on every row; with SDPA, and with flash-attention 2 where
+    installed;
   - one SFT step of `--sft-batch` examples of the same kind.
 Each is timed over `--rounds` rounds (the sides take turns within a round) and reported as the median and range,
 with the peak GPU memory, the rollout tokens per second and the step's seconds. One table is printed and the
 rows are written as JSON (`--out`).
 
-Without a GPU it runs on the families' tiny shapes (random weights, float32) with small settings, which is how its
-test runs it; the figures then say nothing about a GPU.
+Without a GPU it runs on the families' tiny shapes (random weights, float32) with small settings and LoRA only
+(bitsandbytes' CPU 4-bit path fails in the update's backward), which is how its test runs it; the figures then say
+nothing about a GPU.
 
 It needs torch, transformers, peft, lightning, omegaconf and bitsandbytes (QLoRA), and runs with transformers 5.17
 (whose model outputs call the KV cache `past_key_values`), which GPU images ship today.

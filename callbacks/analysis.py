@@ -58,13 +58,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from callbacks.accuracy_matrix import AccuracyMatrix
 from cpt.atomic import replacing, write_json
+from cpt.callbacks.accuracy_matrix import AccuracyMatrix
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
-from cpt.methods.sft import sft_loss
+from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import local_part, reshard
 from cpt.model.families import family_of_model
 from cpt.model.fisher import diagonal_fisher, sum_over_shards

@@ -27,8 +27,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from callbacks.arguments import finite_number
-from callbacks.replay import ExperienceReplay
+from cpt.callbacks.arguments import finite_number
+from cpt.callbacks.replay import ExperienceReplay
 from cpt.data.batches import Collator
 from cpt.methods.loss_terms import TrainingStep, answer_targets
 from cpt.rl.log_probs import target_logits

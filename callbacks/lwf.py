@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.arguments import finite_number
+from cpt.callbacks.arguments import finite_number
 from cpt.methods.loss_terms import TrainingStep
 from cpt.rl.log_probs import target_logits
 from cpt.rl.reference import Reference

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.arguments import finite_number
+from cpt.callbacks.arguments import finite_number
 from cpt.methods.loss_terms import TrainingStep
 from cpt.model.backbone import has_adapters
 from cpt.model.stage_adapters import activate, stage_adapter

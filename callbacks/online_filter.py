@@ -3,7 +3,7 @@ advantage everywhere and teaches nothing, so it is dropped from the batch and re
 same stage, sampled and scored by the same policy, for at most `max_retries` rounds. Groups still missing after
 that are filled with dropped ones, so every rank trains on a batch of the same size.
 
-Registers itself with the RFT module at setup (`RFTModule.add_rollout_filter`), which calls `select` on every
+Registers itself with the RFT module at setup (`RolloutModule.add_rollout_filter`), which calls `select` on every
 rollout batch. Each stage draws refill prompts from its own stream of the data module (independent of the
 training batches). All ranks run the same number of refill rounds (generation under FSDP is collective). Logs
 `filter/dropped_groups` (share of the drawn batch's groups), `filter/refill_rounds` and `filter/unfilled_groups`;
@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 
 from cpt.atomic import write_json
 from cpt.data.batches import Batch
-from cpt.methods.rft import RFTModule
+from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.rollouts import Rollouts
 
 
@@ -38,7 +38,7 @@ class OnlineFiltering(Callback):
         self.totals = list(state["totals"])
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, RFTModule):
+        if not isinstance(pl_module, RolloutModule):
             raise ValueError(f"OnlineFiltering filters RFT rollout groups; {type(pl_module).__name__} has none")
         pl_module.add_rollout_filter(self)
 
@@ -47,7 +47,7 @@ class OnlineFiltering(Callback):
         self.totals.append({"stage": trainer.current_epoch + 1, "groups": 0, "dropped": 0, "refill_rounds": 0,
                             "unfilled": 0})
 
-    def next_prompts(self, module: RFTModule) -> Batch:
+    def next_prompts(self, module: RolloutModule) -> Batch:
         try:
             batch = next(self.refill)
         except StopIteration:  # a stage's stream is as long as its training; start it over
@@ -56,7 +56,7 @@ class OnlineFiltering(Callback):
             batch = next(self.refill)
         return batch.to(module.device)
 
-    def select(self, module: RFTModule, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
+    def select(self, module: RolloutModule, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
         """The batch to train on: groups with varied rewards, refilled up to the drawn number of groups."""
         wanted = len(rollouts) // rollouts.group_size
         kept, dropped = [], []
@@ -86,7 +86,7 @@ class OnlineFiltering(Callback):
         return Rollouts.concat(parts, module.processor.pad_id), stats
 
     @staticmethod
-    def short_anywhere(module: RFTModule, short: bool) -> bool:
+    def short_anywhere(module: RolloutModule, short: bool) -> bool:
         """Whether any process still lacks groups: all refill together, as generation under FSDP is collective."""
         return module.trainer.strategy.reduce_boolean_decision(short, all=False)
 

@@ -46,10 +46,10 @@ from lightning.pytorch.strategies import Strategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from callbacks.arguments import finite_number
+from cpt.callbacks.arguments import finite_number
 from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.methods.loss_terms import TrainingStep, answer_targets
-from cpt.methods.sft import sft_loss
+from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import local_part
 from cpt.model.fisher import gradient_importance, sum_over_shards, trainable_parameters
 from cpt.rl.log_probs import target_logits

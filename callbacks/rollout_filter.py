@@ -10,7 +10,7 @@ A rollout is right when its `accuracy` reward component (the total reward if the
 
 Hooks: on_fit_start filters the first stage's tasks, on_train_epoch_end the next stage's (with the policy as the
 finished stage left it), before the data module builds that stage's loader. The kept instances go to the data
-module (`TaskSequenceData.keep_instances`); the rollouts come from `RFTModule.roll_out`. Writes `filtering.json`
+module (`TaskSequenceData.keep_instances`); the rollouts come from `RolloutModule.roll_out`. Writes `filtering.json`
 (per task: candidates, kept, dropped by reason) and `filtering/<stage>-<task>.csv` (every candidate's rewards and
 decision). If a rule keeps nothing, the task trains on all candidates and the record says so (`fallback`).
 """
@@ -30,7 +30,7 @@ from cpt.atomic import replacing, write_json
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.datamodule import TaskSequenceData
 from cpt.eval.evaluate import shard_indices
-from cpt.methods.rft import RFTModule
+from cpt.methods.rollout_module import RolloutModule
 
 log = logging.getLogger(__name__)
 RULES = ("all_wrong", "all_equal", "range")
@@ -74,7 +74,7 @@ class RolloutFiltering(Callback):
         self.records = list(state["records"])
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not isinstance(pl_module, RFTModule):
+        if not isinstance(pl_module, RolloutModule):
             raise ValueError(f"RolloutFiltering samples rollouts with an RFT module; {type(pl_module).__name__} "
                              "has none")
         if not self.resuming:  # a resumed run's kept instances come with its checkpoint (the data module's state)
@@ -113,7 +113,7 @@ class RolloutFiltering(Callback):
         return sorted(order[: self.pool_size].tolist())
 
     @torch.no_grad()
-    def roll_out(self, trainer: L.Trainer, pl_module: RFTModule, data: TaskSequenceData, task_index: int,
+    def roll_out(self, trainer: L.Trainer, pl_module: RolloutModule, data: TaskSequenceData, task_index: int,
                  pool: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rewards, right), each (len(pool), k), over all ranks: each rank rolls out its share of the pool."""
         task = data.tasks[task_index]

@@ -1,4 +1,5 @@
-"""`python -m cpt COMMAND ...`: hands the arguments to the command's module (cpt/commands/, or cpt/smc/cli.py).
+"""`python -m cpt COMMAND ...`: hands the arguments to the command's module (cpt/commands/, or the command line of
+a package of its own: cpt/bench/cli.py, cpt/smc/cli.py).
 
 A command's module is imported only when it runs: `--help` and a mistyped command do not load the model,
 data and training stack.
@@ -33,7 +34,7 @@ commands:
 
 # Each module has main(args) -> exit code.
 COMMANDS = {"fit": "cpt.commands.fit", "eval": "cpt.commands.evaluate", "inspect": "cpt.commands.inspect",
-            "bench": "cpt.commands.bench", "compare": "cpt.commands.compare", "data": "cpt.commands.data",
+            "bench": "cpt.bench.cli", "compare": "cpt.commands.compare", "data": "cpt.commands.data",
             "smc": "cpt.smc.cli",
             "generate": "cpt.commands.generate", "export": "cpt.commands.export", "study": "cpt.commands.study"}
 # Commands with arguments of their own answer --help themselves; the others list the config keys.

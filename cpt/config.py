@@ -21,16 +21,15 @@ from cpt.atomic import write_text
 from cpt.data.general_benchmarks import BENCHMARK_FORMATS
 from cpt.data.prompts import TEMPLATES
 from cpt.data.schemas import SCHEMAS
+from cpt.data.scoring import SCORERS
 from cpt.data.synthetic import TASKS
 from cpt.errors import ConfigError
-from cpt.eval.scoring import SCORERS
 from cpt.rl.advantages import ESTIMATORS
-from cpt.rl.policy_loss import AGGREGATIONS, KL_ESTIMATORS
+from cpt.rl.policy_loss import AGGREGATIONS, KL_ESTIMATORS, REFERENCES
 
 SYNTHETIC_TASKS = list(TASKS)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.rl.reference
 RUN_TIME_ENV = "CPT_RUN_TIME"
 # configs/: inside the package when installed (pyproject maps it to cpt/configs), beside it in a checkout.
 _PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -709,8 +708,10 @@ def _validate_local_task(name: str, spec: DictConfig) -> None:
 
 def _validate_rft(cfg: DictConfig) -> None:
     rft = cfg.rft
-    if cfg.method == "rft" and rft.group_size < 2 and rft.advantage != "remax":
-        raise ConfigError(f"rft.advantage={rft.advantage} compares rollouts within a group: set rft.group_size >= 2")
+    estimator = ESTIMATORS[rft.advantage]
+    if cfg.method == "rft" and rft.group_size < estimator.min_group_size:
+        raise ConfigError(f"rft.advantage={rft.advantage} compares rollouts within a group: set rft.group_size >= "
+                          f"{estimator.min_group_size}")
     if not 0 < rft.top_p <= 1:
         raise ConfigError(f"bad value for 'rft.top_p': must be in (0, 1], got {rft.top_p}")
     if rft.clip_low < 0 or rft.clip_high < 0 or rft.clip_low >= 1:
@@ -730,9 +731,11 @@ def _validate_rft(cfg: DictConfig) -> None:
     if not 0 <= f.low <= f.high <= 1 and f.rule == "range":
         raise ConfigError(f"rft.filter.rule=range needs 0 <= low <= high <= 1 (rewards in [0, 1]), got {f.low}, "
                           f"{f.high}")
-    if f.online and rft.advantage == "remax":
-        raise ConfigError("rft.filter.online drops groups with equal rewards, but remax's baseline is the greedy "
-                          "reward, not the group's: use grpo, drgrpo or rloo")
+    if f.online and estimator.greedy_baseline:
+        group_baselines = [name for name, other in ESTIMATORS.items() if not other.greedy_baseline]
+        raise ConfigError(f"rft.filter.online drops groups with equal rewards, but {rft.advantage}'s baseline is the "
+                          f"greedy reward, not the group's: use {', '.join(group_baselines[:-1])} or "
+                          f"{group_baselines[-1]}")
     if f.online and f.max_retries < 0:
         raise ConfigError(f"bad value for 'rft.filter.max_retries': must be >= 0, got {f.max_retries}")
     if cfg.trainer.precision in ("16-mixed", "16"):

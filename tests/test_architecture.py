@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 PACKAGES = ("cpt", "callbacks")
@@ -11,6 +13,8 @@ PACKAGES = ("cpt", "callbacks")
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[0] == "callbacks":  # installed as cpt.callbacks (pyproject.toml), imported by that name
+        parts.insert(0, "cpt")
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -19,15 +23,30 @@ def ancestors(name: str) -> set[str]:
     return {".".join(parts[:k]) for k in range(1, len(parts))}
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the project's modules its import statements load, wherever the statement stands. Importing
-    a.b.c also runs the packages a and a.b, except those the importer is already inside."""
+def type_only_imports(tree: ast.AST) -> set[int]:
+    """The import statements under `if TYPE_CHECKING:`: they name a type for annotations and run nothing."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            found |= {id(inner) for statement in node.body for inner in ast.walk(statement)
+                      if isinstance(inner, (ast.Import, ast.ImportFrom))}
+    return found
+
+
+def import_graph(runtime_only: bool = False) -> dict[str, set[str]]:
+    """Module -> the project's modules its import statements load, wherever the statement stands (with
+    `runtime_only`, leaving out those under `if TYPE_CHECKING:`). Importing a.b.c also runs the packages a and a.b,
+    except those the importer is already inside."""
     modules = {module_name(path): path for package in PACKAGES for path in (REPO / package).rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        skipped = type_only_imports(tree) if runtime_only else set()
         loaded = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -68,7 +87,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert {"callbacks", "cpt.methods.rft"} <= graph["cpt.commands.fit"] and "cpt.smc.solvers" in graph["cpt.smc.cli"]
+    assert {"cpt.callbacks", "cpt.methods.rft"} <= graph["cpt.commands.fit"]
+    assert "cpt.smc.solvers" in graph["cpt.smc.cli"]
     assert cycles(graph) == []
 
 
@@ -77,13 +97,84 @@ def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_lower_layers_do_not_reach_up():
-    """Errors import nothing of ours; the domain rooms never import the commands, the CLI or the callbacks."""
-    graph = import_graph()
-    assert graph["cpt.errors"] == set()
-    for name, loaded in graph.items():
-        if name.startswith(("cpt.model", "cpt.data", "cpt.rl", "cpt.eval", "cpt.methods", "cpt.smc")):
-            assert not {m for m in loaded if m.startswith(("cpt.commands", "cpt.cli", "callbacks"))}, name
+# The floors of the house, bottom to top: a module imports modules of its own floor or below, never above. What a
+# run is made of comes first (data, then the model that reads it, then the RL pieces), then the config that names
+# their registries, the methods built from them, evaluation of one model, reporting across runs, the callbacks, and
+# the programs on top. cpt.smc stands apart on the base.
+FLOORS = [
+    ("cpt.errors", "cpt.atomic", "cpt.console", "cpt.plugins", "cpt.run_files"),
+    ("cpt.data",),
+    ("cpt.model",),
+    ("cpt.rl",),
+    ("cpt.config",),
+    ("cpt.methods",),
+    ("cpt.eval",),
+    ("cpt.reporting",),
+    ("cpt.callbacks",),
+    ("cpt.study",),
+    ("cpt.commands",),
+    ("cpt.bench",),
+    ("cpt.cli", "cpt.__main__"),
+]
+APART = {"cpt.smc": 0}  # a package beside the house: the floor it may import up to
+
+
+def floor_of(module: str) -> int:
+    """The floor of `module`: that of the longest entry naming it or a package above it."""
+    matches = [(len(entry), floor) for floor, entries in enumerate(FLOORS) for entry in entries
+               if module == entry or module.startswith(entry + ".")]
+    matches += [(len(entry), -1) for entry in APART if module == entry or module.startswith(entry + ".")]
+    if not matches:
+        raise KeyError(f"{module} stands on no floor: add it to FLOORS in tests/test_architecture.py")
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, loaded in sorted(graph.items()):
+        if module == "cpt":
+            continue
+        floor = floor_of(module)
+        ceiling = APART[next(p for p in APART if module == p or module.startswith(p + "."))] if floor < 0 else floor
+        for target in sorted(loaded - {"cpt"}):
+            target_floor = floor_of(target)
+            if target_floor < 0 and not (floor < 0 and target.split(".")[:2] == module.split(".")[:2]):
+                found.append(f"{module} -> {target} (a package apart)")
+            elif target_floor > ceiling:
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_no_import_runs_up_a_floor():
+    """Every module stands on a floor, and none imports (at run time) one that stands above it."""
+    graph = import_graph(runtime_only=True)
+    assert upward_imports(graph) == []
+
+
+def test_the_floor_check_finds_what_it_looks_for():
+    graph = {"cpt.data.tasks": {"cpt.model.backbone", "cpt.errors"}, "cpt.smc.cli": {"cpt.methods.rft", "cpt.errors"},
+             "cpt.commands.fit": {"cpt.smc.solvers", "cpt.callbacks.replay"}, "cpt.smc.bench": {"cpt.smc.solvers"}}
+    assert upward_imports(graph) == ["cpt.commands.fit -> cpt.smc.solvers (a package apart)",
+                                     "cpt.data.tasks -> cpt.model.backbone", "cpt.smc.cli -> cpt.methods.rft"]
+    with pytest.raises(KeyError, match="stands on no floor"):
+        floor_of("cpt.newroom.thing")
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cpt.model import x\nimport cpt.errors\n"
+    tree = ast.parse(source)
+    assert [type(node).__name__ for node in ast.walk(tree) if id(node) in type_only_imports(tree)] == ["ImportFrom"]
+
+
+def test_callbacks_are_imported_as_the_installed_package():
+    """callbacks/ installs as cpt.callbacks: an `import callbacks` would load a second copy of every class (or an
+    unrelated package of that name)."""
+    offenders = []
+    for folder in ("cpt", "callbacks", "tests"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                offenders += [f"{path.relative_to(REPO)}: {name}" for name in names
+                              if name == "callbacks" or name.startswith("callbacks.")]
+    assert offenders == []
 
 
 # What only a family description may name: transformers' classes and modules of a family, and the module paths

@@ -1,5 +1,6 @@
 """Benchmarks behind `python -m cpt bench`: each answers a user's question with figures measured on this machine.
 
+  cli             the `bench` command line: one subcommand per benchmark
   rounds          alternating rounds of the sides of a comparison, and the median ratio with its range
   report          what every printout states: machine, versions, and the per-round table
   clock           step timing of our side (a run of cpt.commands.fit) and of a transformers Trainer

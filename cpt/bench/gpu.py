@@ -254,7 +254,7 @@ def rft_step(model: nn.Module, processor, prompts, settings: Settings, shared: b
 
 
 def sft_step(model: nn.Module, examples, optimizer: torch.optim.Optimizer) -> float:
-    from cpt.methods.sft import sft_loss
+    from cpt.model.answer_loss import sft_loss
 
     synchronize()
     start = time.perf_counter()

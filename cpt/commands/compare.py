@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from cpt.atomic import write_text
-from cpt.eval.compare import (
+from cpt.reporting.compare import (
     DEFAULT_OUT,
     all_tasks,
     benchmark_names,
@@ -26,13 +26,13 @@ from cpt.eval.compare import (
     write_csv,
     write_figures,
 )
-from cpt.eval.group_figures import (
+from cpt.reporting.group_figures import (
     plot_experiment_curves,
     plot_experiment_general,
     plot_experiment_matrices,
     plot_stability_plasticity,
 )
-from cpt.eval.group_report import (
+from cpt.reporting.group_report import (
     difference_cells,
     differences,
     find,
@@ -43,9 +43,9 @@ from cpt.eval.group_report import (
     write_differences_csv,
     write_experiments_csv,
 )
-from cpt.eval.groups import group_runs
-from cpt.eval.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
-from cpt.eval.mechanisms import stage_points, write_points_csv
+from cpt.reporting.groups import group_runs
+from cpt.reporting.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
+from cpt.reporting.mechanisms import stage_points, write_points_csv
 
 STABILITY_FIGURES = {"stability_plasticity.png": ("fm", "forgetting: FM (points; 0 = none, negative is worse)"),
                      "stability_plasticity_general.png": ("general_change",

@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import (
+from cpt.atomic import write_json
+from cpt.callbacks import (
     AccuracyMatrix,
     DarkExperienceReplay,
     ExperienceReplay,
@@ -34,7 +35,6 @@ from callbacks import (
     TaskProgressBar,
     TaskSwitching,
 )
-from cpt.atomic import write_json
 from cpt.commands.resume import resume_checkpoint
 from cpt.commands.run_dir import prepare_run_dir, versions
 from cpt.config import ROLLOUT_METHODS, config_with_recipe_from_args, recipe_note, save_config

@@ -14,8 +14,8 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.task_checkpoint import LAST
 from cpt.atomic import previous_path
+from cpt.callbacks.task_checkpoint import LAST
 from cpt.config import differing_keys
 from cpt.errors import ConfigError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -12,7 +13,9 @@ from torch.utils.data import Dataset
 
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt, render_response
-from cpt.model.processor import VisionTextProcessor
+
+if TYPE_CHECKING:  # the processor belongs to the model floor above; data only receives one
+    from cpt.model.processor import VisionTextProcessor
 
 IGNORE_INDEX = -100  # label value the cross-entropy skips
 

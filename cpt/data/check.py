@@ -20,9 +20,9 @@ from cpt.atomic import write_json
 from cpt.data.examples import Example
 from cpt.data.general_benchmarks import load_benchmark
 from cpt.data.local_tasks import LocalSplit, Problem
+from cpt.data.scoring import NO, YES, math_value, normalize
 from cpt.data.tasks import Task, local_task, synthetic_task
 from cpt.errors import DataError
-from cpt.eval.scoring import NO, YES, math_value, normalize
 
 log = logging.getLogger(__name__)
 SHOWN_PROBLEMS = 20  # listed per task on the terminal; data_check.json has them all

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import lightning as L
 import numpy as np
@@ -25,7 +25,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 from cpt.data.batches import Batch, Collator, EncodedDataset
 from cpt.data.examples import Example
 from cpt.data.tasks import Stage, Task, build_stages
-from cpt.model.processor import VisionTextProcessor
+
+if TYPE_CHECKING:  # the processor belongs to the model floor above; data only receives one
+    from cpt.model.processor import VisionTextProcessor
 
 
 def random_state() -> dict:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from cpt.data.examples import Example, choice_letter
 from cpt.data.files import find_sources, open_image, read_source
+from cpt.data.scoring import SCORERS, multiple_choice, numeric
 from cpt.data.tasks import Task
-from cpt.eval.scoring import SCORERS, multiple_choice, numeric
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from cpt.data.examples import Example
 from cpt.data.files import ImagesById
 from cpt.data.local_tasks import open_split
 from cpt.data.schemas import SCHEMAS
+from cpt.data.scoring import SCORERS, Scorer
 from cpt.data.synthetic import GENERAL_NAME, SyntheticSplit, chance_accuracy
 from cpt.errors import DataError
-from cpt.eval.scoring import SCORERS, Scorer
 
 
 @dataclass

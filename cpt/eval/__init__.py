@@ -1,1 +1,1 @@
-"""Measuring a run: scoring answers, greedy evaluation, continual-learning metrics, results files, comparisons."""
+"""Measuring one model: greedy evaluation on the tasks, continual-learning metrics, the run's results files."""

@@ -21,22 +21,21 @@ import torch
 
 from cpt.config import kl_values
 from cpt.data.batches import Batch
-from cpt.methods.base import CPTModule
 from cpt.methods.loss_terms import micro_batch_shares
-from cpt.methods.rft import RFTModule
+from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
 
-class OnPolicySFTModule(RFTModule):
+class OnPolicySFTModule(RolloutModule):
+    """RFT's rollouts (cpt/methods/rollout_module.py), SFT's loss on the right ones; one optimizer step per batch
+    (rft.epochs is RFT's)."""
+
     def configure_model(self) -> None:
-        CPTModule.configure_model(self)  # RFT's would load a reference model for the KL term
+        super().configure_model()
         if max(kl_values(self.cfg)) > 0:
             log.warning("method=onpolicy_sft has no KL term: rft.kl (coef %s) is not used", self.cfg.rft.kl.coef)
-
-    def optimizer_steps_per_stage(self) -> int:
-        return CPTModule.optimizer_steps_per_stage(self)  # one step per batch: rft.epochs is RFT's
 
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         self.timing = {"generate": 0.0, "score": 0.0, "update": 0.0}

@@ -33,7 +33,7 @@ from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.examples import Example
 from cpt.data.prompts import TEMPLATES
 from cpt.data.synthetic import GENERAL_NAME, PRIMITIVES_NAME, TASKS, SyntheticSplit
-from cpt.methods.sft import sft_loss
+from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import has_weights
 from cpt.model.family import Family
 from cpt.model.positions import require_token_types

@@ -1,14 +1,49 @@
 """Advantage estimators of the GRPO family: how much better each rollout did than its group's baseline.
 
 Rewards come as a (groups, G) table: row i holds the G rollouts of prompt i. The group of a prompt is always
-generated and scored on one rank, so these statistics never straddle ranks.
+generated and scored on one rank, so these statistics never straddle ranks. Each estimator declares what it needs
+of the rollouts (a minimum group size, a greedy completion per prompt as its baseline); the config's checks and
+the RFT step read those traits rather than the estimator's name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "remax")
+
+@dataclass(frozen=True)
+class Estimator:
+    advantages: Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]  # (rewards, greedy, eps)
+    min_group_size: int = 2  # it compares rollouts within a group
+    greedy_baseline: bool = False  # its baseline is the reward of a greedy completion of the same prompt
+
+
+def _grpo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
+
+
+def _drgrpo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return rewards - rewards.mean(1, keepdim=True)
+
+
+def _rloo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+    others = (rewards.sum(1, keepdim=True) - rewards) / (rewards.shape[1] - 1)
+    return rewards - others
+
+
+def _remax(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return rewards - greedy.reshape(-1, 1)
+
+
+ESTIMATORS = {
+    "grpo": Estimator(_grpo),
+    "drgrpo": Estimator(_drgrpo),
+    "rloo": Estimator(_rloo),
+    "remax": Estimator(_remax, min_group_size=1, greedy_baseline=True),
+}
 
 
 def group_advantages(rewards: torch.Tensor, estimator: str, greedy_rewards: torch.Tensor | None = None,
@@ -23,22 +58,12 @@ def group_advantages(rewards: torch.Tensor, estimator: str, greedy_rewards: torc
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be a (groups, group_size) table, got shape {tuple(rewards.shape)}")
-    size = rewards.shape[1]
-    if estimator == "grpo":
-        if size < 2:
-            raise ValueError("grpo needs at least 2 rollouts per prompt (rft.group_size >= 2)")
-        return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
-    if estimator == "drgrpo":
-        if size < 2:
-            raise ValueError("drgrpo needs at least 2 rollouts per prompt (rft.group_size >= 2)")
-        return rewards - rewards.mean(1, keepdim=True)
-    if estimator == "rloo":
-        if size < 2:
-            raise ValueError("rloo needs at least 2 rollouts per prompt (rft.group_size >= 2)")
-        others = (rewards.sum(1, keepdim=True) - rewards) / (size - 1)
-        return rewards - others
-    if estimator == "remax":
-        if greedy_rewards is None:
-            raise ValueError("remax needs the rewards of the greedy completions")
-        return rewards - greedy_rewards.reshape(-1, 1)
-    raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    traits = ESTIMATORS[estimator]
+    if rewards.shape[1] < traits.min_group_size:
+        raise ValueError(f"{estimator} needs at least {traits.min_group_size} rollouts per prompt "
+                         f"(rft.group_size >= {traits.min_group_size})")
+    if traits.greedy_baseline and greedy_rewards is None:
+        raise ValueError(f"{estimator} needs the rewards of the greedy completions")
+    return traits.advantages(rewards, greedy_rewards, eps)

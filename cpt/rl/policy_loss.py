@@ -10,6 +10,7 @@ import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token_mean", "seq_mean")
+REFERENCES = ("base", "task_start")  # what the KL term pulls towards: see cpt.rl.reference
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

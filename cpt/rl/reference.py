@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from cpt.config import REFERENCES
 from cpt.model.backbone import has_adapters, reshard
+from cpt.rl.policy_loss import REFERENCES
 
 
 class Reference(nn.Module):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from cpt.data.examples import Example
+from cpt.data.scoring import BOXED, Scorer, box_end
 from cpt.errors import ConfigError
-from cpt.eval.scoring import BOXED, Scorer, box_end
 from cpt.plugins import load_object
 
 log = logging.getLogger(__name__)

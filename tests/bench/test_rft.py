@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cpt.bench.cli import RFT_CASES, build_parser
 from cpt.bench.rft import CASES, SIDES, case_config, prompt_examples, prompt_length
-from cpt.commands.bench import RFT_CASES, build_parser
 from cpt.config import RUN_TIME_ENV
 
 
@@ -50,7 +50,6 @@ def test_the_long_case_prompt_is_several_times_the_completion(overrides, foundat
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_trl_encodes_the_same_prompt_tokens_as_we_do(case, overrides, foundation_dir):
-    pytest.importorskip("trl")
     from cpt.bench.trl_processor import trl_processor, trl_prompt
     from cpt.data.prompts import render_prompt
     from cpt.model.processor import VisionTextProcessor

@@ -23,7 +23,6 @@ def test_config_sets_the_shared_settings_and_enough_examples(cfg):
 
 
 def test_trl_collates_our_tokens_and_trains_on_our_answer_tokens_only(cfg, foundation_dir, tmp_path):
-    pytest.importorskip("trl")
     from cpt.bench.sft import trl_sft_trainer
 
     trainer = trl_sft_trainer(cfg, foundation_dir, str(tmp_path))

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from callbacks.accuracy_matrix import AccuracyMatrix
+from cpt.callbacks.accuracy_matrix import AccuracyMatrix
 from cpt.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from callbacks.analysis import ForgettingAnalysis, example_changes, module_group
+from cpt.callbacks.analysis import ForgettingAnalysis, example_changes, module_group
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.data.tasks import build_tasks

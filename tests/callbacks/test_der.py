@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.der import DarkExperienceReplay
+from cpt.callbacks.der import DarkExperienceReplay
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.errors import ConfigError

@@ -3,7 +3,7 @@
 
 import pytest
 
-from callbacks.kl_schedule import KLSchedule
+from cpt.callbacks.kl_schedule import KLSchedule
 from tests.helpers import metric_rows
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.lwf import LearningWithoutForgetting
+from cpt.callbacks.lwf import LearningWithoutForgetting
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.errors import ConfigError

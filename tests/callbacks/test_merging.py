@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from callbacks.merging import ModelMerging
+from cpt.callbacks.merging import ModelMerging
 from cpt.config import load_config
 from cpt.errors import ConfigError
 from cpt.model.fisher import trainable_parameters

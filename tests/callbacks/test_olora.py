@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
-from callbacks.olora import OrthogonalLoRA, orthogonality
+from cpt.callbacks.olora import OrthogonalLoRA, orthogonality
 from cpt.commands.evaluate import evaluate_checkpoint
 from cpt.commands.export import export
 from cpt.commands.fit import run

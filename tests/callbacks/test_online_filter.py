@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
-from callbacks.online_filter import OnlineFiltering
+from cpt.callbacks.online_filter import OnlineFiltering
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
 from cpt.rl.rewards import Scores

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from callbacks.regularizer import ParameterRegularizer, normalised, output_norm, penalty_gradient
+from cpt.callbacks.regularizer import ParameterRegularizer, normalised, output_norm, penalty_gradient
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.data.batches import IGNORE_INDEX, Batch

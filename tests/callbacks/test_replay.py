@@ -1,6 +1,6 @@
 """Experience replay: batches of later stages hold earlier tasks' examples, from their buffers only."""
 
-from callbacks.replay import ExperienceReplay
+from cpt.callbacks.replay import ExperienceReplay
 from cpt.config import load_config
 from cpt.data.datamodule import TaskSequenceData
 from cpt.data.tasks import build_tasks

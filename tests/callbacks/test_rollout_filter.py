@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from callbacks.rollout_filter import drop_reason
+from cpt.callbacks.rollout_filter import drop_reason
 from cpt.data.tasks import build_tasks
 from tests.helpers import metric_rows
 

@@ -15,9 +15,9 @@ from cpt.data.files import ImagesById, find_sources, read_split, split_of
 from cpt.data.local_tasks import open_split
 from cpt.data.prompts import render_prompt
 from cpt.data.schemas import SCHEMAS, consensus, easyr1, geometry3k, human_answers
+from cpt.data.scoring import count, geometry, math_value, vqa_soft
 from cpt.data.tasks import build_tasks
 from cpt.errors import ConfigError, DataError
-from cpt.eval.scoring import count, geometry, math_value, vqa_soft
 from tests.helpers import REPO
 from tests.helpers.schema_fixtures import WRITERS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback
 
 from cpt.data.datamodule import TaskSequenceData
-from cpt.methods.rft import RFTModule
+from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.rollouts import Rollouts
 
 
@@ -18,11 +18,11 @@ class GroupCounter(Callback):
         self.seen: list[dict] = []
 
     def setup(self, trainer, pl_module, stage):
-        if not isinstance(pl_module, RFTModule):
+        if not isinstance(pl_module, RolloutModule):
             raise ValueError("GroupCounter counts RFT rollout groups")
         pl_module.add_rollout_filter(self)
 
-    def select(self, module: RFTModule, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
+    def select(self, module: RolloutModule, rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
         groups = len(rollouts) // rollouts.group_size
         varied = int(rollouts.varied_groups().sum())
         self.seen.append({"groups": groups, "group_size": rollouts.group_size, "varied": varied})

@@ -5,7 +5,7 @@ import torch
 
 from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.data.examples import Example
-from cpt.methods.sft import sft_loss
+from cpt.model.answer_loss import sft_loss
 
 
 def test_sft_loss_matches_hand_computed_cross_entropy(processor):

@@ -5,8 +5,8 @@ from cpt.config import CHOICES, load_config
 from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
 from cpt.errors import ConfigError
-from cpt.methods.sft import sft_loss
 from cpt.model import backbone
+from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import attention_implementation, count_parameters, fsdp_units, load_backbone
 from cpt.model.families import FAMILIES
 

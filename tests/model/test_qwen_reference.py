@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from transformers import GenerationConfig
 
 from cpt.data.batches import IGNORE_INDEX
-from cpt.methods.sft import sft_loss, sft_token_losses
+from cpt.model.answer_loss import sft_loss, sft_token_losses
 from cpt.model.families import FAMILIES
 from cpt.model.generation import PromptCache, Sampling, generate_ids, generate_ids_and_log_probs
 from cpt.model.positions import rope_positions

@@ -7,8 +7,8 @@ import torch
 
 from cpt.config import load_config
 from cpt.data.examples import Example
+from cpt.data.scoring import SCORERS, box_iou, multiple_choice, numeric, vqa_soft, yes_no
 from cpt.errors import ConfigError
-from cpt.eval.scoring import SCORERS, box_iou, multiple_choice, numeric, vqa_soft, yes_no
 from cpt.plugins import load_object
 from cpt.rl.rewards import Rewards, format_reward, task_reward
 

@@ -113,7 +113,7 @@ def load_runs(paths: list[str | Path]) -> list[dict]:
     runs = [load_run(path) for path in paths]
     names = [run["name"] for run in runs]
     for run in runs:
-        run["experiment"] = run["name"]  # what groups it with its other seeds (cpt.eval.groups)
+        run["experiment"] = run["name"]  # what groups it with its other seeds (cpt.reporting.groups)
         if names.count(run["name"]) > 1:
             run["name"] = f"{run['name']} ({run['dir'].name})"
     if len({tuple(run["tasks"]) for run in runs}) > 1:

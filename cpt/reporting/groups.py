@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from omegaconf import OmegaConf
 
 from cpt.config import REPORTING_KEYS, flat
-from cpt.eval.intervals import Difference, Estimate, difference, estimate
-from cpt.eval.mechanisms import run_mechanisms
 from cpt.eval.metrics import task_forgetting
+from cpt.reporting.intervals import Difference, Estimate, difference, estimate
+from cpt.reporting.mechanisms import run_mechanisms
 
 # Keys two seeds of one experiment may differ in.
 SEED_KEYS = {"seed", "output_dir", *REPORTING_KEYS}
@@ -35,7 +35,7 @@ def run_values(run: dict, row: dict, benchmarks: list[str]) -> dict:
     """The numbers a run contributes to its experiment: its comparison_rows record plus, per benchmark,
     `<name>_change` (final - base), for a finished sequential run per task `forget_<task>` (its final accuracy
     less its best after it was trained; FM is their mean), and the mechanisms' numbers from its analysis.json
-    (cpt.eval.mechanisms.RUN_KEYS)."""
+    (cpt.reporting.mechanisms.RUN_KEYS)."""
     values = {**row, **run_mechanisms(run)}
     if row["gain"] is not None and run["complete"]:
         forgetting = task_forgetting(run["accuracy_matrix"])

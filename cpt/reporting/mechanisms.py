@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpt.atomic import replacing
-from cpt.eval.intervals import estimate
+from cpt.reporting.intervals import estimate
 
 # Per run, the mean over its stages (those after the first where the quantity concerns earlier tasks).
 RUN_KEYS = {

@@ -1,8 +1,8 @@
 import pytest
 
 from cpt.data.examples import Example
+from cpt.data.scoring import exact, extract_answer, multiple_choice, normalize, numeric
 from cpt.eval.evaluate import shard_indices
-from cpt.eval.scoring import exact, extract_answer, multiple_choice, normalize, numeric
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from cpt.config import method_label
-from cpt.eval.compare import finish_task_panels, general_bars, task_panels
-from cpt.eval.groups import Experiment, is_sequential, lr_family
-from cpt.eval.intervals import Estimate
+from cpt.reporting.compare import finish_task_panels, general_bars, task_panels
+from cpt.reporting.groups import Experiment, is_sequential, lr_family
+from cpt.reporting.intervals import Estimate
 
 
 def _colour(i: int, among: int = 10) -> str | tuple:

@@ -15,7 +15,7 @@ machine.
 
 A speed figure is a ratio to a peer measured in the same process, over several rounds in which the sides take
 turns: the median over rounds and its min-max range. TRL is an optional dependency: `pip install -e ".[bench]"`.
-The modules behind it are in cpt/bench/.
+The modules behind it are beside this one, in cpt/bench/.
 """
 
 from __future__ import annotations

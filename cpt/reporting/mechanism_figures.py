@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from cpt.config import method_label
-from cpt.eval.groups import Experiment
-from cpt.eval.mechanisms import Fit, fit_line, stage_points
+from cpt.reporting.groups import Experiment
+from cpt.reporting.mechanisms import Fit, fit_line, stage_points
 
 
 def _colours(points: list[dict]) -> dict[str, str]:

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from cpt.commands.compare import main
-from cpt.eval.mechanisms import fit_line, run_mechanisms, stage_points
-from tests.eval.test_compare import cells
-from tests.eval.test_groups import experiments_of, write_seed
+from cpt.reporting.mechanisms import fit_line, run_mechanisms, stage_points
+from tests.reporting.test_compare import cells
+from tests.reporting.test_groups import experiments_of, write_seed
 
 
 def stage(number, name, kl, forgetting, fisher, reward_var, updated, examples):
@@ -109,7 +109,7 @@ def test_compare_writes_the_mechanisms(tmp_path, capsys):
 
 
 def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_rest():
-    from cpt.eval.mechanism_figures import plot_forgetting_against_kl
+    from cpt.reporting.mechanism_figures import plot_forgetting_against_kl
 
     def points(kls):
         return [{"method": "rft", "kl_new_task": kl, "forgetting": float(k)} for k, kl in enumerate(kls)]
@@ -125,7 +125,7 @@ def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_r
 def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tmp_path):
     """Stage 1 has no earlier task (no Fisher update) but has a reward variance: the label averages it in, as the
     mechanisms table does (0.225, not stage 2's 0.25 alone)."""
-    from cpt.eval.mechanism_figures import plot_fisher_update
+    from cpt.reporting.mechanism_figures import plot_fisher_update
 
     dirs = []
     for seed in range(2):

@@ -18,7 +18,7 @@ from cpt.commands.compare import main
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.errors import ConfigError
-from cpt.eval.compare import comparison_rows, format_comparison, load_run, load_runs, write_figures
+from cpt.reporting.compare import comparison_rows, format_comparison, load_run, load_runs, write_figures
 from tests.helpers import REPO
 
 TASKS = ["count", "colour"]
@@ -144,7 +144,7 @@ def test_incomplete_run_marked(tmp_path):
 def test_different_tasks_compare_the_union(tmp_path, caplog):
     other = {**OLD, "name": "shape run", "tasks": ["shape", "count"]}
     dirs = [write_run(tmp_path / "sft", SFT), write_run(tmp_path / "shape", other)]
-    with caplog.at_level(logging.WARNING, logger="cpt.eval.compare"):
+    with caplog.at_level(logging.WARNING, logger="cpt.reporting.compare"):
         runs = load_runs(dirs)
     assert "different tasks" in caplog.text and "shape run: shape, count" in caplog.text
     finals = format_comparison(runs).split("\n\n")[1]

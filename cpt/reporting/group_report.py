@@ -8,9 +8,9 @@ from pathlib import Path
 
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
-from cpt.eval.groups import Experiment
-from cpt.eval.intervals import Estimate
-from cpt.eval.mechanisms import RUN_KEYS
+from cpt.reporting.groups import Experiment
+from cpt.reporting.intervals import Estimate
+from cpt.reporting.mechanisms import RUN_KEYS
 
 METRICS = (("avg_acc", "AvgAcc"), ("fm", "FM"), ("bwt", "BWT"), ("gain", "gain"))
 
@@ -58,7 +58,7 @@ def task_cells(experiments: list[Experiment], tasks: list[str],
 
 
 def mechanism_cells(experiments: list[Experiment]) -> tuple[list[str], list[list[str]]] | None:
-    """Per experiment with analysis.json, the mechanisms' numbers (cpt.eval.mechanisms.RUN_KEYS); None when no
+    """Per experiment with analysis.json, the mechanisms' numbers (cpt.reporting.mechanisms.RUN_KEYS); None when no
     experiment recorded them."""
     shown = [e for e in experiments if any(e.estimate(key) for key in RUN_KEYS)]
     if not shown:

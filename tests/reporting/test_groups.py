@@ -11,8 +11,8 @@ from PIL import Image
 
 from cpt import cli
 from cpt.commands.compare import main
-from cpt.eval.intervals import difference, estimate
-from tests.eval.test_compare import cells
+from cpt.reporting.intervals import difference, estimate
+from tests.reporting.test_compare import cells
 
 TASKS = ["count", "colour"]
 # t(0.975, 2), from a table of Student's t.
@@ -37,8 +37,8 @@ def write_seed(directory: Path, name: str, method: str, seed: int, matrix: list[
 
 def experiments_of(run_dirs: list[Path]) -> list:
     """The runs grouped into experiments, as `cpt compare` groups them."""
-    from cpt.eval.compare import benchmark_names, comparison_rows, load_runs
-    from cpt.eval.groups import group_runs
+    from cpt.reporting.compare import benchmark_names, comparison_rows, load_runs
+    from cpt.reporting.groups import group_runs
 
     runs = load_runs(run_dirs)
     return group_runs(runs, comparison_rows(runs), benchmark_names(runs))
@@ -121,7 +121,7 @@ def test_a_diff_naming_no_experiment_is_a_message(study, tmp_path, capsys):
 
 
 def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study):
-    from cpt.eval.group_figures import plot_stability_plasticity
+    from cpt.reporting.group_figures import plot_stability_plasticity
 
     experiments = experiments_of(study)
     fig = plot_stability_plasticity(experiments, "fm", "FM")
@@ -138,7 +138,7 @@ def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study)
 
 
 def test_more_than_ten_experiments_keep_apart_in_colour():
-    from cpt.eval.group_figures import _colour
+    from cpt.reporting.group_figures import _colour
 
     assert [_colour(i) for i in range(3)] == ["C0", "C1", "C2"]
     assert len({_colour(i, 14) for i in range(14)}) == 14  # matplotlib's ten would repeat four

@@ -1,0 +1,32 @@
+"""The next-token cross-entropy on a batch's answer tokens: SFT's loss, the loss the toy foundation is pre-trained
+with, and the loss whose gradients weigh parameters for EWC and the analysis."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cpt.data.batches import IGNORE_INDEX, Batch
+
+
+def answer_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(rows, width - 1) the next-token cross-entropy of every label that is not IGNORE_INDEX (the answer's
+    tokens), 0 elsewhere; column i is the loss of token i + 1, predicted from the positions before it."""
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX,
+                           reduction="none")
+
+
+def mean_answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels that are not IGNORE_INDEX)."""
+    return answer_token_losses(logits, labels).sum() / (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def sft_token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """`answer_token_losses` of the model on the batch."""
+    return answer_token_losses(model(**batch.model_inputs()).logits, batch.labels)
+
+
+def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """`mean_answer_loss` of the model on the batch."""
+    return mean_answer_loss(model(**batch.model_inputs()).logits, batch.labels)

@@ -207,6 +207,16 @@ def test_a_study_run_with_a_corrupt_config_and_the_step_it_suggests(tmp_path, qu
     run_dir.rename(tmp_path / "moved")
     assert main(["study", str(study_file), "--dry-run"]) == 0
     assert "SFT sequential seed 0: starting" in capsys.readouterr().out
+    # Whole but made with another configuration: "move those run directories away to run them again".
+    run_dir.mkdir(parents=True)
+    save_config(load_config(REPO / "configs/experiments/sft_sequential.yaml", [*quick_cfg, *TINY, "optim.lr=0.5"]),
+                run_dir / "config.yaml")
+    (run_dir / "results.json").write_text('{"complete": false}')
+    assert main(["study", str(study_file), "--dry-run"]) == 2
+    one_error(capsys.readouterr().err, "these runs were made with another configuration")
+    shutil.rmtree(run_dir)
+    assert main(["study", str(study_file), "--dry-run"]) == 0
+    assert "SFT sequential seed 0: starting" in capsys.readouterr().out
 
 
 # --- real runs: the suggested commands, run ------------------------------------------------------------------------
@@ -236,6 +246,26 @@ def test_damaged_files_of_a_run_and_the_commands_their_messages_suggest(tmp_path
     assert {**again, "wall_time_s": 0} == {**results, "wall_time_s": 0}
     assert cpt("eval", *args, f"checkpoint={stage}", f"out={tmp_path / 'eval'}").returncode == 0
     assert load_training_state(run_dir / "checkpoints" / "last.ckpt")["epoch"] == 0
+
+    # The other messages about these directories, and the steps they suggest. eval into a directory that holds
+    # results: "name a new directory".
+    proc = cpt("eval", *args, f"checkpoint={stage}", f"out={tmp_path / 'eval'}")
+    assert proc.returncode == 2 and "name a new directory" in one_error(proc.stderr, "already holds results")
+    assert cpt("eval", *args, f"checkpoint={stage}", f"out={tmp_path / 'eval-2'}").returncode == 0
+    # QLoRA from a LoRA stage: "merge them first (python -m cpt export STAGE OUT_DIR) and QLoRA OUT_DIR".
+    proc = cpt("fit", *args, f"model.name_or_path={stage}", "model.finetune=qlora", f"output_dir={tmp_path / 'q'}")
+    assert proc.returncode == 2
+    merge = one_error(proc.stderr, "merge them first").split("(python -m cpt ")[1].split(")")[0].split()
+    assert merge == ["export", str(stage), "OUT_DIR"]
+    exported = tmp_path / "merged"
+    assert cpt("export", str(stage), str(exported)).returncode == 0
+    from cpt.model.presets import resolve_checkpoint
+    assert resolve_checkpoint(load_config(None, [*args, f"model.name_or_path={exported}",
+                                                 "model.finetune=qlora"])) == exported
+    # export over an existing directory: "choose another directory or add --overwrite".
+    proc = cpt("export", str(stage), str(exported))
+    assert proc.returncode == 2 and "add --overwrite" in one_error(proc.stderr, f"{exported} exists")
+    assert cpt("export", str(stage), str(exported), "--overwrite").returncode == 0
 
     # A corrupt config.yaml: the run is started again from the config it was started with.
     (run_dir / "config.yaml").write_text("model: {name_or_path: [\n")

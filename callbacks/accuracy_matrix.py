@@ -25,6 +25,7 @@ from cpt.data.tasks import Task
 from cpt.errors import ConfigError
 from cpt.eval.evaluate import evaluate_by_category
 from cpt.eval.results import format_table, summarize, write_results
+from cpt.run_files import rerun_command
 
 
 class AccuracyMatrix(Callback):
@@ -78,7 +79,8 @@ class AccuracyMatrix(Callback):
             return
         if trainer.ckpt_path is not None:
             raise ConfigError(f"{trainer.ckpt_path} holds no accuracy rows for this run, so resuming would measure the "
-                              "partly trained model as the base; start the run again without resume=true")
+                              "partly trained model as the base; start the run again with "
+                              f"`{rerun_command(self.run_dir)}`")
         self.evaluate_row(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

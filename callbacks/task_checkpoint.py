@@ -18,8 +18,7 @@ from lightning.pytorch.callbacks import Checkpoint
 
 from cpt.atomic import remove, staging_path, swap_in
 from cpt.model.backbone import base_model, save_weights
-
-LAST = "last.ckpt"
+from cpt.run_files import LAST
 
 
 class TaskCheckpoint(Checkpoint):

@@ -26,6 +26,7 @@ from cpt.data.synthetic import TASKS
 from cpt.errors import ConfigError
 from cpt.rl.advantages import ESTIMATORS
 from cpt.rl.policy_loss import AGGREGATIONS, KL_ESTIMATORS, REFERENCES
+from cpt.run_files import read_yaml, run_of
 
 SYNTHETIC_TASKS = list(TASKS)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -472,10 +473,13 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dict
         raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base (a cycle of `base:` keys)")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as error:  # yaml.YAMLError and friends
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if run_of(path) is not None:  # a run's own config.yaml: damaged, it is a run file, with its own next step
+        loaded = read_yaml(path)
+    else:
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as error:  # yaml.YAMLError and friends
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a list")
     base = loaded.pop("base", None)

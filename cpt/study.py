@@ -29,9 +29,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cpt.commands.resume import saved_checkpoint
 from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
+from cpt.run_files import read_yaml, saved_checkpoint
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
 EXPERIMENT_KEYS = {"config", "name", "overrides", "seeds"}
@@ -169,4 +169,5 @@ def changed_keys(run: PlannedRun) -> list[str]:
     saved_path = run.directory / "config.yaml"
     if not saved_path.is_file():
         return []
-    return differing_keys(OmegaConf.load(saved_path), run.config)
+    return differing_keys(read_yaml(saved_path, f"move {run.directory} away (or delete it) and the study runs it "
+                                            "again"), run.config)

@@ -28,7 +28,7 @@ def export(stage: Path, out: Path, dtype: str = "float32") -> None:
     with replacing(out) as staging:  # a stopped export leaves no half-written model behind
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
-        card = (stage / "README.md").read_text() if (stage / "README.md").is_file() else ""
+        card = (stage / "README.md").read_text(errors="replace") if (stage / "README.md").is_file() else ""
         note = (f"Exported by `python -m cpt export` from `{stage.resolve()}`"
                 + (" (LoRA adapters merged into their base)" if adapter_base(stage) else "") + f", {dtype}.\n\n")
         (staging / "README.md").write_text(note + card)

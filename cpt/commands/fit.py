@@ -102,8 +102,10 @@ def general_benchmarks(cfg: DictConfig) -> list[Task]:
     return sets
 
 
-def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) -> list[Callback]:
-    """The callbacks the config's experiment sections turn on."""
+def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage],
+                         resume_from: Path | None = None) -> list[Callback]:
+    """The callbacks the config's experiment sections turn on (`resume_from`: the checkpoint the run continues
+    from)."""
     callbacks: list[Callback] = []
     if cfg.merge.weight < 1:  # first: what the others and the evaluation see at a stage's end is the merged model
         callbacks.append(ModelMerging(cfg.merge.weight))
@@ -117,7 +119,8 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage]) ->
         if f.rule != "none":
             callbacks.append(RolloutFiltering(run_dir, f.rule, f.k, f.low, f.high, f.pool_size, f.correct_threshold,
                                               prompts_per_batch=max(1, cfg.eval.batch_size // f.k), seed=cfg.seed,
-                                              progress=cfg.trainer.enable_progress_bar, resuming=cfg.resume))
+                                              progress=cfg.trainer.enable_progress_bar,
+                                              resuming=resume_from is not None))
         if f.online:
             callbacks.append(OnlineFiltering(run_dir, f.max_retries))
     if cfg.der.weight > 0:  # replay with the recorded logits
@@ -153,7 +156,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     stages = build_stages(cfg)
     names = [stage.name for stage in stages]
     module = METHODS[cfg.method](cfg, checkpoint, tasks)
-    experiments = experiment_callbacks(cfg, run_dir, stages)
+    experiments = experiment_callbacks(cfg, run_dir, stages, resume_from)
     filtering = next((c for c in experiments if isinstance(c, RolloutFiltering)), None)
     evaluation = AccuracyMatrix(
         tasks, run_dir, cfg.eval.batch_size, cfg.eval.max_new_tokens,

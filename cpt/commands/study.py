@@ -13,7 +13,6 @@ with 95% intervals, to <output_dir>/compare/. (cpt.study has the file's format.)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -29,6 +28,7 @@ import torch
 from cpt.atomic import write_json
 from cpt.commands.compare import report
 from cpt.errors import ConfigError
+from cpt.run_files import read_json
 from cpt.study import PlannedRun, Study, changed_keys, load_study, plan, state
 
 ACTION = {"done": "finished, skipped", "stopped": "resuming after its last saved stage",
@@ -146,7 +146,7 @@ def write_summary(study: Study, runs: list[PlannedRun], states: list[str]) -> di
     for run, run_state in zip(runs, states):
         wall = None
         if run_state == "done":
-            wall = json.loads((run.directory / "results.json").read_text()).get("wall_time_s")
+            wall = read_json(run.directory / "results.json").get("wall_time_s")
         entries.append({"experiment": run.experiment.key, "name": run.experiment.name, "seed": run.seed,
                         "dir": str(run.directory), "state": run_state, "wall_time_s": wall})
     summary = {"name": study.name, "study_file": str(study.path), "seeds": study.seeds,

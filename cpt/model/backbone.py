@@ -9,7 +9,6 @@ family's (cpt.model.families), found from the checkpoint's config.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from cpt.model.stage_adapters import (
     add_stage_adapters,
     load_adapter_stack,
 )
+from cpt.run_files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def adapter_base(checkpoint: Path) -> Path | None:
     adapters = Path(checkpoint) / "adapter_config.json"
     if (Path(checkpoint) / "config.json").is_file() or not adapters.is_file():
         return None
-    return Path(json.loads(adapters.read_text())["base_model_name_or_path"])
+    return Path(read_json(adapters)["base_model_name_or_path"])
 
 
 def processor_source(checkpoint: Path) -> Path:

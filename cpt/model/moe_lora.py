@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cpt.run_files import read_json
+
 MARKER = "moe_lora.json"  # in a stage directory: {"experts": E}
 
 
@@ -81,7 +83,7 @@ def moe_lora_config(config, experts: int):
 def experts_of(checkpoint: Path) -> int | None:
     """The expert count a MoELoRA stage directory records, or None for any other directory."""
     marker = Path(checkpoint) / MARKER
-    return json.loads(marker.read_text())["experts"] if marker.is_file() else None
+    return read_json(marker)["experts"] if marker.is_file() else None
 
 
 def write_marker(model: nn.Module, path: Path) -> None:

@@ -8,18 +8,17 @@ with random weights, for sizing and speed measurements without a download. Each 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
-from safetensors import safe_open
 
-from cpt.errors import ConfigError, DataError
+from cpt.errors import ConfigError
 from cpt.model.backbone import adapter_base
 from cpt.model.families import family_of_type, preset_families
 from cpt.model.family import Family, Shape
 from cpt.model.foundation import cache_root, ensure_foundation
 from cpt.model.tiny import build_tiny_processor
+from cpt.run_files import read_json, weight_keys
 
 
 def write_shape_preset(directory: Path, family: Family, shape: Shape, seed: int, image_size: int,
@@ -75,7 +74,7 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
             f"model.name_or_path={name!r} is neither a preset ({preset_names()}) nor a directory with a "
             f"config.json; download the checkpoint on a machine with internet and point to its directory"
         )
-    family_of_type(json.loads((path / "config.json").read_text()).get("model_type"), str(path))
+    family_of_type(read_json(path / "config.json").get("model_type"), str(path))
     return path
 
 
@@ -92,17 +91,12 @@ def check_stage_chain(path: Path) -> None:
 
 
 def check_model_files(path: Path) -> None:
-    """Every JSON file of a model directory parses and every safetensors file has a readable header (the
-    tensors are not read), so that a damaged file is named before transformers fails somewhere inside it."""
+    """Every JSON file of a model directory (and of the adapter directories in it) parses and every safetensors
+    file has a readable header, checked against its length (the tensors are not read), so that a damaged file is
+    named, with what to do, before transformers or peft fails somewhere inside it."""
     for file in sorted(path.glob("*.json")):
-        try:
-            json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise DataError(f"{file} is not valid JSON ({error}); restore it from the original checkpoint") from None
+        read_json(file)
     for file in sorted(path.glob("*.safetensors")):
-        try:
-            with safe_open(file, "pt") as weights:
-                weights.keys()
-        except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for a bad header
-            raise DataError(f"{file} is not a readable safetensors file ({error}); it may be truncated: copy "
-                            "it again") from None
+        weight_keys(file)
+    for adapters in sorted(p for p in path.iterdir() if (p / "adapter_config.json").is_file()):
+        check_model_files(adapters)  # a stage's earlier adapters (O-LoRA's stage<k>/)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from cpt.model.backbone import (
 )
 from cpt.model.families import family_of_checkpoint
 from cpt.model.positions import require_token_types
+from cpt.run_files import read_json, weight_keys
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,11 @@ class SafetensorsWeights:
     def find(cls, checkpoint: Path) -> SafetensorsWeights | None:
         index = checkpoint / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index)["weight_map"]
             return cls({key: checkpoint / name for key, name in weight_map.items()})
         single = checkpoint / "model.safetensors"
         if single.is_file():
-            with safe_open(single, framework="pt") as f:
-                return cls(dict.fromkeys(f.keys(), single))
+            return cls(dict.fromkeys(weight_keys(single), single))
         return None
 
     def reader(self, key: str) -> Read:

@@ -13,7 +13,6 @@ missing method or schedule is read from the run's config.yaml, missing benchmark
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,11 +20,11 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from omegaconf import OmegaConf
 
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
 from cpt.eval.metrics import learning_gain
+from cpt.run_files import next_step, read_json, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,8 @@ ANALYSIS_FIGURE = "compare_analysis.png"
 
 def _read_json(path: Path) -> dict:
     try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        content = read_json(path, f"was the run cut short while writing it? Leave the run out, or {next_step(path)}")
+    except OSError as error:
         raise ConfigError(f"cannot read {path}: {error}; was the run cut short while writing it? Leave the run "
                           "out or run it again") from None
     if not isinstance(content, dict):
@@ -50,10 +49,7 @@ def _config_value(run_dir: Path, key: str) -> str | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    try:
-        return OmegaConf.load(path).get(key)
-    except Exception:  # an unreadable config only costs the table a "-"
-        return None
+    return read_yaml(path, f"leave the run out, or {next_step(path)}").get(key)
 
 
 def _benchmarks_from_general(general: list) -> dict:

@@ -15,6 +15,7 @@ from cpt.config import REPORTING_KEYS, flat
 from cpt.eval.metrics import task_forgetting
 from cpt.reporting.intervals import Difference, Estimate, difference, estimate
 from cpt.reporting.mechanisms import run_mechanisms
+from cpt.run_files import next_step, read_yaml
 
 # Keys two seeds of one experiment may differ in.
 SEED_KEYS = {"seed", "output_dir", *REPORTING_KEYS}
@@ -25,10 +26,7 @@ def saved_config(run: dict) -> dict | None:
     path = run["dir"] / "config.yaml" if run.get("dir") else None
     if path is None or not path.is_file():
         return None
-    try:
-        return flat(OmegaConf.to_container(OmegaConf.load(path)))
-    except Exception:  # an unreadable config groups the run by its name alone
-        return None
+    return flat(OmegaConf.to_container(read_yaml(path, f"leave the run out, or {next_step(path)}")))
 
 
 def run_values(run: dict, row: dict, benchmarks: list[str]) -> dict:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cpt.atomic import previous_path, replacing, staging_path, swap_in, write_json
 from cpt.cli import main
@@ -75,7 +76,7 @@ def test_resume_takes_the_previous_checkpoint_when_a_save_stopped_between_its_re
     save_config(cfg, tmp_path / "config.yaml")
     kept = previous_path(tmp_path / "checkpoints" / "last.ckpt")
     kept.parent.mkdir()
-    kept.write_text("state")
+    torch.save({"state": 1}, kept)
     assert resume_checkpoint(cfg) == kept
 
 

@@ -1,6 +1,8 @@
 """Callbacks that stop a run partway, for the tests of non-finite losses and of resuming: from a given task on,
 the last process's images are NaN (its loss is NaN while the others' stay finite), or the run crashes."""
 
+from pathlib import Path
+
 from lightning.pytorch.callbacks import Callback
 
 
@@ -24,3 +26,17 @@ class CrashAtTask(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch + 1 == self.task:
             raise RuntimeError(f"simulated crash at the start of task {self.task}")
+
+
+class CrashOnce(CrashAtTask):
+    """CrashAtTask the first time only: it leaves `marker` behind, and a run started again (with the same saved
+    config, so with this callback) does not crash. For tests of a continued run given exactly its own config."""
+
+    def __init__(self, task: int = 2, marker: str = ""):
+        super().__init__(task)
+        self.marker = Path(marker)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.task and not self.marker.exists():
+            self.marker.write_text("crashed")
+            super().on_train_epoch_start(trainer, pl_module)

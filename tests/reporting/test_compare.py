@@ -17,7 +17,7 @@ from cpt import cli
 from cpt.commands.compare import main
 from cpt.commands.fit import run
 from cpt.config import load_config
-from cpt.errors import ConfigError
+from cpt.errors import ConfigError, DataError
 from cpt.reporting.compare import comparison_rows, format_comparison, load_run, load_runs, write_figures
 from tests.helpers import REPO
 
@@ -168,7 +168,7 @@ def test_errors(tmp_path, capsys):
         load_run(tmp_path / "empty")
     broken = write_run(tmp_path / "broken", {})
     (broken / "results.json").write_text('{"tasks": ["count"], "accuracy_matr')
-    with pytest.raises(ConfigError, match="cannot read .*broken/results.json: Unterminated string"):
+    with pytest.raises(DataError, match="broken/results.json is not valid JSON \\(Unterminated string"):
         load_run(broken)
     (broken / "results.json").write_text('{"tasks": ["count"]}')
     with pytest.raises(ConfigError, match="has no 'accuracy_matrix': it is not a results file of `cpt fit`"):

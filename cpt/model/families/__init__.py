@@ -5,7 +5,6 @@ Add a family: describe it in a new module here (cpt.model.family.Family) and lis
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -14,6 +13,7 @@ from cpt.errors import ConfigError
 from cpt.model.families.qwen2_5_vl import QWEN2_5_VL
 from cpt.model.families.qwen3_vl import QWEN3_VL
 from cpt.model.family import Family
+from cpt.run_files import read_json
 
 FAMILIES: tuple[Family, ...] = (QWEN2_5_VL, QWEN3_VL)
 DEFAULT = QWEN2_5_VL  # of the `tiny` preset and the benchmarks against TRL
@@ -50,8 +50,8 @@ def family_of_checkpoint(path: str | Path) -> Family:
         adapters = path / "adapter_config.json"
         if not adapters.is_file():
             raise ConfigError(f"{path} has neither a config.json nor LoRA adapters: it is not a checkpoint")
-        path = Path(json.loads(adapters.read_text())["base_model_name_or_path"])
-    return family_of_type(json.loads((path / "config.json").read_text()).get("model_type"), str(path))
+        path = Path(read_json(adapters)["base_model_name_or_path"])
+    return family_of_type(read_json(path / "config.json").get("model_type"), str(path))
 
 
 def preset_families() -> dict[str, Family]:

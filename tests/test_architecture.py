@@ -233,10 +233,3 @@ def test_the_family_name_check_finds_what_it_looks_for():
         "Qwen3VLForConditionalGeneration", "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl", "visual",
         "model.language_model.norm"])
 
-
-def test_the_run_file_readers_stand_on_the_floor():
-    """cpt.run_files reads what every layer reads back, so it imports nothing of ours but the errors and
-    cpt.atomic; the study's planning does not reach into the commands for it."""
-    graph = import_graph()
-    assert graph["cpt.run_files"] <= {"cpt.errors", "cpt.atomic"}
-    assert not {m for m in graph["cpt.study"] if m.startswith("cpt.commands")}

@@ -29,7 +29,7 @@ def test_extrapolation_is_the_line_through_the_two_largest_measurements():
 
 
 def test_logits_size_and_table_row():
-    assert logits_bytes(64, 256, 152064) == 64 * 256 * 152064 * 4  # 9.28 GiB: the README's "10 GB"
+    assert logits_bytes(64, 256, 152064) == 64 * 256 * 152064 * 4  # 9.28 GiB: docs/rft.md's "10 GB"
     row = {"label": "full (chunk=None)", "rollouts": 64, "tokens": 256, "vocab": 152064,
            "peak_growth_bytes": 37.5 * GIB, "peak_bytes": None, "figure": "EXTRAPOLATED"}
     assert table_row(row).split() == ["full", "(chunk=None)", "64", "256", "9.28", "GiB", "37.50", "GiB", "-",

@@ -257,8 +257,8 @@ def test_paper_configs_load(path):
         assert cfg.schedule == ("multitask" if path.stem.startswith("multitask") else "sequential")
 
 
-def test_paper_layout_in_readme_is_what_the_adapters_read(copies, tmp_path):
-    """The paper configs' paths, under a root holding the fixtures in the layouts README describes."""
+def test_paper_layout_in_the_docs_is_what_the_adapters_read(copies, tmp_path):
+    """The paper configs' paths, under a root holding the fixtures in the layouts docs/your-data.md describes."""
     text = (PAPER / "tasks.yaml").read_text().replace("/data/", f"{tmp_path}/")
     (tmp_path / "tasks.yaml").write_text(text)
     folders = {"scienceqa": "ScienceQA", "textvqa": "TextVQA", "vizwiz": "VizWiz", "geometry3k": "Geometry3K",

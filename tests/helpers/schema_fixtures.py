@@ -141,7 +141,7 @@ def superclevr(root: Path, name: str = "superclevr") -> list[str]:
                           "answer": answer, "program": []})
     path = root / "superCLEVR_questions_30k.json"
     path.write_text(json.dumps({"info": {"version": "1.0"}, "questions": questions}))
-    # The release has one questions file; README's recipe splits it by image into train.jsonl and test.jsonl.
+    # The release has one questions file; docs/your-data.md's recipe splits it by image into train.jsonl and test.jsonl.
     for split, part in (("train", questions[:4]), ("test", questions[4:])):
         (root / f"{split}.jsonl").write_text("\n".join(json.dumps(q) for q in part))
     return [f"local_tasks.{name}.format=superclevr", f"local_tasks.{name}.train={root / 'train.jsonl'}",

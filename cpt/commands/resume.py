@@ -73,10 +73,10 @@ def start_again(run_dir: Path) -> None:
     equal) stays; the stopped attempt's log is kept beside the new one, as a resumed run's is; everything else it
     wrote (the base row in results.json, filtering, a half-saved stage) goes, since the new start computes it all
     again and a reader must not take the stopped attempt's files for the new one's."""
-    kept = [name for name in RUN_ENTRIES if name not in ("config.yaml", "logs") and (run_dir / name).exists()]
+    stale = [name for name in RUN_ENTRIES if name not in ("config.yaml", "logs") and (run_dir / name).exists()]
     print(f"resume=true: {run_dir} holds no finished stage; starting its first stage again"
-          + (f" (deleting {', '.join(kept)})" if kept else ""))
-    for name in kept:
+          + (f" (deleting {', '.join(stale)})" if stale else ""))
+    for name in stale:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     keep_earlier_log(run_dir / "logs" / "metrics.csv")

@@ -297,7 +297,7 @@ def test_a_run_stopped_before_its_first_stage_continues_with_the_resume_command(
     assert proc.returncode == 2
     resume = suggested(one_error(proc.stderr, "already holds a run", "Continue it with"))
     assert resume == ["fit", str(stopped / "config.yaml"), "resume=true"]
-    proc = cpt("fit", *resume, "steps_per_task=3")  # not the run that stopped: refused, and told the command
+    proc = cpt(*resume, "steps_per_task=3")  # not the run that stopped: refused, and told the command
     assert proc.returncode == 2 and suggested(one_error(proc.stderr, "differ from")) == resume
 
     proc = cpt(*resume)

@@ -309,3 +309,23 @@ def test_a_run_stopped_before_its_first_stage_continues_with_the_resume_command(
     assert losses[0] == losses[1] and len(losses[0]) == 4
     assert (stopped / "logs" / "metrics.before-resume-1.csv").is_file()  # the stopped attempt's log, kept
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["1-colour", "2-count", "last.ckpt"]
+
+
+def test_a_task_with_no_usable_row_names_the_data_check_that_lists_every_bad_row(tmp_path, capsys):
+    """fit stops before any compute with the data check command of the run's saved config, which lists every bad
+    row (not only the first three the message shows)."""
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    rows = [{"problem": f"q{i}", "answer": "a", "images": ["corrupt.png"]} for i in range(5)]
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    (tmp_path / "eval.json").write_text(json.dumps([{"problem": "q", "answer": "a", "images": []}]))
+    run_dir = tmp_path / "run"
+    args = ["tasks=[mine]", "local_tasks.mine.format=easyr1", f"local_tasks.mine.train={tmp_path / 'train.json'}",
+            f"local_tasks.mine.eval={tmp_path / 'eval.json'}", "eval.general=false",
+            "trainer.enable_progress_bar=false", f"output_dir={run_dir}"]
+    assert main(["fit", *args]) == 1
+    suggested = one_error(capsys.readouterr().err, "task 'mine': none of its train rows can be used",
+                          "lists them all").split("`")[1]
+    assert suggested == f"python -m cpt data check {run_dir / 'config.yaml'}"
+    assert main(shlex.split(suggested)[3:]) == 1  # the task cannot be used: the check says so too
+    report = capsys.readouterr().out
+    assert all(f"train row {i}" in report for i in range(5)), report

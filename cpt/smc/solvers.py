@@ -121,14 +121,34 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     started = time.perf_counter()
     n = S0.shape[0]
     missing = (~observed).nonzero(as_tuple=True)
-    # S0 itself when nothing is missing: no n x n copy (float32 in, float32 throughout)
-    target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device)) if len(missing[0]) else S0
-    del observed
     # Few missing entries: the full residual's loss and gradient, less those entries' terms (a sparse correction).
     # Many: the residual on the observed entries, an n x n product per evaluation.
     dense_mask = len(missing[0]) > SPARSE_MISSING * n * n
-    weight = (~S0.isnan()).to(S0.dtype) if dense_mask else None
-    rank = min(n, rank or DEFAULT_MAX_RANK)
+    weight = observed.to(S0.dtype) if dense_mask else None
+    # The fit reads S0 with its missing entries as 0. With none missing that is S0 itself; with few, S0's NaNs are
+    # set to 0 in place for the fit and put back after it: no n x n copy either way (float32 in, float32 throughout).
+    in_place = bool(len(missing[0])) and not dense_mask and S0.is_contiguous() and not S0.requires_grad
+    if in_place:
+        S0[missing] = 0
+        target = S0
+    elif len(missing[0]):
+        target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device))
+    else:
+        target = S0
+    del observed
+    try:
+        return fit(target, weight, missing, dense_mask, method, min(n, rank or DEFAULT_MAX_RANK), lam, alpha,
+                   unit_diagonal, max_iter, tol, seed, started)
+    finally:
+        if in_place:
+            S0[missing] = float("nan")
+
+
+def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.Tensor, torch.Tensor],
+        dense_mask: bool, method: str, rank: int, lam: float | None, alpha: float, unit_diagonal: bool,
+        max_iter: int, tol: float, seed: int, started: float) -> Completion:
+    """`complete`'s iterations on target (S0, missing entries 0), after its checks."""
+    n = target.shape[0]
     if lam is None:
         lam = 2 * max(-most_negative_eigenvalue(target, seed), 0.0)
     if lam < 0:
@@ -141,7 +161,7 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     V = nystrom_factor(target, rank, seed)
     if V.shape[1] < rank:  # a sketch of lower rank: pad with small random columns so every column can grow
         generator = torch.Generator(device="cpu").manual_seed(seed + 1)
-        pad = 1e-3 * torch.randn(n, rank - V.shape[1], generator=generator, dtype=S0.dtype).to(S0.device)
+        pad = 1e-3 * torch.randn(n, rank - V.shape[1], generator=generator, dtype=target.dtype).to(target.device)
         V = torch.cat([V, pad], 1)
     V = V.clone().requires_grad_(True)
     history: list[float] = []

@@ -108,11 +108,14 @@ def test_sparse_and_dense_masks_agree(monkeypatch):
     X = missing_at_random(torch.randn(150, 4, dtype=torch.float64), 0.6, seed=0)
     S0 = observed_cosine(X)
     assert S0.isnan().any()
+    before = S0.clone()
     monkeypatch.setattr(solvers, "SPARSE_MISSING", 1.0)
-    sparse = complete(S0, rank=4, lam=0.5)
+    sparse = complete(S0, rank=4, lam=0.5)  # S0's NaNs set to 0 in place for the fit, then put back
+    assert torch.equal(S0.isnan(), before.isnan()) and torch.equal(S0.nan_to_num(), before.nan_to_num())
+    copied = complete(S0.T, rank=4, lam=0.5)  # not contiguous: a copy instead
     monkeypatch.setattr(solvers, "SPARSE_MISSING", -1.0)
     dense = complete(S0, rank=4, lam=0.5)
-    assert torch.allclose(sparse.S, dense.S, atol=1e-8)
+    assert torch.allclose(sparse.S, dense.S, atol=1e-8) and torch.allclose(sparse.S, copied.S, atol=1e-8)
 
 
 def test_bad_input_is_named():

@@ -124,9 +124,12 @@ def peak_gb() -> float:
     return kilobytes * 1024 / 1e9
 
 
-def time_one_size(n: int, dtype: str, with_dmc: bool) -> list[dict]:
+def time_one_size(n: int, dtype: str, with_dmc: bool, threads: int = 0) -> list[dict]:
     """Run in a fresh child process: S0 of synthetic data at n, then each method on it; time and peak memory
-    of each step (the peak reset before it; without the reset, the peak since the child started)."""
+    of each step (the peak reset before it; without the reset, the peak since the child started). threads: torch's
+    CPU threads (0: its default)."""
+    if threads:
+        torch.set_num_threads(threads)
     rows = []
     Xm = synthetic(n).to(getattr(torch, dtype))
     gc.collect()
@@ -153,15 +156,20 @@ def time_one_size(n: int, dtype: str, with_dmc: bool) -> list[dict]:
     return rows
 
 
-def timing_rows(sizes, dmc_max_n: int, dtype: str = "float32", progress: bool = True) -> list[dict]:
+def timing_rows(sizes, dmc_max_n: int, dtype: str = "float32", threads: int = 0, progress: bool = True) -> list[dict]:
     """Each size in a fresh child process (so that each peak is that size's own); DMC above dmc_max_n
     extrapolated as n^3 from the largest size it was timed at, with "extrapolated": true."""
     rows = []
     context = multiprocessing.get_context("spawn")
     for n in tqdm(sizes, desc="Timing", disable=not progress):
         with ProcessPoolExecutor(1, mp_context=context) as child:
-            rows += child.submit(time_one_size, n, dtype, n <= dmc_max_n).result()
-    return rows + extrapolated_dmc(rows, [n for n in sizes if n > dmc_max_n])
+            done = child.submit(time_one_size, n, dtype, n <= dmc_max_n, threads).result()
+        rows += done
+        if progress:
+            tqdm.write(f"n = {n}: " + ", ".join(f"{r['method']} {r['seconds']:.2f} s, {r['peak_gb']:.2f} GB"
+                                                for r in done))
+    rows += extrapolated_dmc(rows, [n for n in sizes if n > dmc_max_n])
+    return sorted(rows, key=lambda r: r["n"])  # stable: each n's steps keep their order
 
 
 def extrapolated_dmc(rows: list[dict], sizes) -> list[dict]:
@@ -276,6 +284,8 @@ def main(args: list[str]) -> int:
                         help="largest n DMC is timed at (O(n^3)); above it, extrapolated as n^3")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="precision of the timing sweep (S0, the factor, the result); the accuracy part is float64")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads of the timing sweep (default 0: torch's own default)")
     parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
     options = parser.parse_args(args)
     if options.seeds < 1:
@@ -288,10 +298,11 @@ def main(args: list[str]) -> int:
     if accuracy:
         tables.append(accuracy_tables(accuracy))
         print(tables[-1])
-    timing = timing_rows(options.sizes, options.dmc_max_n, options.dtype) if options.sizes else []
+    timing = timing_rows(options.sizes, options.dmc_max_n, options.dtype, options.threads) if options.sizes else []
     if timing:
-        tables.append(f"Wall time and peak memory of each step ({options.dtype}; S0 built once per n, shared; each n "
-                      "in a fresh process)\n\n" + timing_table(timing))
+        threads = f"{options.threads} thread(s)" if options.threads else f"{torch.get_num_threads()} threads"
+        tables.append(f"Wall time and peak memory of each step ({options.dtype}, {threads}; S0 built once per n, "
+                      "shared; each n in a fresh process)\n\n" + timing_table(timing))
         print("\n" + tables[-1])
     (options.out / "results.json").write_text(json.dumps({"accuracy": accuracy, "timing": timing}, indent=1))
     (options.out / "results.md").write_text("\n\n".join(tables) + "\n")

@@ -110,7 +110,9 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     regularizer leaves unused ones near zero); lam = regularizer weight (default twice the magnitude of S0's
     most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. unit_diagonal rescales the result
     to S_ij / sqrt(S_ii S_jj), as a cosine similarity is (still PSD: D^-1/2 S D^-1/2); the shrinkage otherwise
-    leaves the diagonal below 1."""
+    leaves the diagonal below 1. S0's dtype is kept throughout (float32 in: V, S and every n x n temporary are
+    float32). When few entries are missing (the sparse path), they are set to 0 in S0 itself during the fit and
+    put back as NaN after it, to avoid an n x n copy: S0 must not be read by another thread meanwhile."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < alpha <= 1:

@@ -6,29 +6,43 @@ random feature back, so that every method sees the same samples. Truth: the cosi
 Next to the methods, the spectral floor: the least error of any matrix with S0's eigenvectors (found with the
 truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on that S0 can go below but for their
 unit-diagonal rescale.
-Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 20,000; S0 is built once and shared,
-so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch and the iterations;
-DMC: the eigendecomposition).
+One-step SMC and SVC split each dataset into a random half of offline samples (seeded) and the online rest.
+Scores: relative error, Recall@10, Recall and nDCG at the top 20% (`metrics.scores`).
+Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 40,000, in float32 by default (S0,
+the factor and the result; `--dtype`). Each size runs in a fresh child process: S0 is built once there and
+shared, so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch, the iterations
+and forming S; DMC: the eigendecomposition). The peak memory of each step is the child's peak resident set size
+(VmHWM) while it ran, S0 included: the peak is reset before each step (/proc/self/clear_refs) and read after it.
+DMC is timed up to --dmc-max-n; above, its time is extrapolated as n^3 from the largest measured size and marked
+so.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import multiprocessing
+import re
+import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero
-from cpt.smc.metrics import recall_at_k, relative_error, spectral_floor
+from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero, one_step_smc, svc
+from cpt.smc.metrics import scores, spectral_floor
 from cpt.smc.similarity import cosine, observed_cosine
 from cpt.smc.solvers import complete
 
 DATASETS = ("wine", "breast_cancer", "digits")
-METHODS = ("S0", "DMC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
+METHODS = ("S0", "DMC", "one-step SMC", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
+CALIBRATIONS = ("one-step SMC", "SVC")  # the authors' earlier methods: their rows also record the least eigenvalue
+METRICS = {"error": "relative error", "recall10": "Recall@10", "recall20pct": "Recall@20%",
+           "ndcg20pct": "nDCG@20%"}  # key: title; lower is better only for the error
 OURS = ("SMCNN", "SMCNmF")
 FLOOR = "floor"  # not a method: it needs the truth
 
@@ -55,6 +69,10 @@ def estimate(method: str, Xm: torch.Tensor, S0: torch.Tensor, seed: int) -> torc
         return observed_or_zero(S0)
     if method == "DMC":
         return dmc(S0)
+    if method == "one-step SMC":
+        return one_step_smc(S0, seed=seed)
+    if method == "SVC":
+        return svc(S0, seed=seed)
     if method in ("mean", "kNN", "SVT"):
         return imputed_cosine(Xm, method.lower())
     return complete(S0, method.lower(), rank=Xm.shape[1], seed=seed).S
@@ -72,9 +90,11 @@ def accuracy_rows(ratios, seeds, datasets=DATASETS, progress: bool = True) -> li
             started = time.perf_counter()
             S = estimate(method, Xm, S0, seed)
             seconds = time.perf_counter() - started
-            rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": method,
-                         "error": relative_error(S, truth), "recall10": recall_at_k(S, truth, 10),
-                         "seconds": seconds})
+            row = {"dataset": name, "ratio": ratio, "seed": seed, "method": method, **scores(S, truth),
+                   "seconds": seconds}
+            if method in CALIBRATIONS:
+                row["least_eigenvalue"] = float(torch.linalg.eigvalsh(S)[0])
+            rows.append(row)
         rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR,
                      "error": spectral_floor(S0, truth)})
     return rows
@@ -86,55 +106,126 @@ def synthetic(n: int, features: int = 50, rank: int = 5, ratio: float = 0.5, see
     return missing_at_random(X, ratio, seed)
 
 
-def timing_rows(sizes, dmc_max_n: int, progress: bool = True) -> list[dict]:
+def reset_peak() -> bool:
+    """Reset this process's peak resident set size to the current one (Linux: /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_gb() -> float:
+    """This process's peak resident set size in GB (VmHWM; ru_maxrss where /proc is absent)."""
+    try:
+        kilobytes = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kilobytes * 1024 / 1e9
+
+
+def time_one_size(n: int, dtype: str, with_dmc: bool, threads: int = 0) -> list[dict]:
+    """Run in a fresh child process: S0 of synthetic data at n, then each method on it; time and peak memory
+    of each step (the peak reset before it; without the reset, the peak since the child started). threads: torch's
+    CPU threads (0: its default)."""
+    if threads:
+        torch.set_num_threads(threads)
     rows = []
-    for n in tqdm(sizes, desc="Timing", disable=not progress):
-        Xm = synthetic(n)
+    Xm = synthetic(n).to(getattr(torch, dtype))
+    gc.collect()
+    resettable = reset_peak()
+    started = time.perf_counter()
+    S0 = observed_cosine(Xm)
+    rows.append({"n": n, "method": "S0 (shared)", "seconds": time.perf_counter() - started, "peak_gb": peak_gb()})
+    for method in ("smcnn", "smcnmf"):
+        gc.collect()
+        reset_peak()
+        result = complete(S0, method, rank=Xm.shape[1])
+        rows.append({"n": n, "method": method.replace("smc", "SMC").replace("nmf", "NmF").replace("nn", "NN"),
+                     "seconds": result.seconds, "iterations": result.iterations, "peak_gb": peak_gb(),
+                     "dtype": str(result.S.dtype).removeprefix("torch.")})
+        del result
+    if with_dmc:
+        gc.collect()
+        reset_peak()
         started = time.perf_counter()
-        S0 = observed_cosine(Xm)
-        rows.append({"n": n, "method": "S0 (shared)", "seconds": time.perf_counter() - started})
-        for method in ("smcnn", "smcnmf"):
-            result = complete(S0, method, rank=Xm.shape[1])
-            rows.append({"n": n, "method": method.replace("smc", "SMC").replace("nmf", "NmF").replace("nn", "NN"),
-                         "seconds": result.seconds, "iterations": result.iterations})
-        if n <= dmc_max_n:
-            started = time.perf_counter()
-            dmc(S0)
-            rows.append({"n": n, "method": "DMC", "seconds": time.perf_counter() - started})
-        del S0
+        dmc(S0)
+        rows.append({"n": n, "method": "DMC", "seconds": time.perf_counter() - started, "peak_gb": peak_gb()})
+    for row in rows:
+        row["peak_reset"] = resettable
     return rows
+
+
+def timing_rows(sizes, dmc_max_n: int, dtype: str = "float32", threads: int = 0, progress: bool = True) -> list[dict]:
+    """Each size in a fresh child process (so that each peak is that size's own); DMC above dmc_max_n
+    extrapolated as n^3 from the largest size it was timed at, with "extrapolated": true."""
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for n in tqdm(sizes, desc="Timing", disable=not progress):
+        with ProcessPoolExecutor(1, mp_context=context) as child:
+            done = child.submit(time_one_size, n, dtype, n <= dmc_max_n, threads).result()
+        rows += done
+        if progress:
+            tqdm.write(f"n = {n}: " + ", ".join(f"{r['method']} {r['seconds']:.2f} s, {r['peak_gb']:.2f} GB"
+                                                for r in done))
+    rows += extrapolated_dmc(rows, [n for n in sizes if n > dmc_max_n])
+    return sorted(rows, key=lambda r: r["n"])  # stable: each n's steps keep their order
+
+
+def extrapolated_dmc(rows: list[dict], sizes) -> list[dict]:
+    """DMC's time at each of `sizes`, extrapolated as n^3 from the largest n it was timed at (none if never)."""
+    measured = [(r["n"], r["seconds"]) for r in rows if r["method"] == "DMC" and not r.get("extrapolated")]
+    if not measured:
+        return []
+    largest, seconds = max(measured)
+    return [{"n": n, "method": "DMC", "seconds": seconds * (n / largest) ** 3, "extrapolated": True,
+             "from_n": largest} for n in sizes]
 
 
 def mean_over_seeds(rows: list[dict], name: str, ratio: float, method: str, key: str = "error") -> float:
     return statistics.mean(r[key] for r in rows if (r["dataset"], r["ratio"], r["method"]) == (name, ratio, method))
 
 
-def accuracy_table(rows: list[dict]) -> str:
-    """Mean relative error / Recall@10 over seeds, a row per dataset and ratio; the best error in bold. The
-    spectral floor, when measured, in the last column."""
-    floor = any(r["method"] == FLOOR for r in rows)
+def accuracy_table(rows: list[dict], metric: str = "error") -> str:
+    """Mean of one metric over seeds, a row per dataset and ratio; the best in bold (lowest error, highest
+    recall or nDCG). With the error, the spectral floor, when measured, in the last column."""
+    floor = metric == "error" and any(r["method"] == FLOOR for r in rows)
     lines = ["| dataset | missing | " + " | ".join(METHODS) + (" | S0 spectral floor |" if floor else " |"),
              "|---|---|" + "---:|" * (len(METHODS) + floor)]
+    choose = min if metric == "error" else max
     for name in dict.fromkeys(r["dataset"] for r in rows):
         for ratio in dict.fromkeys(r["ratio"] for r in rows if r["dataset"] == name):
-            cells = {method: (mean_over_seeds(rows, name, ratio, method),
-                              mean_over_seeds(rows, name, ratio, method, "recall10")) for method in METHODS}
-            best = min(error for error, _ in cells.values())
-            shown = [(f"**{e:.3f}**" if e == best else f"{e:.3f}") + f" / {r:.2f}" for e, r in cells.values()]
+            cells = [mean_over_seeds(rows, name, ratio, method, metric) for method in METHODS]
+            best = f"{choose(cells):.3f}"
+            shown = [f"**{value:.3f}**" if f"{value:.3f}" == best else f"{value:.3f}" for value in cells]
             if floor:
                 shown.append(f"{mean_over_seeds(rows, name, ratio, FLOOR):.3f}")
             lines.append(f"| {name} | {ratio:.1f} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
+def accuracy_tables(rows: list[dict]) -> str:
+    return "\n\n".join(f"{title} (mean over seeds; {'lower' if key == 'error' else 'higher'} is better)\n\n"
+                       + accuracy_table(rows, key) for key, title in METRICS.items())
+
+
 def timing_table(rows: list[dict]) -> str:
+    """Seconds and peak memory (GB) per method and n; DMC's extrapolated times marked with (extrapolated)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = ["| n | " + " | ".join(methods) + " | DMC / SMCNN |", "|---:|" + "---:|" * (len(methods) + 1)]
     for n in dict.fromkeys(r["n"] for r in rows):
-        seconds = {r["method"]: r["seconds"] for r in rows if r["n"] == n}
-        ratio = f"{seconds['DMC'] / seconds['SMCNN']:.1f}x" if "DMC" in seconds else "-"
-        lines.append(f"| {n} | " + " | ".join(f"{seconds[m]:.2f} s" if m in seconds else "-" for m in methods)
-                     + f" | {ratio} |")
+        cell = {r["method"]: r for r in rows if r["n"] == n}
+
+        def shown(method: str, cell: dict = cell) -> str:
+            if method not in cell:
+                return "-"
+            row = cell[method]
+            if row.get("extrapolated"):
+                return f"~{row['seconds']:.0f} s (extrapolated n^3 from n = {row['from_n']})"
+            return f"{row['seconds']:.2f} s, {row['peak_gb']:.2f} GB"
+
+        ratio = f"{cell['DMC']['seconds'] / cell['SMCNN']['seconds']:.1f}x" if "DMC" in cell else "-"
+        lines.append(f"| {n} | " + " | ".join(shown(m) for m in methods) + f" | {ratio} |")
     return "\n".join(lines)
 
 
@@ -145,21 +236,31 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["dataset"] for r in accuracy))
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.8), constrained_layout=True,
+                             squeeze=False)
+    axes = axes[0]
     for ax, name in zip(axes, names):
         ratios = sorted({r["ratio"] for r in accuracy if r["dataset"] == name})
         for method in METHODS:
             means = [mean_over_seeds(accuracy, name, ratio, method) for ratio in ratios]
             ax.plot(ratios, means, marker="o", linewidth=2.2 if method in OURS else 1.2,
-                    linestyle="-" if method in OURS else "--", label=method)
+                    linestyle="-" if method in OURS else ("-." if method in CALIBRATIONS else "--"), label=method)
         if any(r["method"] == FLOOR for r in accuracy):
             ax.plot(ratios, [mean_over_seeds(accuracy, name, ratio, FLOOR) for ratio in ratios], color="grey",
                     linestyle=":", linewidth=2, label="S0 spectral floor")
         ax.set(title=name, xlabel="missing ratio", ylabel="relative error", xticks=ratios)
+    if names:
+        axes[0].legend(fontsize=7)
     ax = axes[-1]
     for method in dict.fromkeys(r["method"] for r in timing):
-        points = [(r["n"], r["seconds"]) for r in timing if r["method"] == method]
-        ax.plot(*zip(*points), marker="o", label=method)
+        points = [(r["n"], r["seconds"]) for r in timing if r["method"] == method and not r.get("extrapolated")]
+        line = ax.plot(*zip(*points), marker="o", label=method)[0] if points else None
+        guessed = [(r["n"], r["seconds"]) for r in timing if r["method"] == method and r.get("extrapolated")]
+        if guessed:
+            if points:
+                guessed.insert(0, points[-1])
+            ax.plot(*zip(*guessed), marker="o", markerfacecolor="none", linestyle=":",
+                    color=line.get_color() if line else None, label=f"{method} (extrapolated n^3)")
     if timing:
         ax.set(title="time against n (rank-5 data, 50% missing)", xlabel="n", ylabel="seconds", xscale="log",
                yscale="log")
@@ -167,7 +268,6 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     else:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no timing sweep (--sizes)", ha="center", va="center", transform=ax.transAxes)
-    axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -176,25 +276,36 @@ def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt smc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset and ratio")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000, 10000, 20000],
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS,
+                        help="datasets of the accuracy part (none: skip it)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000, 10000, 20000, 40000],
                         help="n of the timing sweep (none: skip it)")
-    parser.add_argument("--dmc-max-n", type=int, default=20000, help="largest n DMC is timed at (O(n^3))")
+    parser.add_argument("--dmc-max-n", type=int, default=20000,
+                        help="largest n DMC is timed at (O(n^3)); above it, extrapolated as n^3")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="precision of the timing sweep (S0, the factor, the result); the accuracy part is float64")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads of the timing sweep (default 0: torch's own default)")
     parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
     options = parser.parse_args(args)
     if options.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if any(n < 2 for n in options.sizes):
+        parser.error("--sizes must be at least 2")
     options.out.mkdir(parents=True, exist_ok=True)
-    accuracy = accuracy_rows(options.ratios, range(options.seeds), options.datasets)
-    print("Relative error / Recall@10 (mean over seeds; lower error is better)\n")
-    print(accuracy_table(accuracy))
-    timing = timing_rows(options.sizes, options.dmc_max_n) if options.sizes else []
+    accuracy = accuracy_rows(options.ratios, range(options.seeds), options.datasets) if options.datasets else []
+    tables = []
+    if accuracy:
+        tables.append(accuracy_tables(accuracy))
+        print(tables[-1])
+    timing = timing_rows(options.sizes, options.dmc_max_n, options.dtype, options.threads) if options.sizes else []
     if timing:
-        print("\nWall time of the completion (S0 built once, shared)\n")
-        print(timing_table(timing))
+        threads = f"{options.threads} thread(s)" if options.threads else f"{torch.get_num_threads()} threads"
+        tables.append(f"Wall time and peak memory of each step ({options.dtype}, {threads}; S0 built once per n, "
+                      "shared; each n in a fresh process)\n\n" + timing_table(timing))
+        print("\n" + tables[-1])
     (options.out / "results.json").write_text(json.dumps({"accuracy": accuracy, "timing": timing}, indent=1))
-    tables = accuracy_table(accuracy) + "\n\n" + (timing_table(timing) if timing else "")
-    (options.out / "results.md").write_text(tables)
+    (options.out / "results.md").write_text("\n\n".join(tables) + "\n")
     plot(accuracy, timing, options.out / "smc_bench.png")
     print(f"\nTables, raw rows and smc_bench.png in {options.out}")
     return 0

@@ -10,15 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cpt.smc.similarity import SimilarityInputError, observed_cosine
+from cpt.smc.metrics import scores
+from cpt.smc.similarity import SimilarityInputError, cosine, observed_cosine
 from cpt.smc.solvers import METHODS, complete
 
 USAGE = """usage: python -m cpt smc COMMAND ...
 
 commands:
   complete INPUT OUTPUT   complete the similarity of a data matrix (samples x features, NaN = missing) or, with
-                          --similarity, of a similarity matrix with NaNs; .npy or .csv in and out
-  bench                   SMCNN/SMCNmF against S0, DMC and imputation on real data, and time against n
+                          --similarity, of a similarity matrix with NaNs; .npy or .csv in and out; with
+                          --truth TRUTH, score the result against a complete reference
+  bench                   SMCNN/SMCNmF against S0, DMC, one-step SMC, SVC and imputation on real data, and time
+                          and peak memory against n
 """
 
 
@@ -90,10 +93,15 @@ def complete_command(args: list[str]) -> int:
     parser.add_argument("--lam", type=float, help="regularizer weight (default: from S0's most negative eigenvalue)")
     parser.add_argument("--alpha", type=float, default=1.0, help="smcnmf: weight of the Frobenius term")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truth", type=Path, help=(
+        "a complete reference (.npy or .csv, no NaN): the true similarity (n x n, with --similarity) or the complete "
+        "data (same shape as INPUT; its cosine is the truth); prints relative error, Recall@10, Recall@20%% and "
+        "nDCG@20%% of S0 and of the completion"))
     options = parser.parse_args(args)
     if options.output.suffix.lower() not in (".npy", ".csv"):
         raise SimilarityInputError(f"output {str(options.output)!r}: use a .npy or .csv file")
     matrix = torch.as_tensor(read_matrix(options.input))
+    truth = read_truth(options.truth, matrix, options.similarity) if options.truth else None
     S0 = matrix if options.similarity else observed_cosine(matrix)
     rank = options.rank or (None if options.similarity else min(matrix.shape[1], 128))
     result = complete(S0, options.method, rank=rank, lam=options.lam, alpha=options.alpha, seed=options.seed)
@@ -102,7 +110,26 @@ def complete_command(args: list[str]) -> int:
     print(f"{options.method}: n={S0.shape[0]}, {100 * missing:.1f}% of the input missing, lam={result.lam:.4g}, "
           f"{result.iterations} iterations ({'converged' if result.converged else 'iteration cap reached'}), "
           f"rank {result.effective_rank} of {result.rank}, {result.seconds:.2f} s -> {options.output}")
+    if truth is not None:
+        print(f"against {options.truth}: relative error / Recall@10 / Recall@20% / nDCG@20% (top 20% of the "
+              "n - 1 others; see cpt.smc.metrics)")
+        for name, S in (("S0 (missing entries as 0)", S0.nan_to_num(0.0)), (options.method, result.S)):
+            score = scores(S, truth)
+            print(f"  {name}: {score['error']:.4f} / {score['recall10']:.4f} / {score['recall20pct']:.4f} / "
+                  f"{score['ndcg20pct']:.4f}")
     return 0
+
+
+def read_truth(path: Path, matrix: torch.Tensor, similarity: bool) -> torch.Tensor:
+    """The reference similarity: the file itself with --similarity, else the cosine of the complete data."""
+    reference = torch.as_tensor(read_matrix(path))
+    if torch.isnan(reference).any():
+        raise SimilarityInputError(f"truth {str(path)!r} has missing values (NaN); it must be complete")
+    if reference.shape != matrix.shape:
+        what = "the similarity matrix" if similarity else "the data"
+        raise SimilarityInputError(f"truth {str(path)!r} has shape {tuple(reference.shape)}, {what} in INPUT has "
+                                   f"{tuple(matrix.shape)}")
+    return reference if similarity else cosine(reference)
 
 
 def main(args: list[str]) -> int:

@@ -44,22 +44,28 @@ class Completion:
     objective: list[float] = field(default_factory=list)  # per evaluation, relative to ||P(S0)||_F^2
 
 
-def check_similarity(S0: torch.Tensor) -> torch.Tensor:
-    """The mask of observed entries; SimilarityInputError for what cannot be completed."""
+def check_similarity(S0: torch.Tensor, block_rows: int = 2048) -> torch.Tensor:
+    """The mask of observed entries; SimilarityInputError for what cannot be completed. The symmetry checks go by
+    blocks of rows, so they hold no n x n temporary beyond the mask."""
     if S0.dim() != 2 or S0.shape[0] != S0.shape[1]:
         raise SimilarityInputError(f"a similarity matrix is square, got shape {tuple(S0.shape)}")
     if S0.shape[0] < 2:
         raise SimilarityInputError("a similarity matrix needs at least 2 samples")
+    if not S0.is_floating_point():
+        raise SimilarityInputError(f"a similarity matrix holds floating-point values, got {S0.dtype}")
     observed = ~torch.isnan(S0)
     if not observed.any():
         raise SimilarityInputError("every entry of the similarity matrix is missing (NaN)")
-    if torch.isinf(S0).any():
-        raise SimilarityInputError("the similarity matrix holds infinite values; only NaN marks a missing entry")
-    if not torch.equal(observed, observed.T):
-        raise SimilarityInputError("the pattern of missing entries is not symmetric: S[i, j] and S[j, i] must be "
-                                   "both observed or both missing")
-    if not torch.allclose(torch.where(observed, S0, 0), torch.where(observed, S0.T, 0), atol=1e-5, rtol=1e-4):
-        raise SimilarityInputError("the similarity matrix is not symmetric (S[i, j] != S[j, i])")
+    n = S0.shape[0]
+    for start in range(0, n, block_rows):
+        rows = slice(start, min(start + block_rows, n))
+        if torch.isinf(S0[rows]).any():
+            raise SimilarityInputError("the similarity matrix holds infinite values; only NaN marks a missing entry")
+        if not torch.equal(observed[rows], observed[:, rows].T):
+            raise SimilarityInputError("the pattern of missing entries is not symmetric: S[i, j] and S[j, i] must be "
+                                       "both observed or both missing")
+        if not torch.allclose(S0[rows].nan_to_num(), S0[:, rows].T.nan_to_num(), atol=1e-5, rtol=1e-4):
+            raise SimilarityInputError("the similarity matrix is not symmetric (S[i, j] != S[j, i])")
     empty = (~observed.any(1)).nonzero().flatten()
     if len(empty):
         raise SimilarityInputError(f"{len(empty)} row(s) have no observed entry, e.g. row {int(empty[0])}: "
@@ -104,7 +110,9 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     regularizer leaves unused ones near zero); lam = regularizer weight (default twice the magnitude of S0's
     most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. unit_diagonal rescales the result
     to S_ij / sqrt(S_ii S_jj), as a cosine similarity is (still PSD: D^-1/2 S D^-1/2); the shrinkage otherwise
-    leaves the diagonal below 1."""
+    leaves the diagonal below 1. S0's dtype is kept throughout (float32 in: V, S and every n x n temporary are
+    float32). When few entries are missing (the sparse path), they are set to 0 in S0 itself during the fit and
+    put back as NaN after it, to avoid an n x n copy: S0 must not be read by another thread meanwhile."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < alpha <= 1:
@@ -114,25 +122,48 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
         raise ValueError(f"rank must be a positive number of columns, got {rank}")
     started = time.perf_counter()
     n = S0.shape[0]
-    target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device))
     missing = (~observed).nonzero(as_tuple=True)
     # Few missing entries: the full residual's loss and gradient, less those entries' terms (a sparse correction).
     # Many: the residual on the observed entries, an n x n product per evaluation.
     dense_mask = len(missing[0]) > SPARSE_MISSING * n * n
     weight = observed.to(S0.dtype) if dense_mask else None
-    rank = min(n, rank or DEFAULT_MAX_RANK)
+    # The fit reads S0 with its missing entries as 0. With none missing that is S0 itself; with few, S0's NaNs are
+    # set to 0 in place for the fit and put back after it: no n x n copy either way (float32 in, float32 throughout).
+    in_place = bool(len(missing[0])) and not dense_mask and S0.is_contiguous() and not S0.requires_grad
+    if in_place:
+        S0[missing] = 0
+        target = S0
+    elif len(missing[0]):
+        target = torch.where(observed, S0, torch.zeros((), dtype=S0.dtype, device=S0.device))
+    else:
+        target = S0
+    del observed
+    try:
+        return fit(target, weight, missing, dense_mask, method, min(n, rank or DEFAULT_MAX_RANK), lam, alpha,
+                   unit_diagonal, max_iter, tol, seed, started)
+    finally:
+        if in_place:
+            S0[missing] = float("nan")
+
+
+def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.Tensor, torch.Tensor],
+        dense_mask: bool, method: str, rank: int, lam: float | None, alpha: float, unit_diagonal: bool,
+        max_iter: int, tol: float, seed: int, started: float) -> Completion:
+    """`complete`'s iterations on target (S0, missing entries 0), after its checks."""
+    n = target.shape[0]
     if lam is None:
         lam = 2 * max(-most_negative_eigenvalue(target, seed), 0.0)
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    scale = float((target * target).sum())  # the objective is reported relative to ||P(S0)||^2
+    # the objective is reported relative to ||P(S0)||^2, accumulated in float64 by blocks of rows (no n x n copy)
+    scale = sum(float(target[start:start + 256].square().sum(dtype=torch.float64)) for start in range(0, n, 256))
     if scale == 0:
         raise SimilarityInputError("every observed entry of the similarity matrix is 0: there is nothing to complete")
 
     V = nystrom_factor(target, rank, seed)
     if V.shape[1] < rank:  # a sketch of lower rank: pad with small random columns so every column can grow
         generator = torch.Generator(device="cpu").manual_seed(seed + 1)
-        pad = 1e-3 * torch.randn(n, rank - V.shape[1], generator=generator, dtype=S0.dtype).to(S0.device)
+        pad = 1e-3 * torch.randn(n, rank - V.shape[1], generator=generator, dtype=target.dtype).to(target.device)
         V = torch.cat([V, pad], 1)
     V = V.clone().requires_grad_(True)
     history: list[float] = []
@@ -145,8 +176,8 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
                 loss = (residual * residual).sum()
                 grad = 4 * (residual @ V)
             else:  # ||V V^T - S0||^2 = ||V^T V||^2 - 2 tr(V^T S0 V) + ||S0||^2, no n x n residual
-                product = target @ V
-                loss = (gram * gram).sum() - 2 * (V * product).sum() + scale
+                product = target @ V  # the three terms summed in float64: they nearly cancel at the optimum
+                loss = gram.double().square().sum() - 2 * (V.double() * product.double()).sum() + scale
                 grad = 4 * (V @ gram - product)
                 if len(missing[0]):  # the missing entries (target 0 there) leave the fit: - sum (v_i . v_j)^2
                     rows, cols = missing

@@ -9,10 +9,28 @@ import torch
 
 from cpt.cli import main
 from cpt.smc import complete, cosine, observed_cosine
-from cpt.smc.baselines import dmc, impute_mean, observed_or_zero
-from cpt.smc.bench import missing_at_random, synthetic
+from cpt.smc.baselines import (
+    calibrate_columns,
+    dmc,
+    impute_mean,
+    observed_or_zero,
+    offline_factor,
+    one_step_smc,
+    split,
+    svc,
+)
+from cpt.smc.bench import extrapolated_dmc, missing_at_random, synthetic, timing_table
 from cpt.smc.cli import read_matrix
-from cpt.smc.metrics import recall_at_k, relative_error, spectral_floor
+from cpt.smc.metrics import (
+    ndcg_at_fraction,
+    ranking_scores,
+    recall_at_fraction,
+    recall_at_k,
+    relative_error,
+    scores,
+    spectral_floor,
+    top_count,
+)
 from cpt.smc.similarity import SimilarityInputError
 
 NAN = float("nan")
@@ -90,11 +108,14 @@ def test_sparse_and_dense_masks_agree(monkeypatch):
     X = missing_at_random(torch.randn(150, 4, dtype=torch.float64), 0.6, seed=0)
     S0 = observed_cosine(X)
     assert S0.isnan().any()
+    before = S0.clone()
     monkeypatch.setattr(solvers, "SPARSE_MISSING", 1.0)
-    sparse = complete(S0, rank=4, lam=0.5)
+    sparse = complete(S0, rank=4, lam=0.5)  # S0's NaNs set to 0 in place for the fit, then put back
+    assert torch.equal(S0.isnan(), before.isnan()) and torch.equal(S0.nan_to_num(), before.nan_to_num())
+    copied = complete(S0.T, rank=4, lam=0.5)  # not contiguous: a copy instead
     monkeypatch.setattr(solvers, "SPARSE_MISSING", -1.0)
     dense = complete(S0, rank=4, lam=0.5)
-    assert torch.allclose(sparse.S, dense.S, atol=1e-8)
+    assert torch.allclose(sparse.S, dense.S, atol=1e-8) and torch.allclose(sparse.S, copied.S, atol=1e-8)
 
 
 def test_bad_input_is_named():
@@ -167,14 +188,19 @@ def test_bench_writes_tables_and_plot(tmp_path, capsys):
                  "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert sorted({r["method"] for r in rows["accuracy"]}) == sorted(
-        ["S0", "DMC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF", "floor"])
+        ["S0", "DMC", "one-step SMC", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF", "floor"])
+    smc = next(r for r in rows["accuracy"] if r["method"] == "one-step SMC")
+    assert {"error", "recall10", "recall20pct", "ndcg20pct"} <= set(smc) and smc["least_eigenvalue"] > -1e-8
     error = {r["method"]: r["error"] for r in rows["accuracy"]}
     # SMCNN's default fit keeps S0's eigenvectors: no further from the floor than its unit-diagonal rescale moves it
     assert error["floor"] < error["S0"] and error["SMCNN"] > 0.95 * error["floor"]
     assert {r["method"] for r in rows["timing"]} == {"S0 (shared)", "SMCNN", "SMCNmF", "DMC"}
+    # each step's peak resident memory in the child, S0 (300 x 300) and torch included: above 0.05 GB, below 5
+    assert all(0.05 < r["peak_gb"] < 5 and r["peak_reset"] for r in rows["timing"])
+    assert {r.get("dtype") for r in rows["timing"]} == {None, "float32"}
     assert (out / "smc_bench.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
-    assert "| wine | 0.5 |" in printed and "| 300 |" in printed
+    assert "| wine | 0.5 |" in printed and "| 300 |" in printed and "nDCG@20%" in printed
     assert f"| {error['floor']:.3f} |" in printed  # the floor's column, last
 
 
@@ -190,3 +216,165 @@ def test_a_csv_with_text_is_refused_at_its_first_non_numeric_cell(tmp_path, caps
     (tmp_path / "ok.csv").write_text("1,,0.5\n0.2,NaN,1\n0.3,0.1,\n")
     assert np.isnan(read_matrix(tmp_path / "ok.csv")).tolist() == [[False, True, False], [False, True, False],
                                                                     [False, False, True]]
+
+
+def rotation() -> torch.Tensor:
+    """An orthogonal 3 x 3 (columns u1, u2, u3): a rotation by 30 degrees about the third axis."""
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def test_calibration_shrinkage_by_hand():
+    # Offline S = U diag(4, 1, 0) U^T, C = U diag(2, 1, 0). Columns given by their coordinates y0 (v0 = C y0):
+    #   (3, 0, 0) plus 5 u3 (outside C's range: the pseudo-inverse drops it): ||y0||^2 = 9 > 1, and
+    #     (4 / (4 + lam))^2 9 = 1 gives lam = 8, y = (1, 0, 0), calibrated C y = 2 u1;
+    #   (1, 1.2, 0): ||y0||^2 = 2.44 > 1, (4/5)^2 + (1.2/2)^2 = 1 at lam = 1: y = (0.8, 0.6, 0), C y = 1.6 u1 + 0.6 u2;
+    #   (0.6, 0.8, 0): ||y0||^2 = 1 <= c: kept, lam = 0.
+    U, s = rotation(), torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
+    C = U * s.sqrt()
+    Y0 = torch.tensor([[3.0, 1.0, 0.6], [0.0, 1.2, 0.8], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    V0 = C @ Y0
+    V0[:, 0] += 5 * U[:, 2]
+    Y, lam = calibrate_columns(U, s, V0, c=1.0)
+    assert lam.tolist() == pytest.approx([8.0, 1.0, 0.0], abs=1e-3)
+    assert Y.T.tolist() == [pytest.approx(row, abs=1e-4) for row in ([1, 0, 0], [0.8, 0.6, 0], [0.6, 0.8, 0])]
+    norms = (Y * Y).sum(0)
+    assert bool((norms <= 1).all()) and bool((norms >= 1 - 1e-4).all())  # the bisection's upper end: never above c
+    assert torch.allclose(C @ Y[:, :2], torch.stack([2 * U[:, 0], 1.6 * U[:, 0] + 0.6 * U[:, 1]], 1), atol=1e-4)
+    # c = 4 leaves the first column's ||y0||^2 = 9 shrunk to 4: 4 / (4 + lam) * 3 = 2, lam = 2
+    assert float(calibrate_columns(U, s, V0[:, :1], c=4.0)[1][0]) == pytest.approx(2.0, abs=1e-3)
+
+
+def test_one_step_smc_and_svc_block_structure_by_hand():
+    # Samples 0-2 offline (S above, already PSD, so DMC keeps it), 3-5 online with the three columns above.
+    U, s = rotation(), torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
+    C = U * s.sqrt()
+    Y0 = torch.tensor([[3.0, 1.0, 0.6], [0.0, 1.2, 0.8], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    online = torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)  # eigenvalue -1
+    S0 = torch.cat([torch.cat([(U * s) @ U.T, C @ Y0], 1), torch.cat([(C @ Y0).T, online], 1)])
+    Y = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.8], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    for method in (one_step_smc, svc):
+        S = method(S0, offline=3)
+        assert torch.allclose(S[:3, :3], S0[:3, :3]) and torch.allclose(S[:3, 3:], C @ Y, atol=1e-4)
+        assert torch.allclose(S[3:, :3], S[:3, 3:].T)
+    # one-step SMC: online-online = y_i . y_j, c on the diagonal: 1.0 * 0.8 = 0.8, 1.0 * 0.6 = 0.6, 0.48 + 0.48
+    expected = torch.tensor([[1.0, 0.8, 0.6], [0.8, 1.0, 0.96], [0.6, 0.96, 1.0]], dtype=torch.float64)
+    assert torch.allclose(one_step_smc(S0, offline=3)[3:, 3:], expected, atol=1e-4)
+    # SVC: DMC of the online block, eigenvalues 3, -1, 1 -> the -1 cut: [[1.5, 1.5, 0], [1.5, 1.5, 0], [0, 0, 1]]
+    assert torch.allclose(svc(S0, offline=3)[3:, 3:], torch.tensor(
+        [[1.5, 1.5, 0.0], [1.5, 1.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64))
+    # offline given as indices: the same result on a permuted matrix
+    order = torch.tensor([3, 0, 4, 1, 5, 2])
+    permuted = one_step_smc(S0[order][:, order], offline=torch.tensor([1, 3, 5]))
+    assert torch.allclose(permuted, one_step_smc(S0, offline=3)[order][:, order])
+    off, on = split(6, None, seed=0)  # default: a random half
+    assert len(off) == 3 and sorted(off.tolist() + on.tolist()) == list(range(6))
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        svc(S0, offline=6)
+
+
+def test_calibrations_are_psd_where_their_construction_says():
+    X = missing_at_random(synthetic(120, features=10, rank=3, ratio=0.0, seed=5).double(), 0.6, seed=5)
+    S0 = observed_cosine(X)
+    assert torch.linalg.eigvalsh(S0.nan_to_num())[0] < -0.5  # S0 itself is far from PSD
+    smc = one_step_smc(S0, seed=1)
+    assert torch.linalg.eigvalsh(smc)[0] > -1e-8  # the whole matrix: W W^T plus a nonnegative diagonal
+    assert torch.allclose(smc, smc.T)
+    off, on = split(120, None, seed=1)
+    S = svc(S0, seed=1)
+    assert torch.allclose(S, S.T) and torch.equal(S[off][:, off], smc[off][:, off])
+    assert torch.linalg.eigvalsh(S[off][:, off])[0] > -1e-8 and torch.linalg.eigvalsh(S[on][:, on])[0] > -1e-8
+    for j in on.tolist():  # the offline block bordered by any one calibrated sample, c = 1 in the corner
+        rows = torch.cat([off, torch.tensor([j])])
+        bordered = S[rows][:, rows].clone()
+        bordered[-1, -1] = 1.0
+        assert torch.linalg.eigvalsh(bordered)[0] > -1e-8
+    # and the shrinkage did act: some online samples had ||y0||^2 > 1 before it
+    U, s = offline_factor(S0[off][:, off])
+    assert int((calibrate_columns(U, s, S0[off][:, on])[1] > 0).sum()) > 10
+
+
+def test_ranking_metrics_by_hand():
+    assert [top_count(n) for n in (2, 11, 178, 569, 1797)] == [1, 2, 35, 114, 359]  # 0.2 (n - 1), half up
+    generator = torch.Generator().manual_seed(0)
+    A = torch.rand(5, 5, generator=generator, dtype=torch.float64)
+    truth = A + A.T  # distinct entries: no ties
+    order = (truth[0, 1:]).argsort(descending=True) + 1  # row 0's others, most similar first
+    first, second, third = order[:3].tolist()
+    # k = 2: relevance of the true 1st = 1, of the 2nd = 1/2; ideal DCG = 1 + (1/2) / log2 3
+    ideal = 1 + 0.5 / math.log2(3)
+    guess = truth.clone()
+    guess[0, 1:] = 0.0
+    guess[0, second], guess[0, third] = 0.9, 0.8  # row 0's estimate: the true 2nd, then the true 3rd
+    recall, ndcg = ranking_scores(guess, truth, 2)
+    assert recall == pytest.approx((4 + 1 / 2) / 5)  # the other rows are exact
+    assert ndcg == pytest.approx((4 + 0.5 / ideal) / 5)  # DCG of row 0: 1/2 at position 1, 0 at 2
+    guess[0, first], guess[0, third] = 0.8, 0.0  # the true 2nd, then the true 1st: all found, in the wrong order
+    recall, ndcg = ranking_scores(guess, truth, 2)
+    assert recall == 1.0 and ndcg == pytest.approx((4 + (0.5 + 1 / math.log2(3)) / ideal) / 5)
+    assert recall_at_fraction(guess, truth, 0.5) == recall and ndcg_at_fraction(guess, truth, 0.5) == ndcg
+    assert recall_at_k(truth, truth, 4) == 1.0 and ndcg_at_fraction(truth, truth, 1.0) == pytest.approx(1.0)
+    assert set(scores(truth, truth)) == {"error", "recall10", "recall20pct", "ndcg20pct"}
+
+
+def test_float32_path_matches_float64_and_holds_no_float64_square():
+    from torch.overrides import TorchFunctionMode
+
+    n = 300
+    X = synthetic(n, features=50, rank=5, ratio=0.5, seed=0)
+    truth = cosine(synthetic(n, features=50, rank=5, ratio=0.0, seed=0).double())
+
+    class Watch(TorchFunctionMode):
+        squares: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for value in result if isinstance(result, (tuple, list)) else (result,):
+                if isinstance(value, torch.Tensor) and value.dtype == torch.float64 and value.numel() >= n * n:
+                    Watch.squares.append(getattr(func, "__name__", str(func)))
+            return result
+
+    for method in ("smcnn", "smcnmf"):
+        with Watch():
+            S0 = observed_cosine(X.float())
+            single = complete(S0, method, rank=50)
+        assert Watch.squares == [] and S0.dtype == single.S.dtype == single.V.dtype == torch.float32
+        double = complete(observed_cosine(X.double()), method, rank=50)
+        assert relative_error(single.S.double(), double.S) < 5e-3  # measured: 3.5e-4 (smcnmf), 4.8e-4 (smcnn)
+        assert relative_error(single.S.double(), truth) == pytest.approx(relative_error(double.S, truth), abs=1e-3)
+    with Watch():  # the watch does see one: a float64 n x n
+        torch.zeros(n, n, dtype=torch.float64)
+    assert Watch.squares
+
+
+def test_extrapolated_dmc_and_the_timing_table():
+    rows = [{"n": 1000, "method": "SMCNN", "seconds": 1.0, "peak_gb": 0.5},
+            {"n": 1000, "method": "DMC", "seconds": 10.0, "peak_gb": 0.75},
+            {"n": 500, "method": "DMC", "seconds": 2.0, "peak_gb": 0.25}]
+    guessed = extrapolated_dmc(rows, [4000])
+    assert guessed == [{"n": 4000, "method": "DMC", "seconds": 640.0, "extrapolated": True, "from_n": 1000}]
+    table = timing_table(rows[:2] + guessed + [{"n": 4000, "method": "SMCNN", "seconds": 20.0, "peak_gb": 3.0}])
+    assert "| 1000 | 1.00 s, 0.50 GB | 10.00 s, 0.75 GB | 10.0x |" in table
+    assert "| 4000 | 20.00 s, 3.00 GB | ~640 s (extrapolated n^3 from n = 1000) | 32.0x |" in table
+
+
+def test_complete_command_scores_against_a_truth(tmp_path, capsys):
+    X = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "full.npy", X.numpy())
+    np.save(tmp_path / "data.npy", missing_at_random(X, 0.4, seed=1).numpy())
+    assert main(["smc", "complete", str(tmp_path / "data.npy"), str(tmp_path / "S.npy"),
+                 "--truth", str(tmp_path / "full.npy")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    expected = scores(torch.as_tensor(np.load(tmp_path / "S.npy")), cosine(X))
+    assert printed[-1] == "  smcnn: " + " / ".join(f"{expected[key]:.4f}" for key in
+                                                    ("error", "recall10", "recall20pct", "ndcg20pct"))
+    assert printed[-2].startswith("  S0 (missing entries as 0): ")
+    # with --similarity, the truth is the similarity itself
+    np.save(tmp_path / "truth.npy", cosine(X).numpy())
+    np.save(tmp_path / "S0.npy", observed_cosine(missing_at_random(X, 0.4, seed=1)).numpy())
+    assert main(["smc", "complete", str(tmp_path / "S0.npy"), str(tmp_path / "S2.npy"), "--similarity",
+                 "--truth", str(tmp_path / "truth.npy")]) == 0
+    assert "relative error / Recall@10 / Recall@20% / nDCG@20%" in capsys.readouterr().out
+    assert main(["smc", "complete", str(tmp_path / "data.npy"), str(tmp_path / "o.npy"), "--truth",
+                 str(tmp_path / "truth.npy")]) == 2
+    assert "has shape (40, 40), the data in INPUT has (40, 6)" in capsys.readouterr().err

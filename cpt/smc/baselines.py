@@ -89,6 +89,22 @@ def calibrate_columns(U: torch.Tensor, s: torch.Tensor, V0: torch.Tensor, c: flo
     return Y, lam
 
 
+def calibrated_blocks(S0: torch.Tensor, offline: int | torch.Tensor | None, c: float, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What one-step SMC and SVC share: (S, online indices, Y) with S's offline block DMC(S0's) = C C^T and its
+    offline-online blocks the calibrated vectors C Y; the online-online block is left for the caller to fill."""
+    n = S0.shape[0]
+    off, on = split(n, offline, seed)
+    U, s = offline_factor(S0[off][:, off])
+    Y, _ = calibrate_columns(U, s, S0[off][:, on], c)
+    C = U * s.sqrt()
+    S = torch.empty(n, n, dtype=S0.dtype, device=S0.device)
+    S[off[:, None], off] = (C * s.sqrt()) @ U.T
+    S[off[:, None], on] = C @ Y
+    S[on[:, None], off] = (C @ Y).T
+    return S, on, Y
+
+
 def one_step_smc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float = 1.0,
                  seed: int = 0) -> torch.Tensor:
     """One-step SMC (Yu et al., UAI 2023, online calibration), for a whole matrix: DMC on the offline block
@@ -100,15 +116,7 @@ def one_step_smc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c:
     Guaranteed: the whole n x n result is PSD. It is W W^T with W = [C; Y^T] (rank <= m) plus the diagonal
     c - ||y_j||^2 >= 0 on the online samples. Each offline block bordered by one calibrated sample is PSD too.
     Not guaranteed: a unit diagonal on the offline block (DMC moves it)."""
-    n = S0.shape[0]
-    off, on = split(n, offline, seed)
-    U, s = offline_factor(S0[off][:, off])
-    Y, _ = calibrate_columns(U, s, S0[off][:, on], c)
-    C = U * s.sqrt()
-    S = torch.empty(n, n, dtype=S0.dtype, device=S0.device)
-    S[off[:, None], off] = (C * s.sqrt()) @ U.T
-    S[off[:, None], on] = C @ Y
-    S[on[:, None], off] = (C @ Y).T
+    S, on, Y = calibrated_blocks(S0, offline, c, seed)
     online = Y.T @ Y
     online.diagonal().fill_(c)
     S[on[:, None], on] = online
@@ -125,15 +133,7 @@ def svc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float = 
     (||y||^2 <= c); when the online block's diagonal stays at c or above, each offline-plus-one-online principal
     submatrix is then PSD as well. Not guaranteed: the whole n x n matrix is PSD (the online block's DMC does not
     see the calibrated columns; the bench reports its smallest eigenvalue)."""
-    n = S0.shape[0]
-    off, on = split(n, offline, seed)
-    U, s = offline_factor(S0[off][:, off])
-    Y, _ = calibrate_columns(U, s, S0[off][:, on], c)
-    C = U * s.sqrt()
-    S = torch.empty(n, n, dtype=S0.dtype, device=S0.device)
-    S[off[:, None], off] = (C * s.sqrt()) @ U.T
-    S[off[:, None], on] = C @ Y
-    S[on[:, None], off] = (C @ Y).T
+    S, on, _ = calibrated_blocks(S0, offline, c, seed)
     S[on[:, None], on] = dmc(S0[on][:, on])
     return S
 

@@ -133,10 +133,11 @@ def leave_out_bad_rows(tasks: list[Task], run_dir: Path | None = None, progress:
             problems += found
             if not len(split):
                 # The run's saved config is the one command that lists them all; without it, the user's own.
-                command = (f"python -m cpt data check {run_dir / 'config.yaml'}" if run_dir is not None else
-                           "python -m cpt data check CONFIG.yaml [key=value ...]` (the run's config and overrides")
+                check = (f"`python -m cpt data check {run_dir / 'config.yaml'}` lists them all" if run_dir is not None
+                         else "`python -m cpt data check CONFIG.yaml [key=value ...]` with the run's config and "
+                              "overrides lists them all")
                 raise DataError(f"task {task.name!r}: none of its {split_name} rows can be used; the first: "
-                                + "; ".join(str(p) for p in found[:3]) + f". `{command}` lists them all")
+                                + "; ".join(str(p) for p in found[:3]) + f". {check}")
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:5])
         log.warning("%d rows cannot be used and are left out (all in data_check.json):\n  %s%s", len(problems), shown,

@@ -7,9 +7,9 @@ Installed as the package `cpt.callbacks`; each is usable from a config by import
 from cpt.callbacks.accuracy_matrix import AccuracyMatrix
 from cpt.callbacks.analysis import ForgettingAnalysis
 from cpt.callbacks.der import DarkExperienceReplay
+from cpt.callbacks.interpolation import StageInterpolation
 from cpt.callbacks.kl_schedule import KLSchedule
 from cpt.callbacks.lwf import LearningWithoutForgetting
-from cpt.callbacks.merging import ModelMerging
 from cpt.callbacks.olora import OrthogonalLoRA
 from cpt.callbacks.online_filter import OnlineFiltering
 from cpt.callbacks.regularizer import ParameterRegularizer
@@ -20,5 +20,5 @@ from cpt.callbacks.task_progress import TaskProgressBar
 from cpt.callbacks.task_switching import TaskSwitching
 
 __all__ = ["AccuracyMatrix", "DarkExperienceReplay", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule",
-           "LearningWithoutForgetting", "ModelMerging", "OnlineFiltering", "OrthogonalLoRA", "ParameterRegularizer",
-           "RolloutFiltering", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]
+           "LearningWithoutForgetting", "OnlineFiltering", "OrthogonalLoRA", "ParameterRegularizer", "RolloutFiltering",
+           "StageInterpolation", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]

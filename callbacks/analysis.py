@@ -20,9 +20,12 @@ Per stage `analysis.json` holds:
                  module they adapt) the norm of the stage's change of the trainable parameters ||theta_end -
                  theta_start|| (`abs`) and that divided by ||theta_start|| (`rel`; null when theta_start is 0).
                  Groups without trainable parameters are left out; under LoRA theta is the adapters' weights;
-  updated        the share of trainable parameters the stage moved by more than `tolerance` of their start value
-                 (|d theta| > tolerance * |theta_start|; a parameter that starts at 0 counts once it moves), over
-                 all (`all`) and per module group: how sparse the update was (RL is reported to move 5-30%);
+  updated        the share of trainable parameters whose bfloat16 value the stage changed, over all (`all`) and per
+                 module group: how sparse the update was, measured as Mukherjee et al. (2025) measure it (RL is
+                 reported to move 5-30% of the parameters). Rounding to bfloat16 is what makes a small step count as
+                 none: a weight stored in bfloat16 that moves by less than half a bfloat16 step keeps its value. A
+                 float32 weight between two bfloat16 values may cross a rounding boundary with any move, with a
+                 chance of about the move over the step (0.4-0.8% of its value);
   reward_var     the mean of `reward/group_var` over the stage's steps, null without rewards;
   fisher_update  d theta^T F_prev d theta with d theta the stage's update and F_prev the diagonal empirical Fisher
                  of the earlier tasks at the stage's start: the squared gradient of the SFT loss on each earlier
@@ -64,7 +67,7 @@ from cpt.data.batches import Collator, EncodedDataset
 from cpt.data.synthetic import GENERAL_NAME
 from cpt.data.tasks import Task
 from cpt.methods.base import CPTModule
-from cpt.model.answer_loss import sft_loss
+from cpt.model.answer_loss import answer_nll
 from cpt.model.backbone import local_part, reshard
 from cpt.model.families import family_of_model
 from cpt.model.fisher import diagonal_fisher, sum_over_shards
@@ -103,16 +106,14 @@ class Probe:
 
 class ForgettingAnalysis(Callback):
     def __init__(self, run_dir: str | Path, probe_size: int = 16, max_new_tokens: int = 16,
-                 seed: int = 0, evaluation: AccuracyMatrix | None = None, tolerance: float = 1e-3):
+                 seed: int = 0, evaluation: AccuracyMatrix | None = None):
         if probe_size < 1:
             raise ValueError(f"probe_size is {probe_size}; the KL to the base needs at least 1 prompt per task")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens is {max_new_tokens}; probe completions need at least 1 token")
-        if not tolerance >= 0:
-            raise ValueError(f"tolerance is {tolerance}; the share of updated parameters needs one >= 0")
         self.run_dir = Path(run_dir)
         self.probe_size, self.max_new_tokens, self.seed = probe_size, max_new_tokens, seed
-        self.evaluation, self.tolerance = evaluation, tolerance  # without an AccuracyMatrix: no forgetting fields
+        self.evaluation = evaluation  # without an AccuracyMatrix: no forgetting fields
         self.fisher: dict[str, torch.Tensor] = {}  # the earlier tasks' diagonal Fisher at the stage's start
         self.stages: list[dict] = []
         self.probes: dict[str, Probe] = {}
@@ -239,15 +240,15 @@ class ForgettingAnalysis(Callback):
 
     @torch.no_grad()
     def updated_share(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        """The share of trainable parameters that moved by more than `tolerance` of their start value: over all
-        (`all`) and per module group."""
+        """The share of trainable parameters whose bfloat16 value changed over the stage: over all (`all`) and per
+        module group."""
         parts: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}  # per group: (parameter, moved here)
         sizes: dict[str, int] = {}
         tower = family_of_model(pl_module.backbone).vision_name()
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
                 group, start = module_group(name, tower), self.start[name]
-                moved = (local_part(param.detach()) - start).abs() > self.tolerance * start.abs()
+                moved = local_part(param.detach()).to(torch.bfloat16) != start.to(torch.bfloat16)
                 parts.setdefault(group, []).append((param, moved.sum()))
                 sizes[group] = sizes.get(group, 0) + param.numel()  # a DTensor's numel is its global size
         moved = {group: float(sum_over_shards(found, trainer.strategy)) for group, found in parts.items()}
@@ -270,7 +271,7 @@ class ForgettingAnalysis(Callback):
 
         def loss(model: nn.Module, batch) -> torch.Tensor:
             with trainer.precision_plugin.forward_context():
-                return sft_loss(model, batch.to(pl_module.device))
+                return answer_nll(model, batch.to(pl_module.device))
 
         fisher = diagonal_fisher(pl_module.backbone, batches, loss)
         reshard(pl_module.backbone)
@@ -315,8 +316,8 @@ class ForgettingAnalysis(Callback):
 
     def write(self) -> None:
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
-                   "max_new_tokens": self.max_new_tokens, "tolerance": self.tolerance, "templates": self.templates,
-                   "stages": self.stages}
+                   "max_new_tokens": self.max_new_tokens, "updated": "bfloat16 value changed",
+                   "templates": self.templates, "stages": self.stages}
         write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")
 

@@ -1,114 +1,147 @@
-"""Dark Experience Replay (Buzzega et al., 2020): replay, plus a pull of the model's outputs on the replayed
-examples towards the outputs it gave them when it had just learnt them.
+"""Dark Experience Replay, DER and DER++ (Buzzega et al., 2020): a reservoir buffer of the training stream's
+examples, each stored with the logits the model gave it as it entered the buffer, and a pull of the model's
+logits on a replayed sample towards those stored ones.
 
-It replays as `callbacks/replay.py` does (a share of every batch from a buffer of each finished task's examples)
-and adds, on the replayed rows of every training step,
+As the reference code (mammoth's `models/der.py`, `models/derpp.py`) does, every training step
 
-    weight * mean over their answer tokens and recorded entries of (z_model - z_recorded)^2
+1. draws `batch_size` examples from the buffer (without replacement; none while it is empty) and adds
 
-with z the logits predicting each answer token. This is DER's logit-matching term (MLLM-CTBench's variant for
-language models: the MSE on the label tokens of replayed examples).
+       weight * mean over their answer tokens and the whole output of (z_model - z_stored)^2
 
-What is recorded, and when: at the end of each stage but the last, the model runs once over the buffer of every
-task that stage trained, the model that has just learnt them, and keeps, per answer token, the `top_k` largest
-logits and their vocabulary ids. The original stores whole logit vectors; at a 152k vocabulary that is 300 KB per
-token in float16, about 1.5 GB for 500 examples of ten answer tokens each, per task. The largest logits are the
-ones that carry the model's answer (the softmax puts almost all its mass on them), and 32 of them take 192 bytes
-per token (float16 values, int32 ids): 1 MB for the same buffer. The penalty then compares the model's logits at
-the recorded ids only.
+   with z the logits predicting each answer token: the MSE of `F.mse_loss(model(x_buf), z_buf)`, averaged over
+   every logit of every answer token;
+2. for DER++ (`label_weight` > 0), draws a second, independent sample and adds `label_weight` times the SFT
+   cross-entropy on its stored answers;
+3. offers every example of the step's own batch to the buffer by reservoir sampling (Vitter's algorithm R, over
+   all examples seen so far, every task's): with the step's own logits, detached, from the forward pass the step's
+   loss came from. So an example keeps the outputs of the model that was learning it, not those of a later model.
 
-The recorded logits are in `state_dict`, so a resumed run replays against the same targets. DER is defined on
-examples with answers: it runs under SFT (`cpt.config` refuses it with RFT and on-policy SFT).
+The buffer spans the whole run: from the first task's second step on it replays what the run has seen, the
+current task's examples included, as the original does. Its examples are stored as (task, index) and encoded
+again when drawn; the logits take 4 bytes per vocabulary entry and answer token (the tiny model's 525 entries:
+2 KB a token). At a 152k vocabulary that is 600 KB a token, 3 GB for 500 examples of ten answer tokens:
+`top_k` then keeps each token's k largest logits and their ids, and the penalty compares only those, divided by
+the whole vocabulary as before. Each kept logit is pulled as hard as under the whole-output MSE at the same
+weight; the others are not pulled. (Dividing by k instead would pull each kept logit vocabulary/k times harder.)
+
+The buffer, its count of examples seen and its random generator are in `state_dict`, so a resumed run replays and
+keeps exactly what it would have. DER is defined on examples with answers: it runs under SFT (`cpt.config`
+refuses it with RFT and on-policy SFT).
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.callbacks import Callback
 
-from cpt.callbacks.arguments import finite_number
-from cpt.callbacks.replay import ExperienceReplay
-from cpt.data.batches import Collator
+from cpt.callbacks.arguments import finite_number, positive_integer
+from cpt.data.batches import Batch, Collator
 from cpt.methods.loss_terms import TrainingStep, answer_targets
+from cpt.model.answer_loss import mean_answer_loss
 from cpt.rl.log_probs import target_logits
 
 
-class DarkExperienceReplay(ExperienceReplay):
+class DarkExperienceReplay(Callback):
     name, needs_logits = "der", True  # a loss term (cpt.methods.loss_terms), logged as loss/der
 
-    def __init__(self, weight: float = 0.5, top_k: int = 32, fraction: float = 0.2, buffer_per_task: int = 500,
-                 seed: int = 0):
-        super().__init__(fraction, buffer_per_task, seed)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"der top_k must be a positive integer, got {top_k!r}")
-        self.weight, self.top_k = finite_number("der weight", weight, positive=True), top_k
-        # task -> {"ids": (examples, tokens, k) int32, "values": (examples, tokens, k) float16, "lengths":
-        # (examples,)}: per buffer example (by its place in the buffer), its answer tokens' largest logits.
-        self.recorded: dict[int, dict[str, torch.Tensor]] = {}
+    def __init__(self, weight: float = 0.5, label_weight: float = 0.0, buffer_size: int = 500, batch_size: int = 16,
+                 top_k: int | None = None, seed: int = 0):
+        self.weight = finite_number("der weight", weight, positive=True)
+        self.label_weight = finite_number("der label_weight", label_weight)
+        self.buffer_size = positive_integer("der buffer_size", buffer_size)
+        self.batch_size = positive_integer("der batch_size", batch_size)
+        self.top_k = None if top_k is None else positive_integer("der top_k", top_k)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seen = 0  # examples offered to the buffer so far
+        # One entry per buffer slot: {"task", "index", "logits": (answer tokens, vocab or k) float32, and with
+        # top_k "ids": (answer tokens, k) int64}.
+        self.buffer: list[dict] = []
+        self.data = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
+        self.data = trainer.datamodule
         pl_module.add_loss_term(self)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        stage = trainer.current_epoch
-        if stage + 1 >= trainer.max_epochs:
-            return  # nothing is replayed after the last stage
-        data = trainer.datamodule
-        finished = set(data.stages[stage].tasks)
-        for task, examples in self.examples(data, stage + 1):
-            if task in finished and task not in self.recorded:
-                self.recorded[task] = self.record(trainer, pl_module, data.encoded(task, examples))
+    # --- the reservoir ----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def record(self, trainer: L.Trainer, pl_module: L.LightningModule, dataset) -> dict[str, torch.Tensor]:
-        """The `top_k` largest logits (and their ids) predicting every answer token of every example in `dataset`,
-        in its order; each example's tokens from the first of its answer, padded to the longest answer."""
-        model = pl_module.backbone
-        was_training = model.training
-        model.eval()  # the outputs the model gives, without dropout
-        ids, values, lengths = [], [], []
-        loader = DataLoader(dataset, batch_size=trainer.datamodule.cfg.data.batch_size,
-                            collate_fn=Collator(trainer.datamodule.processor.pad_id))
-        try:
-            for batch in loader:
-                batch = batch.to(pl_module.device)
-                n, _, counted = answer_targets(batch)
-                with trainer.precision_plugin.forward_context():
-                    logits = target_logits(model, batch, n)
+    def slot(self) -> int | None:
+        """Where the next example of the stream goes: the next free slot while there is one, then slot r for a
+        uniform r in [0, seen] when r falls inside the buffer (each example seen stays with equal chance)."""
+        if self.seen < self.buffer_size:
+            return self.seen
+        r = int(torch.randint(self.seen + 1, (), generator=self.generator))
+        return r if r < self.buffer_size else None
+
+    def offer(self, step: TrainingStep) -> None:
+        """Every row of the step's batch, with the logits it was trained with, offered to the buffer."""
+        n = step.logits.shape[1]
+        for row in range(len(step.target_ids)):
+            where = self.slot()
+            self.seen += 1
+            if where is None:
+                continue
+            length = int(step.target_mask[row].sum())  # the answer is the row's last `length` targets
+            logits = step.logits[row, n - length:].detach().float().cpu()
+            entry = {"task": int(step.sequences.task[row]), "index": int(step.sequences.index[row])}
+            if self.top_k is None:
+                entry["logits"] = logits
+            else:
                 top = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1)
-                for row in range(len(batch)):
-                    length = int(counted[row].sum())  # the answer is the row's last `length` tokens
-                    ids.append(top.indices[row, n - length:].to(torch.int32).cpu())
-                    values.append(top.values[row, n - length:].to(torch.float16).cpu())
-                    lengths.append(length)
-        finally:
-            model.train(was_training)
-        return {"ids": torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
-                "values": torch.nn.utils.rnn.pad_sequence(values, batch_first=True),
-                "lengths": torch.tensor(lengths)}
+                entry.update(logits=top.values, ids=top.indices)
+            if where == len(self.buffer):
+                self.buffer.append(entry)
+            else:
+                self.buffer[where] = entry
+
+    def draw(self) -> list[dict]:
+        """`batch_size` distinct buffer entries (all of them while it holds fewer)."""
+        order = torch.randperm(len(self.buffer), generator=self.generator)[: self.batch_size]
+        return [self.buffer[i] for i in order.tolist()]
+
+    def batch(self, entries: list[dict], device: torch.device) -> Batch:
+        items = [self.data.encoded(e["task"], self.data.instances(e["task"]))[e["index"]] for e in entries]
+        return Collator(self.data.processor.pad_id)(items).to(device)
+
+    # --- the loss term ----------------------------------------------------------------------------------------
+
+    def logit_penalty(self, step: TrainingStep, entries: list[dict]) -> torch.Tensor:
+        """The MSE between the model's logits on the entries' answers and the stored ones, over every answer token
+        and every vocabulary entry (kept entries only with top_k, still divided by the whole vocabulary)."""
+        batch = self.batch(entries, step.logits.device)
+        n, _, counted = answer_targets(batch)
+        logits = target_logits(step.module.backbone, batch, n)
+        squared, tokens = logits.new_zeros(()), 0
+        for row, entry in enumerate(entries):
+            length = int(counted[row].sum())
+            model = logits[row, n - length:]
+            stored = entry["logits"].to(model.device)
+            if "ids" in entry:
+                model = model.gather(-1, entry["ids"].to(model.device))
+            squared = squared + (model - stored).square().sum()
+            tokens += length
+        return squared / (tokens * logits.shape[-1])
 
     def loss(self, step: TrainingStep) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """The penalty on the step's replayed rows (rows of a task with recorded logits); None if it has none."""
-        rows = [r for r, task in enumerate(step.sequences.task.tolist()) if task in self.recorded]
-        if not rows:
-            return None, {}
-        n = step.logits.shape[1]
-        squared, count = step.logits.new_zeros(()), 0
-        for r in rows:
-            record = self.recorded[int(step.sequences.task[r])]
-            example = int(step.sequences.index[r])
-            length = int(record["lengths"][example])
-            ids = record["ids"][example, :length].to(step.logits.device, torch.long)
-            target = record["values"][example, :length].to(step.logits.device, step.logits.dtype)
-            model = step.logits[r, n - length:].gather(-1, ids)  # (length, k): the model's logits at the ids
-            squared = squared + (model - target).square().sum()
-            count += target.numel()
-        return self.weight * step.share * squared / count, {}
+        """The replay terms on samples drawn before this step's batch joins the buffer (None while it is empty);
+        then the batch is offered to it."""
+        total, metrics = None, {}
+        if self.buffer:
+            penalty = self.logit_penalty(step, self.draw())
+            total, metrics["der/logit_mse"] = self.weight * penalty, penalty.detach()
+            if self.label_weight > 0:
+                replayed = self.batch(self.draw(), step.logits.device)
+                cross_entropy = mean_answer_loss(step.module.backbone(**replayed.model_inputs()).logits,
+                                                 replayed.labels)
+                total = total + self.label_weight * cross_entropy
+                metrics["der/label_loss"] = cross_entropy.detach()
+            total = total * step.share
+        self.offer(step)
+        return total, metrics
 
     def state_dict(self) -> dict:
-        return {"recorded": self.recorded}
+        return {"buffer": self.buffer, "seen": self.seen, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.recorded = {int(task): dict(record) for task, record in state_dict["recorded"].items()}
+        self.buffer, self.seen = list(state_dict["buffer"]), int(state_dict["seen"])
+        self.generator.set_state(state_dict["generator"])

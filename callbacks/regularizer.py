@@ -7,19 +7,20 @@ earlier tasks taught it. The penalty is
     (strength / 2) * sum_i F_i * (theta_i - theta*_i)^2        (F = 1 for kind="l2")
 
 over the trainable parameters, with theta* the weights at the end of the previous stage and F each parameter's
-importance: for "ewc" the diagonal empirical Fisher (the squared gradient of the SFT loss); for "mas" (Memory Aware
-Synapses, Aljundi et al. 2018) the absolute gradient of the squared L2 norm of the model's output, the logits
-predicting the answer tokens of a batch with answers and the next token of a prompt batch, so it needs no labels
-and runs under RFT as well.
+importance, each averaged over examples: for "ewc" the diagonal empirical Fisher of Kirkpatrick et al. (2017),
+the mean over examples of the squared gradient of the example's answer log-likelihood; for "mas" (Memory Aware
+Synapses, Aljundi et al. 2018) the mean over examples of the absolute gradient of the squared L2 norm of the
+model's output, the logits predicting the answer tokens of an example with an answer and the next token of a
+prompt, so it needs no labels and runs under RFT as well.
 
 When its hooks fire:
 - `setup`: it adds itself to the module's loss terms (cpt.methods.loss_terms), so every method's training loss
   carries the penalty: SFT's, RFT's and on-policy SFT's.
 - `on_train_epoch_end` (the end of a stage, except the last): stores theta*, a detached copy of every trainable
   parameter; for "ewc" and "mas" it also estimates the importance on that stage's training batches (one backward
-  pass per batch, not per example) and adds it to the importance of the stages before, so the penalty protects
-  every earlier task, not only the last one ("online" EWC with one anchor and a summed Fisher; MAS accumulates
-  its importance over tasks the same way).
+  pass per example: the square of a batch's mean gradient is not its examples' mean square) and adds it to the
+  importance of the stages before, so the penalty protects every earlier task, not only the last one ("online" EWC
+  with one anchor and a summed Fisher; MAS accumulates its importance over tasks the same way).
 - every backward pass of later stages (`loss`): the penalty, times the pass's share of the optimizer step, joins
   the training loss and is logged as `loss/<kind>`. Its gradient is exactly strength * F * (theta -
   theta*) per optimizer step, taken on each process's own part of a sharded parameter; gradient clipping
@@ -27,7 +28,8 @@ When its hooks fire:
   happens.
 
 The importance of each stage is normalised to mean 1 over the trainable parameters before it is added: the
-gradient of a batch's mean loss depends on the batch size, the loss scale and the model, and `strength` should not.
+gradient of an example's loss depends on the answer's length, the loss scale and the model, and `strength` should
+not.
 So after k stages the importance has mean k, and `strength` weighs EWC, MAS and L2 alike on average; EWC and MAS
 only shift the pull onto the parameters that mattered for earlier tasks.
 
@@ -44,12 +46,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import Strategy
 from torch import nn
-from torch.distributed.tensor import DTensor
 
-from cpt.callbacks.arguments import finite_number
+from cpt.callbacks.arguments import finite_number, positive_integer
 from cpt.data.batches import IGNORE_INDEX, Batch
 from cpt.methods.loss_terms import TrainingStep, answer_targets
-from cpt.model.answer_loss import sft_loss
+from cpt.model.answer_loss import answer_nll
 from cpt.model.backbone import local_part
 from cpt.model.fisher import gradient_importance, sum_over_shards, trainable_parameters
 from cpt.rl.log_probs import target_logits
@@ -69,8 +70,8 @@ def output_norm(model: nn.Module, batch: Batch) -> torch.Tensor:
     return (logits.square().sum(-1) * counted).sum() / counted.sum()
 
 
-# What each weighted kind's importance is: the loss whose gradient it reads, and what it takes of the gradient.
-IMPORTANCE = {"ewc": (sft_loss, torch.square), "mas": (output_norm, torch.abs)}
+# What each weighted kind's importance is: the loss whose per-example gradient it reads, and what it takes of it.
+IMPORTANCE = {"ewc": (answer_nll, torch.square), "mas": (output_norm, torch.abs)}
 
 
 def normalised(importance: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
@@ -100,14 +101,14 @@ class ParameterRegularizer(Callback):
         # theta - theta* itself. On the tiny model at the default lr a weight drifts by about 2e-3 (rms) in 20 steps
         # and more in a 100-step stage, while its loss gradient is about 3e-3: the pull is of the size of the
         # learning signal. Raise it (10-1000) to hold the weights tighter, lower it to let them go.
-        # fisher_batches 16 (the importance's batches, EWC's and MAS's): 256 examples at the default batch size,
-        # cheap beside a 100-step stage; a stage with fewer batches gives all of them.
+        # fisher_batches 16 (the importance's batches, EWC's and MAS's): 256 examples at the default batch size, one
+        # backward pass each, a few seconds on the tiny model beside a 100-step stage; a stage with fewer batches
+        # gives all of them.
         if kind not in KINDS:
             raise ValueError(f"regularizer kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
         strength = finite_number("regularizer strength", strength)
-        if isinstance(fisher_batches, bool) or not isinstance(fisher_batches, int) or fisher_batches < 1:
-            raise ValueError(f"fisher_batches must be a positive integer, got {fisher_batches!r}")
-        self.kind, self.strength, self.fisher_batches = kind, strength, fisher_batches
+        self.kind, self.strength = kind, strength
+        self.fisher_batches = positive_integer("fisher_batches", fisher_batches)
         self.name, self.needs_logits = kind, False  # a loss term (cpt.methods.loss_terms), logged as loss/<kind>
         self.anchor: dict[str, torch.Tensor] = {}
         self.importance: dict[str, torch.Tensor] = {}
@@ -131,7 +132,10 @@ class ParameterRegularizer(Callback):
                                for name, value in stage.items()}
 
     def estimate_importance(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        loader = trainer.datamodule.train_loader(trainer.current_epoch, trainer.global_rank)
+        # Every rank reads the first rank's batches: a sharded parameter's gradient is averaged over the ranks in
+        # each backward pass, which is one example's gradient only when every rank took the same example (and so
+        # every replica of a whole parameter computes the same importance too).
+        loader = trainer.datamodule.train_loader(trainer.current_epoch, rank=0)
         loss_fn, of = IMPORTANCE[self.kind]
 
         def loss(model: nn.Module, batch) -> torch.Tensor:
@@ -141,13 +145,7 @@ class ParameterRegularizer(Callback):
         # Drawing batches takes a seed from the global generator; forking it keeps training's random stream (and
         # so a run with strength 0) the same as without the regularizer.
         with torch.random.fork_rng(devices=[]):
-            importance = gradient_importance(pl_module.backbone, islice(loader, self.fisher_batches), loss, of)
-        # A whole (unsharded) parameter's gradient above was this rank's alone (DDP syncs only inside the training
-        # step): average over the ranks, so that every replica adds the same penalty and they stay equal.
-        params = trainable_parameters(pl_module.backbone)
-        return {name: value if isinstance(params[name], DTensor)
-                else trainer.strategy.reduce(value, reduce_op="sum") / trainer.world_size
-                for name, value in importance.items()}
+            return gradient_importance(pl_module.backbone, islice(loader, self.fisher_batches), loss, of)
 
     def loss(self, step: TrainingStep) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """The penalty on the current weights, times `step.share`. Its value is the whole penalty (summed over

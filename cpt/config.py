@@ -269,12 +269,18 @@ class ReplayConfig:
 
 @dataclass
 class DERConfig:
-    weight: float = doc("Dark Experience Replay (callbacks/der.py), on top of replay (replay.fraction > 0; "
-                        "method=sft): the loss gains weight x the mean squared difference between the model's "
-                        "logits on the replayed answers and those it gave them at the end of their stage; 0 turns "
-                        "it off.", 0.0)
-    top_k: int = doc("der: the largest logits kept per answer token (with their ids), the ones the penalty "
-                     "compares (whole rows of a 152k vocabulary would take 300 KB per token).", 32)
+    weight: float = doc("Dark Experience Replay (callbacks/der.py; method=sft): a reservoir buffer of the examples "
+                        "trained on, each with the logits the model gave it then; every step the loss gains weight x "
+                        "the mean squared difference between the model's logits on a buffer sample's answers and "
+                        "the stored ones (DER's alpha; 0.5 as MLLM-CTBench); 0 turns it off.", 0.0)
+    label_weight: float = doc("der: DER++'s beta, the weight of the cross-entropy on a second buffer sample's "
+                              "answers; 0 is plain DER.", 0.0)
+    buffer_size: int = doc("der: examples the reservoir keeps, over all tasks.", 500)
+    batch_size: Optional[int] = doc("der: buffer examples replayed per step (each sample); null = data.batch_size.",
+                                    None)
+    top_k: Optional[int] = doc("der: keep only each answer token's k largest logits (with their ids) and pull those; "
+                               "null keeps the whole output. A memory saver for large vocabularies (152k: 600 KB "
+                               "per token); the pull on each kept logit stays that of the whole-output MSE.", None)
 
 
 @dataclass
@@ -317,10 +323,10 @@ class MoELoRAConfig:
 
 
 @dataclass
-class MergeConfig:
-    weight: float = doc("Model merging (callbacks/merging.py): after each stage the weights become (1 - weight) x "
-                        "those the stage started from + weight x the trained ones; 1 keeps the trained model (off).",
-                        1.0)
+class InterpolationConfig:
+    weight: float = doc("Weight interpolation with the previous stage, WiSE-FT-style model merging "
+                        "(callbacks/interpolation.py): after each stage the weights become (1 - weight) x those the "
+                        "stage started from + weight x the trained ones; 1 keeps the trained model (off).", 1.0)
 
 
 @dataclass
@@ -332,8 +338,6 @@ class AnalysisConfig:
                         "analysis.json and analysis.png.", False)
     probe_size: int = doc("Prompts per task the KL to the base model (and the earlier tasks' Fisher) is estimated "
                           "on.", 16)
-    tolerance: float = doc("A parameter counts as updated when it moved by more than this share of its value at "
-                           "the stage's start (bf16 resolves about 0.004).", 1e-3)
 
 
 @dataclass
@@ -388,7 +392,8 @@ class Config:
     olora: OLoRAConfig = doc("O-LoRA: an adapter per stage, orthogonal to the earlier ones.", factory=OLoRAConfig)
     moe_lora: MoELoRAConfig = doc("MoELoRA: a LoRA rank split into experts with a token router.",
                                   factory=MoELoRAConfig)
-    merge: MergeConfig = doc("Model merging with the weights each stage started from.", factory=MergeConfig)
+    interpolation: InterpolationConfig = doc("Weight interpolation with the weights each stage started from.",
+                                             factory=InterpolationConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
     analysis: AnalysisConfig = doc("What moved the model, per stage.", factory=AnalysisConfig)
@@ -420,15 +425,16 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "data.train_size", "data.general_size", "trainer.accumulate_grad_batches", "foundation.steps",
             "foundation.batch_size", "rft.group_size", "rft.max_new_tokens", "rft.epochs", "rft.temperature",
             "rft.micro_batch_size", "rft.log_prob_chunk", "rft.filter.k", "rft.filter.pool_size",
-            "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "moe_lora.experts",
-            "analysis.probe_size", "optim.lr", "foundation.lr", "model.lora.r", "model.lora.alpha", "model.min_pixels",
-            "model.max_pixels", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.gradient_clip_val")
+            "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "der.buffer_size", "der.batch_size",
+            "moe_lora.experts", "analysis.probe_size", "optim.lr", "foundation.lr", "model.lora.r", "model.lora.alpha",
+            "model.min_pixels", "model.max_pixels", "trainer.num_nodes", "trainer.log_every_n_steps",
+            "trainer.gradient_clip_val")
 # Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
 RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
-          ("analysis.tolerance", 0, None), ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
+          ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
           ("data.num_workers", 0, None), ("rft.filter.correct_threshold", 0, 1), ("seed", 0, 2**32 - 1),
-          ("foundation.seed", 0, 2**32 - 1), ("der.weight", 0, None), ("olora.orthogonal", 0, None),
-          ("olora.l2", 0, None))
+          ("foundation.seed", 0, 2**32 - 1), ("der.weight", 0, None), ("der.label_weight", 0, None),
+          ("olora.orthogonal", 0, None), ("olora.l2", 0, None))
 
 
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -639,12 +645,11 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.replay.fraction > 0 and round(cfg.replay.fraction * cfg.data.batch_size) == 0:
         raise ConfigError(f"replay.fraction={cfg.replay.fraction} of a batch of {cfg.data.batch_size} is no row; "
                           "raise replay.fraction or data.batch_size")
-    if cfg.der.weight > 0:
-        if cfg.method != "sft":
-            raise ConfigError(f"der.weight > 0 matches the logits of replayed answers, which method={cfg.method} "
-                              "does not train on; use it with method=sft (or replay.fraction alone)")
-        if cfg.replay.fraction <= 0:
-            raise ConfigError("der.weight > 0 replays earlier tasks' examples: set replay.fraction (e.g. 0.2)")
+    if cfg.der.weight > 0 and cfg.method != "sft":
+        raise ConfigError(f"der.weight > 0 matches the logits of replayed answers, which method={cfg.method} "
+                          "does not train on; use it with method=sft (or replay.fraction alone)")
+    if cfg.der.label_weight > 0 and cfg.der.weight <= 0:
+        raise ConfigError("der.label_weight is DER++'s term on top of DER: set der.weight too (e.g. 0.5)")
     if cfg.lwf.weight < 0 or cfg.lwf.temperature <= 0:
         raise ConfigError(f"bad value for 'lwf': weight must be >= 0 (0: off) and temperature > 0, got weight "
                           f"{cfg.lwf.weight}, temperature {cfg.lwf.temperature}")
@@ -666,8 +671,9 @@ def _validate(cfg: DictConfig) -> None:
         if cfg.model.lora.r % cfg.moe_lora.experts:
             raise ConfigError(f"moe_lora splits the rank into experts: model.lora.r={cfg.model.lora.r} is not a "
                               f"multiple of moe_lora.experts={cfg.moe_lora.experts}")
-    if not 0 <= cfg.merge.weight <= 1:
-        raise ConfigError(f"bad value for 'merge.weight': must be in [0, 1] (1: no merging), got {cfg.merge.weight}")
+    if not 0 <= cfg.interpolation.weight <= 1:
+        raise ConfigError(f"bad value for 'interpolation.weight': must be in [0, 1] (1: off), got "
+                          f"{cfg.interpolation.weight}")
     if cfg.model.trainable != "all":
         if cfg.model.finetune != "full":
             raise ConfigError(f"model.trainable={cfg.model.trainable} chooses which full weights train; it needs "

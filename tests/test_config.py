@@ -91,7 +91,7 @@ def test_cli_help_lists_fields(capsys):
     assert "steps_per_task" in out and "model.finetune" in out and "Training steps spent on each task" in out
     # Every continual-learning baseline's section, with its switch.
     for key in ("replay.fraction", "der.weight", "lwf.weight", "regularizer.kind", "olora.enabled",
-                "moe_lora.enabled", "merge.weight", "model.trainable"):
+                "moe_lora.enabled", "interpolation.weight", "model.trainable"):
         assert f"\n  {key} [" in out
     assert "none | ewc (weighted by a diagonal Fisher; method=sft) | mas" in out
     assert main(["nonsense"]) == 2

@@ -26,11 +26,11 @@ from cpt.callbacks import (
     ForgettingAnalysis,
     KLSchedule,
     LearningWithoutForgetting,
-    ModelMerging,
     OnlineFiltering,
     OrthogonalLoRA,
     ParameterRegularizer,
     RolloutFiltering,
+    StageInterpolation,
     TaskCheckpoint,
     TaskProgressBar,
     TaskSwitching,
@@ -107,8 +107,8 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage],
     """The callbacks the config's experiment sections turn on (`resume_from`: the checkpoint the run continues
     from)."""
     callbacks: list[Callback] = []
-    if cfg.merge.weight < 1:  # first: what the others and the evaluation see at a stage's end is the merged model
-        callbacks.append(ModelMerging(cfg.merge.weight))
+    if cfg.interpolation.weight < 1:  # first: what the others and the evaluation see at a stage's end is its result
+        callbacks.append(StageInterpolation(cfg.interpolation.weight))
     rft = cfg.rft
     if cfg.method == "rft":
         kl = rft.kl
@@ -123,10 +123,11 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage],
                                               resuming=resume_from is not None))
         if f.online:
             callbacks.append(OnlineFiltering(run_dir, f.max_retries))
-    if cfg.der.weight > 0:  # replay with the recorded logits
-        callbacks.append(DarkExperienceReplay(cfg.der.weight, cfg.der.top_k, cfg.replay.fraction,
-                                              cfg.replay.buffer_per_task, cfg.seed))
-    elif cfg.replay.fraction > 0:
+    if cfg.der.weight > 0:
+        d = cfg.der
+        callbacks.append(DarkExperienceReplay(d.weight, d.label_weight, d.buffer_size,
+                                              d.batch_size or cfg.data.batch_size, d.top_k, cfg.seed))
+    if cfg.replay.fraction > 0:
         callbacks.append(ExperienceReplay(cfg.replay.fraction, cfg.replay.buffer_per_task, cfg.seed))
     if cfg.regularizer.kind != "none":
         r = cfg.regularizer
@@ -168,7 +169,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     callbacks: list[Callback] = [TaskSwitching(names, cfg.optim.reset_per_task), *experiments, evaluation]
     if cfg.analysis.enabled:  # after the evaluation: a stage's forgetting needs that stage's accuracy row
         callbacks.append(ForgettingAnalysis(run_dir, cfg.analysis.probe_size, cfg.eval.max_new_tokens, cfg.seed,
-                                            evaluation, cfg.analysis.tolerance))
+                                            evaluation))
     if cfg.save_checkpoints:
         adapters = cfg.model.finetune != "full"
         callbacks.append(TaskCheckpoint(run_dir, names, lambda k: model_card(

@@ -1,5 +1,6 @@
 """The next-token cross-entropy on a batch's answer tokens: SFT's loss, the loss the toy foundation is pre-trained
-with, and the loss whose gradients weigh parameters for EWC and the analysis."""
+with, and (summed over an example's answer, its negative log-likelihood) the loss whose per-example gradients
+weigh parameters for EWC and the analysis."""
 
 from __future__ import annotations
 
@@ -30,3 +31,9 @@ def sft_token_losses(model: nn.Module, batch: Batch) -> torch.Tensor:
 def sft_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """`mean_answer_loss` of the model on the batch."""
     return mean_answer_loss(model(**batch.model_inputs()).logits, batch.labels)
+
+
+def answer_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The negative log-likelihood of the batch's answers, summed over their tokens: for a batch of one example,
+    -log p(answer | prompt), whose squared gradient is that example's term of the empirical Fisher."""
+    return sft_token_losses(model, batch).sum()

@@ -10,6 +10,7 @@ from lightning.pytorch.strategies import Strategy
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from cpt.data.batches import Batch
 from cpt.model.backbone import local_part
 
 
@@ -32,20 +33,22 @@ def sum_over_shards(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], strategy
     return result
 
 
-def diagonal_fisher(model: nn.Module, batches: Iterable[dict], loss_fn: Callable[[nn.Module, dict], torch.Tensor]
+def diagonal_fisher(model: nn.Module, batches: Iterable[Batch], loss_fn: Callable[[nn.Module, Batch], torch.Tensor]
                     ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the trainable parameters: the squared gradient of each batch's loss, averaged
-    over the batches (one backward per batch, not per example). See `gradient_importance`."""
+    """Diagonal empirical Fisher of the trainable parameters (Kirkpatrick et al., 2017): the squared gradient of
+    each example's loss, averaged over the examples. See `gradient_importance`."""
     return gradient_importance(model, batches, loss_fn, torch.square)
 
 
-def gradient_importance(model: nn.Module, batches: Iterable[dict],
-                        loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+def gradient_importance(model: nn.Module, batches: Iterable[Batch],
+                        loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
                         of: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per trainable parameter, `of` its gradient of each batch's loss, averaged over the batches: the squared
-    gradient of the loss is the diagonal empirical Fisher (EWC), the absolute gradient of the output's squared norm
-    MAS's importance.
+    """Per trainable parameter, `of` its gradient of each example's loss, averaged over every example of the
+    batches: the squared gradient of an example's negative log-likelihood is the diagonal empirical Fisher (EWC),
+    the absolute gradient of its output's squared norm MAS's importance (Aljundi et al., 2018).
 
+    Each example takes its own backward pass (a batch of one): the square (or absolute value) of a batch's mean
+    gradient is not the mean of its examples' squares, since the examples' gradients cancel in the mean.
     The model runs in eval mode (no dropout) and is put back in the mode it was in; gradients are cleared
     before and after, so the training step that follows starts clean.
     """
@@ -56,15 +59,16 @@ def gradient_importance(model: nn.Module, batches: Iterable[dict],
     count = 0
     try:
         for batch in batches:
-            model.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
-            for name, param in params.items():
-                if param.grad is not None:
-                    local_part(importance[name]).add_(of(local_part(param.grad).detach()))
-            count += 1
+            for row in range(len(batch)):
+                model.zero_grad(set_to_none=True)
+                loss_fn(model, batch.select([row])).backward()
+                for name, param in params.items():
+                    if param.grad is not None:
+                        local_part(importance[name]).add_(of(local_part(param.grad).detach()))
+                count += 1
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if count == 0:
-        raise ValueError("no batches to estimate the parameters' importance on; it needs at least one")
+        raise ValueError("no examples to estimate the parameters' importance on; it needs at least one")
     return {name: value / count for name, value in importance.items()}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
-from cpt.config import REPORTING_KEYS, flat
+from cpt.config import REPORTING_KEYS, Config, flat
 from cpt.eval.metrics import task_forgetting
 from cpt.reporting.intervals import Difference, Estimate, difference, estimate
 from cpt.reporting.mechanisms import run_mechanisms
@@ -19,14 +19,18 @@ from cpt.run_files import next_step, read_yaml
 
 # Keys two seeds of one experiment may differ in.
 SEED_KEYS = {"seed", "output_dir", *REPORTING_KEYS}
+SCHEMA_DEFAULTS = flat(OmegaConf.to_container(OmegaConf.structured(Config)))
 
 
 def saved_config(run: dict) -> dict | None:
-    """The run's config.yaml, flattened (`optim.lr`: value); None when it has none or it cannot be read."""
+    """The run's config.yaml, flattened (`optim.lr`: value), with the schema's default for a key it lacks (a run
+    saved before the key existed ran as its default does, so it joins the runs saved after); None when it has no
+    config.yaml."""
     path = run["dir"] / "config.yaml" if run.get("dir") else None
     if path is None or not path.is_file():
         return None
-    return flat(OmegaConf.to_container(read_yaml(path, f"leave the run out, or {next_step(path)}")))
+    saved = flat(OmegaConf.to_container(read_yaml(path, f"leave the run out, or {next_step(path)}")))
+    return {**SCHEMA_DEFAULTS, **saved}
 
 
 def run_values(run: dict, row: dict, benchmarks: list[str]) -> dict:

@@ -114,7 +114,17 @@ def test_state_dict_round_trip_continues_the_same():
         ParameterRegularizer("l2").load_state_dict(first.state_dict())
 
 
-def test_diagonal_fisher_is_the_mean_squared_batch_gradient():
+def numbers(rows: list[tuple[list[int], int]]) -> Batch:
+    """A batch whose rows carry a regression example each: features in input_ids, the target in labels."""
+    x = torch.tensor([features for features, _ in rows])
+    y = torch.tensor([[target] for _, target in rows])
+    n = len(rows)
+    return Batch(x, torch.ones_like(x), y, torch.arange(n), torch.zeros(n), torch.zeros(n), [None] * n)
+
+
+def test_diagonal_fisher_is_the_mean_of_per_example_squared_gradients():
+    """EWC's Fisher (Kirkpatrick et al.): the squared gradient of each example's loss, averaged over the examples,
+    not the square of a batch's mean gradient, in which the examples' gradients cancel."""
     # Dropout would scale or zero inputs in train mode; the Fisher must see the model without it.
     model = nn.Sequential(nn.Dropout(0.5), nn.Linear(2, 1))
     with torch.no_grad():
@@ -123,25 +133,23 @@ def test_diagonal_fisher_is_the_mean_squared_batch_gradient():
     model.train()
 
     def loss_fn(m, batch):
-        x, y = batch
-        return (0.5 * (m(x).squeeze(1) - y) ** 2).mean()
+        return (0.5 * (m(batch.input_ids.float()).squeeze(1) - batch.labels[:, 0].float()) ** 2).sum()
 
-    batches = [
-        (torch.tensor([[1.0, 2.0]]), torch.tensor([0.0])),  # residual -0.5: grad w [-.5, -1], b -.5
-        (torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([1.0, -1.0])),  # residuals 1.5, .5: w [1.5, .25], b 1
-    ]
+    # Residuals -0.5, 1.5 and 0.5: gradients w [-.5, -1], [3, 0], [0, .5]; b -.5, 1.5, .5. The second batch has two
+    # examples: the square of its mean gradient (w [1.5, .25]) is not the mean of their squares (w [4.5, .125]).
+    batches = [numbers([([1, 2], 0)]), numbers([([2, 0], 1), ([0, 1], -1)])]
     fisher = diagonal_fisher(model, batches, loss_fn)
     assert set(fisher) == {"1.weight", "1.bias"}
-    assert torch.equal(fisher["1.weight"], torch.tensor([[(0.25 + 2.25) / 2, (1 + 0.0625) / 2]]))
-    assert torch.equal(fisher["1.bias"], torch.tensor([(0.25 + 1.0) / 2]))
+    torch.testing.assert_close(fisher["1.weight"], torch.tensor([[(0.25 + 9 + 0) / 3, (1 + 0 + 0.25) / 3]]))
+    torch.testing.assert_close(fisher["1.bias"], torch.tensor([(0.25 + 2.25 + 0.25) / 3]))
     assert model.training and all(p.grad is None for p in model.parameters())
 
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(ValueError, match="no examples"):
         diagonal_fisher(model, [], loss_fn)
-    # MAS's importance is the same average of the absolute gradients: w [(.5 + 1.5) / 2, (1 + .25) / 2]
+    # MAS's importance is the same average of the examples' absolute gradients.
     importance = gradient_importance(model, batches, loss_fn, torch.abs)
-    assert torch.equal(importance["1.weight"], torch.tensor([[1.0, 0.625]]))
-    assert torch.equal(importance["1.bias"], torch.tensor([(0.5 + 1.0) / 2]))
+    torch.testing.assert_close(importance["1.weight"], torch.tensor([[(0.5 + 3 + 0) / 3, (1 + 0 + 0.5) / 3]]))
+    torch.testing.assert_close(importance["1.bias"], torch.tensor([(0.5 + 1.5 + 0.5) / 3]))
 
 
 class EmbeddingLogits(nn.Module):
@@ -169,14 +177,13 @@ def test_mas_output_is_the_squared_norm_of_the_logits_predicting_answers_or_the_
     prompts = replace(batch, labels=None)
     assert float(output_norm(model, prompts).detach()) == pytest.approx((norm[7] + norm[9]) / 2)
 
-    # d/d row t of the mean over k tokens of ||row||^2 = 2 row / k, and only the rows read have a gradient.
+    # Per example, d/d row t of the mean over its k tokens of ||row||^2 = 2 row / k, and only the rows it reads
+    # have a gradient; the importance averages their absolute values over the four examples.
     importance = gradient_importance(model, [batch, prompts], output_norm, torch.abs)["table.weight"]
     rows = model.table.weight.detach()
     expected = torch.zeros(10, 2)
-    for t in (5, 6, 8):
-        expected[t] += 2 * rows[t] / 3 / 2
-    for t in (7, 9):
-        expected[t] += 2 * rows[t] / 2 / 2
+    for t, k in ((5, 2), (6, 2), (8, 1), (7, 1), (9, 1)):
+        expected[t] += 2 * rows[t] / k / 4
     torch.testing.assert_close(importance, expected)
 
 

@@ -1,5 +1,5 @@
-"""Model merging: the interpolation worked by hand, and in a run the first stage's weights end halfway between
-the base and what that stage alone trains."""
+"""Weight interpolation with the previous stage: worked by hand, and in a run the first stage's weights end
+halfway between the base and what that stage alone trains."""
 
 from types import SimpleNamespace
 
@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from cpt.callbacks.merging import ModelMerging
+from cpt.callbacks.interpolation import StageInterpolation
 from cpt.config import load_config
 from cpt.errors import ConfigError
 from cpt.model.fisher import trainable_parameters
@@ -22,7 +22,7 @@ def test_the_weights_move_back_towards_where_the_stage_started():
         model.weight.copy_(torch.tensor([[1.0, 2.0]]))
         model.bias.copy_(torch.tensor([5.0]))
     module = SimpleNamespace(backbone=model)
-    merging = ModelMerging(weight=0.25)
+    merging = StageInterpolation(weight=0.25)
     merging.on_train_epoch_start(None, module)
     with torch.no_grad():  # what the stage trained
         model.weight.copy_(torch.tensor([[3.0, 6.0]]))
@@ -35,13 +35,13 @@ def test_the_weights_move_back_towards_where_the_stage_started():
 
 @pytest.mark.parametrize("weight", [-0.1, 1.5, True, "half"])
 def test_bad_weights(weight):
-    with pytest.raises(ValueError, match="merge weight must be a number in"):
-        ModelMerging(weight)
+    with pytest.raises(ValueError, match="interpolation weight must be a number in"):
+        StageInterpolation(weight)
 
 
 def test_config():
-    with pytest.raises(ConfigError, match="'merge.weight': must be in"):
-        load_config(None, ["merge.weight=2"])
+    with pytest.raises(ConfigError, match="'interpolation.weight': must be in"):
+        load_config(None, ["interpolation.weight=2"])
 
 
 class FirstStageStart(Callback):
@@ -54,7 +54,7 @@ class FirstStageStart(Callback):
 def test_a_merged_first_stage_ends_halfway_from_where_it_started(tmp_path, quick_cfg, foundation_dir):
     trained = two_task_run(tmp_path / "free", quick_cfg).weights[0]
     start = FirstStageStart()
-    merged = two_task_run(tmp_path / "merged", quick_cfg, ModelMerging(0.5), start).weights[0]
+    merged = two_task_run(tmp_path / "merged", quick_cfg, StageInterpolation(0.5), start).weights[0]
     assert any(not torch.equal(start.weights[n], trained[n]) for n in trained)  # the stage did move them
     for name, value in trained.items():
         torch.testing.assert_close(merged[name], start.weights[name].lerp(value, 0.5), rtol=1e-6, atol=1e-7,

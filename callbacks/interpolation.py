@@ -1,14 +1,17 @@
-"""Model merging: after each stage the weights are interpolated with those the stage started from,
+"""Weight interpolation with the previous stage: after each stage the weights are interpolated with those the stage
+started from,
 
     theta <- (1 - weight) * theta_before + weight * theta_after,
 
-so each stage keeps only `weight` of its update (weight 1 keeps the trained model; 0.5 is the midpoint). The merged
-model is the one evaluated, saved and trained on by the next stage. Averaging fine-tuned weights with the weights
-they came from is the continual-learning use of WiSE-FT and of the merging baselines of MLLM-CTBench.
+so each stage keeps only `weight` of its update (weight 1 keeps the trained model; 0.5 is the midpoint). The
+interpolated model is the one evaluated, saved and trained on by the next stage. Averaging fine-tuned weights with
+the weights they came from is the continual-learning use of WiSE-FT (Wortsman et al., 2022), one kind of model
+merging. It is not MLLM-CTBench's merging baseline, MagMaX (Marczak et al., 2024), which keeps training from the
+unmerged weights and evaluates the base plus the element-wise largest of the task vectors.
 
 `on_train_epoch_start` keeps a copy of the trainable parameters (each process its own shards under FSDP; one copy
 of the trainable weights in memory); `on_train_epoch_end` interpolates them in place, before the evaluation and
-the stage checkpoint (fit puts it before them). A resumed run starts a stage from its saved, merged weights, so
+the stage checkpoint (fit puts it before them). A resumed run starts a stage from its saved, interpolated weights, so
 nothing else needs keeping.
 """
 
@@ -22,10 +25,10 @@ from cpt.model.backbone import local_part, reshard
 from cpt.model.fisher import trainable_parameters
 
 
-class ModelMerging(Callback):
+class StageInterpolation(Callback):
     def __init__(self, weight: float = 0.5):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
-            raise ValueError(f"merge weight must be a number in [0, 1], got {weight!r}")
+            raise ValueError(f"interpolation weight must be a number in [0, 1], got {weight!r}")
         self.weight = float(weight)
         self.before: dict[str, torch.Tensor] = {}
 

@@ -13,7 +13,9 @@ The study file (YAML; `configs/studies/` holds examples):
         overrides: [optim.lr=1.5e-4]
         seeds: [0, 1, 2, 3, 4]            # this experiment's own seeds (default: the study's)
     compare:
-      diff: [[RFT sequential, SFT sequential]]   # differences to test, by label
+      margins: {fm: 3, general_change: 3}        # equivalence margins of the primary comparisons (points)
+      primary: [[RFT sequential, SFT sequential]]  # the comparisons the study's conclusions rest on, by label
+      diff: [[RFT sequential, SFT lr 5e-5]]      # exploratory differences, by label
 
 Paths in it are relative to the directory `cpt study` runs in (like `cpt fit`); `configs/...` also finds the
 package's own configs. Each run's state is read from its directory: finished (results.json complete) runs are
@@ -23,6 +25,7 @@ skipped, stopped ones (a saved stage) resumed, ones stopped before their first s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from cpt.run_files import read_yaml, saved_checkpoint
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
 EXPERIMENT_KEYS = {"config", "name", "overrides", "seeds"}
+COMPARE_KEYS = {"margins", "primary", "diff"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class Study:
     seeds: list[int]
     overrides: list[str]
     experiments: list[Experiment]
-    diffs: list[tuple[str, str]] = field(default_factory=list)
+    diffs: list[tuple[str, str]] = field(default_factory=list)  # exploratory
+    primary: list[tuple[str, str]] = field(default_factory=list)
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin of the primary tests
 
 
 @dataclass(frozen=True)
@@ -122,11 +128,40 @@ def load_study(path: str | Path) -> Study:
         experiments.append(Experiment(str(key), config, spec.get("name"),
                                       tuple(_strings(spec.get("overrides"), f"{path}: {key}.overrides")),
                                       tuple(own_seeds)))
-    diffs = (raw.get("compare") or {}).get("diff") or []
-    if not all(isinstance(d, list) and len(d) == 2 and all(isinstance(n, str) for n in d) for d in diffs):
-        raise ConfigError(f"{path}: compare.diff must be a list of [A, B] pairs of experiment names, got {diffs!r}")
+    compare = raw.get("compare") or {}
+    if not isinstance(compare, dict) or set(compare) - COMPARE_KEYS:
+        raise ConfigError(f"{path}: compare must be a mapping with {', '.join(sorted(COMPARE_KEYS))}, got {compare!r}")
+    diffs, primary = (_pairs(compare.get(key), f"{path}: compare.{key}") for key in ("diff", "primary"))
+    margins = compare.get("margins") or {}
+    if not isinstance(margins, dict) or not all(
+            isinstance(m, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0 for m, v in margins.items()):
+        raise ConfigError(f"{path}: compare.margins must map a metric to a number > 0 (points), e.g. {{fm: 3}}, got "
+                          f"{margins!r}")
+    if primary and not margins:
+        raise ConfigError(f"{path}: compare.primary needs compare.margins, the equivalence margin of each metric "
+                          "its comparisons are tested on (e.g. margins: {fm: 3})")
     return Study(path, raw.get("name") or path.stem, Path(raw["output_dir"]), seeds,
-                 _strings(raw.get("overrides"), f"{path}: overrides"), experiments, [tuple(d) for d in diffs])
+                 _strings(raw.get("overrides"), f"{path}: overrides"), experiments, diffs, primary,
+                 {m: float(v) for m, v in margins.items()})
+
+
+def _pairs(value, where: str) -> list[tuple[str, str]]:
+    pairs = value or []
+    if not isinstance(pairs, list) or not all(isinstance(d, list) and len(d) == 2 and all(isinstance(n, str)
+                                                                                      for n in d) for d in pairs):
+        raise ConfigError(f"{where} must be a list of [A, B] pairs of experiment names, got {value!r}")
+    return [tuple(d) for d in pairs]
+
+
+def check_compared_names(study: Study, runs: list[PlannedRun]) -> None:
+    """Every name under compare: is an experiment's (its `name`, or its config's), so that a misspelt one fails
+    before the runs rather than at the report after them."""
+    names = {str(run.config.get("name") or f"{run.config['method']} {run.config['schedule']}").lower() for run in runs}
+    unknown = sorted({n for pair in [*study.primary, *study.diffs] for n in pair if n.lower() not in names})
+    if unknown:
+        raise ConfigError(f"{study.path}: compare names {', '.join(map(repr, unknown))}, which no experiment is "
+                          f"called; the experiments are: {', '.join(sorted(names))}")
 
 
 def plan(study: Study) -> list[PlannedRun]:

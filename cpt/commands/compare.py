@@ -1,17 +1,22 @@
-"""`python -m cpt compare RUN_DIR [RUN_DIR ...] [--out DIR] [--diff A B ...]`: the study's runs side by side, as
-tables and figures; runs of one experiment (its seeds) grouped, each number with its 95% interval.
+"""`python -m cpt compare RUN_DIR [RUN_DIR ...] [--out DIR] [--primary A B --margin fm=3 ...] [--diff A B ...]`:
+the study's runs side by side, as tables and figures; runs of one experiment (its seeds) grouped, each number with
+its 95% interval.
 
 Runs of the same experiment (equal configs but for the seed) become one row: the mean and the half-width of the
-95% interval of every metric and of every cell of the accuracy matrix. `--diff A B` reports experiment A less
-experiment B on every metric, with Welch's 95% interval and whether the difference exceeds its noise.
+95% interval of every metric and of every cell of the accuracy matrix. `--primary A B` (with `--margin METRIC=M`)
+tests experiment A against B on each metric with a margin: different, equivalent within the margin, or not
+resolved, also after Holm's correction over all primary tests (cpt.reporting.equivalence). `--diff A B` reports A
+less B on every metric, exploratory: the interval and whether it excludes 0, paired over the seeds the two share.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from cpt.atomic import write_text
+from cpt.errors import ConfigError
 from cpt.reporting.compare import (
     DEFAULT_OUT,
     all_tasks,
@@ -38,26 +43,67 @@ from cpt.reporting.group_report import (
     find,
     footnote,
     mechanism_cells,
+    primary,
+    primary_cells,
+    primary_note,
     summary_cells,
     task_cells,
     write_differences_csv,
     write_experiments_csv,
+    write_primary_csv,
 )
-from cpt.reporting.groups import group_runs
+from cpt.reporting.groups import Experiment, group_runs
 from cpt.reporting.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
-from cpt.reporting.mechanisms import stage_points, write_points_csv
+from cpt.reporting.mechanisms import kl_relation, proposition, stage_points, write_points_csv
 
 STABILITY_FIGURES = {"stability_plasticity.png": ("fm", "forgetting: FM (points; 0 = none, negative is worse)"),
                      "stability_plasticity_general.png": ("general_change",
                                                           "general set: final - base accuracy (points)")}
 
 
-def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, str]] = ()) -> str:
+def kl_relation_cells(points: list[dict]) -> tuple[list[str], list[list[str]]] | None:
+    rows = kl_relation(points)
+    if not rows:
+        return None
+    header = ["drop per stage ~ KL on the new task", "runs", "stages", "slope", "R²"]
+    return header, [[label, str(runs), str(n), "-" if fit is None else f"{fit.slope:.3g}",
+                     "-" if fit is None or fit.r2 is None else f"{fit.r2:.2f}"] for label, runs, n, fit in rows]
+
+
+def proposition_cells(pairs: list[tuple[Experiment, Experiment]]) -> tuple[list[str], list[list[str]]] | None:
+    """For each compared pair of a rewarded experiment and one without rewards: the study's proposition tested."""
+    body = []
+    for a, b in pairs:
+        if a.estimate("reward_var") is None or b.estimate("reward_var") is not None:
+            continue
+        found = proposition(a.by_seed("fisher_update"), b.by_seed("fisher_update"), a.by_seed("reward_var"))
+        if found is None:
+            continue
+
+        def times(diff) -> str:
+            bounds = diff.interval()
+            return f"{math.exp(diff.mean):.3g}" + ("" if bounds is None else
+                                                  f" [{math.exp(bounds[0]):.3g}, {math.exp(bounds[1]):.3g}]")
+
+        body.append([f"{a.name} / {b.name}", times(found.measured), f"{found.predicted:.3g}",
+                     times(found.against_prediction), found.measured.test, found.verdict])
+    if not body:
+        return None
+    return (["Fisher-weighted update, A / B", "measured (95%)", "predicted: Var[r] of A", "measured / predicted (95%)",
+             "test", "verdict"], body)
+
+
+def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, str]] = (),
+           primaries: list[tuple[str, str]] = (), margins: dict[str, float] | None = None) -> str:
     """Reads the runs, writes the tables and figures to `out` and returns the text to print."""
     runs = load_runs(run_dirs)
     out = Path(out)
     rows, benchmarks, tasks = comparison_rows(runs), benchmark_names(runs), all_tasks(runs)
     experiments = group_runs(runs, rows, benchmarks)
+    if primaries and not margins:
+        raise ConfigError("primary comparisons need a margin per metric to test equivalence against "
+                          "(--margin fm=3, or compare.margins in the study file)")
+    tests = primary(experiments, list(primaries), dict(margins or {}))
     pairs = [(find(experiments, a), find(experiments, b)) for a, b in diffs]
     repeated = any(e.n > 1 for e in experiments)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +111,7 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     write_experiments_csv(experiments, benchmarks, tasks, out / "experiments.csv")
     if repeated:
         tables = [summary_cells(experiments, benchmarks), task_cells(experiments, tasks),
-                  task_cells(experiments, tasks, "forget")]
+                  task_cells(experiments, tasks, "forget"), task_cells(experiments, tasks, "before")]
         text = "\n\n".join([*(text_table(*t) for t in tables), footnote(experiments)])
         markdown = "\n\n".join([*(markdown_table(*t) for t in tables), footnote(experiments)]) + "\n"
         figures = {"compare_matrices.png": plot_experiment_matrices(experiments, tasks),
@@ -85,13 +131,21 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
                       "mechanisms_fisher_update.png": plot_fisher_update(experiments),
                       "mechanisms_sparsity.png": plot_update_sparsity(experiments)}
         save_figures({name: fig for name, fig in mechanisms.items() if fig is not None}, out)
-        cells = mechanism_cells(experiments)
-        if cells is not None:
-            text += f"\n\n{text_table(*cells)}"
-            markdown += f"\n{markdown_table(*cells)}\n"
+        compared_pairs = [(find(experiments, a), find(experiments, b)) for a, b in primaries] + pairs
+        for cells in (mechanism_cells(experiments), kl_relation_cells(points), proposition_cells(compared_pairs)):
+            if cells is not None:
+                text += f"\n\n{text_table(*cells)}"
+                markdown += f"\n{markdown_table(*cells)}\n"
+    if tests:
+        section = "Primary comparisons (declared with their margins)"
+        cells = primary_cells(tests)
+        text += f"\n\n{section}\n{text_table(*cells)}\n{primary_note(tests)}"
+        markdown += f"\n{section}\n\n{markdown_table(*cells)}\n\n{primary_note(tests)}\n"
+        write_primary_csv(tests, out / "primary.csv")
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
-        section = f"{a.name} - {b.name} (Welch's 95% interval; beyond noise when it excludes 0)"
+        section = (f"{a.name} - {b.name}: exploratory (95% interval, not corrected for the number of differences; "
+                   "paired over the seeds both have)")
         cells = difference_cells(a, b, diff_rows)
         text += f"\n\n{section}\n{text_table(*cells)}"
         markdown += f"\n{section}\n\n{markdown_table(*cells)}\n"
@@ -101,13 +155,33 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     return text
 
 
+def margin(text: str) -> tuple[str, float]:
+    """METRIC=M, M a finite number > 0 (argparse's type for --margin)."""
+    metric, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not metric or not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=M with M a number > 0 (e.g. fm=3)")
+    return metric, number
+
+
 def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="output_dir of a `python -m cpt fit` run")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"where tables and figures go (default: {DEFAULT_OUT}/)")
+    parser.add_argument("--primary", nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="a primary comparison: A less B tested for a difference and for equivalence within "
+                             "each --margin, Holm-adjusted over all of them (repeatable)")
+    parser.add_argument("--margin", action="append", default=[], type=margin, metavar="METRIC=M",
+                        help="the equivalence margin of a metric for the primary comparisons, e.g. fm=3 (points; "
+                             "repeatable)")
     parser.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
-                        help="report experiment A less experiment B, with its 95%% interval (repeatable)")
+                        help="report experiment A less experiment B, exploratory, with its 95%% interval "
+                             "(repeatable)")
     known = parser.parse_args(args)
-    print(report(known.run_dirs, known.out, [tuple(pair) for pair in known.diff]))
+    print(report(known.run_dirs, known.out, [tuple(pair) for pair in known.diff],
+                 [tuple(pair) for pair in known.primary], dict(known.margin)))
     print(f"\nTables and figures in {known.out}")
     return 0

@@ -29,7 +29,7 @@ from cpt.atomic import write_json
 from cpt.commands.compare import report
 from cpt.errors import ConfigError
 from cpt.run_files import read_json
-from cpt.study import PlannedRun, Study, changed_keys, load_study, plan, state
+from cpt.study import PlannedRun, Study, changed_keys, check_compared_names, load_study, plan, state
 
 ACTION = {"done": "finished, skipped", "stopped": "resuming after its last saved stage",
           "started": "stopped before its first saved stage: starting again", "new": "starting"}
@@ -167,6 +167,7 @@ def main(args: list[str]) -> int:
         raise ConfigError(f"--jobs {known.jobs}: give the number of runs to go at once, 1 or more")
     study = load_study(known.study)
     runs = plan(study)
+    check_compared_names(study, runs)
     check_unchanged(runs)
     states = [state(run) for run in runs]
     own = sum(e.seeds != tuple(study.seeds) for e in study.experiments)
@@ -194,8 +195,8 @@ def main(args: list[str]) -> int:
     if done:
         out = study.output_dir / "compare"
         try:
-            print(report(done, out, study.diffs))
-        except ConfigError as error:  # a difference names an experiment with no finished run yet
+            print(report(done, out, study.diffs, study.primary, study.margins))
+        except ConfigError as error:  # a comparison names an experiment with no finished run yet
             print(f"warning: {error}; comparing without the differences", file=sys.stderr)
             print(report(done, out))
         print(f"\nTables and figures in {out}")

@@ -56,6 +56,30 @@ def learning_gain(P: Matrix, after: int | None = None) -> float:
     return sum(P[s][s - 1] - P[s - 1][s - 1] for s in range(1, t + 1)) / t
 
 
+# Plasticity three ways, and where each task stood when its turn came. learning_gain is `diagonal` less
+# `before_turn`: a method that first destroys a task and then relearns it gains much over the row before but
+# ends no higher on the diagonal, and gains no more over the base.
+
+def before_turn(P: Matrix) -> list[float]:
+    """Per task t, its accuracy just before its turn: P[t-1][t] (the row before it is trained)."""
+    _check(P)
+    return [P[s - 1][s - 1] for s in range(1, len(P))]
+
+
+def diagonal(P: Matrix) -> float:
+    """Mean over t of P[t][t]: each task's accuracy just after it was trained."""
+    _check(P)
+    t = len(P) - 1
+    return sum(P[s][s - 1] for s in range(1, t + 1)) / t if t else 0.0
+
+
+def gain_over_base(P: Matrix) -> float:
+    """Mean over t of P[t][t] - P[0][t]: what each task gained over the base model by its turn's end."""
+    _check(P)
+    t = len(P) - 1
+    return sum(P[s][s - 1] - P[0][s - 1] for s in range(1, t + 1)) / t if t else 0.0
+
+
 def task_forgetting(P: Matrix) -> list[float | None]:
     """Per task j, what FM averages: P[T][j] - max_{j <= t < T} P[t][j] (None for the last task, never followed)."""
     _check(P)

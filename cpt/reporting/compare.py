@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
-from cpt.eval.metrics import learning_gain
+from cpt.eval.metrics import before_turn, diagonal, gain_over_base, learning_gain
 from cpt.run_files import next_step, read_json, read_yaml
 
 log = logging.getLogger(__name__)
@@ -150,18 +150,28 @@ def final_accuracy(run: dict, task: str) -> float | None:
 
 def comparison_rows(runs: list[dict]) -> list[dict]:
     """One flat record per run, raw numbers (None where missing), keyed as comparison.csv's columns:
-    name, method, schedule, complete, avg_acc, fm, bwt, gain, <benchmark>_base, <benchmark>_final, kept_fraction,
-    wall_time_s, final_<task>. gain is the mean learning on each new task (sequential runs)."""
+    name, method, schedule, complete, avg_acc, fm, bwt, gain, diagonal, gain_over_base, before_turn,
+    <benchmark>_base, <benchmark>_final, kept_fraction, wall_time_s, final_<task>, before_<task>. Plasticity three
+    ways (sequential runs): gain, the mean learning on each new task over the row before; diagonal, each task's
+    accuracy after its turn; gain_over_base, that less the base's; and before_turn, each task's accuracy just
+    before its turn (before_<task> per task)."""
     benchmarks, tasks = benchmark_names(runs), all_tasks(runs)
     rows = []
     for run in runs:
         row = {key: run[key] for key in ("name", "method", "schedule", "complete", "avg_acc", "fm", "bwt")}
-        row["gain"] = learning_gain(run["accuracy_matrix"]) if _sequential(run) else None
+        sequential, matrix = _sequential(run), run["accuracy_matrix"]
+        row["gain"] = learning_gain(matrix) if sequential else None
+        row["diagonal"] = diagonal(matrix) if sequential else None
+        row["gain_over_base"] = gain_over_base(matrix) if sequential else None
+        turns = before_turn(matrix) if sequential else []
+        row["before_turn"] = sum(turns) / len(turns) if turns else None
         for name in benchmarks:
             row[f"{name}_base"], row[f"{name}_final"] = base_and_final(run["benchmarks"].get(name),
                                                                        trained=bool(run["stages"]))
         row["kept_fraction"], row["wall_time_s"] = run["kept_fraction"], run["wall_time_s"]
         row.update({f"final_{task}": final_accuracy(run, task) for task in tasks})
+        row.update({f"before_{task}": turns[run["tasks"].index(task)] if task in run["tasks"][:len(turns)] else None
+                    for task in tasks})
         rows.append(row)
     return rows
 

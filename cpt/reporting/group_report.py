@@ -1,5 +1,6 @@
 """Tables of experiments over seeds (`cpt compare` when runs repeat): each number as mean ± the half-width of
-its 95% interval, and the differences between two chosen experiments with whether they exceed their noise."""
+its 95% interval; the study's primary comparisons with their equivalence verdicts (cpt.reporting.equivalence); and
+the exploratory differences between two chosen experiments, each with its interval and whether it excludes 0."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
+from cpt.reporting.equivalence import PrimaryTest, primary_tests
 from cpt.reporting.groups import Experiment
-from cpt.reporting.intervals import Estimate
+from cpt.reporting.intervals import Difference, Estimate
 from cpt.reporting.mechanisms import RUN_KEYS
 
-METRICS = (("avg_acc", "AvgAcc"), ("fm", "FM"), ("bwt", "BWT"), ("gain", "gain"))
+# Plasticity three ways beside AvgAcc, FM and BWT (cpt.reporting.compare.comparison_rows has their definitions).
+METRICS = (("avg_acc", "AvgAcc"), ("fm", "FM"), ("bwt", "BWT"), ("gain", "gain"), ("diagonal", "P[t][t]"),
+           ("gain_over_base", "gain over base"), ("before_turn", "before its turn"))
 
 
 def _cell(value: Estimate | None, scale: float = 1.0, suffix: str = "", spec: str = ".1f") -> str:
@@ -34,7 +38,7 @@ def keys(benchmarks: list[str], tasks: list[str]) -> list[str]:
     """Every number an experiment reports, in table order."""
     return [*(key for key, _ in METRICS), *(f"{b}_{part}" for b in benchmarks for part in ("base", "final", "change")),
             "kept_fraction", "wall_time_s", *(f"final_{task}" for task in tasks),
-            *(f"forget_{task}" for task in tasks), *RUN_KEYS]
+            *(f"forget_{task}" for task in tasks), *(f"before_{task}" for task in tasks), *RUN_KEYS]
 
 
 def summary_cells(experiments: list[Experiment], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -51,8 +55,9 @@ def summary_cells(experiments: list[Experiment], benchmarks: list[str]) -> tuple
 
 def task_cells(experiments: list[Experiment], tasks: list[str],
                prefix: str = "final") -> tuple[list[str], list[list[str]]]:
-    """Per task, each experiment's final accuracy (prefix final) or forgetting (prefix forget)."""
-    title = {"final": "final accuracy", "forget": "forgetting per task"}[prefix]
+    """Per task, each experiment's final accuracy (prefix final), forgetting (prefix forget) or accuracy just
+    before its turn (prefix before)."""
+    title = {"final": "final accuracy", "forget": "forgetting per task", "before": "accuracy before its turn"}[prefix]
     shown = [e for e in experiments if any(e.estimate(f"{prefix}_{task}") for task in tasks)]
     return [title, *tasks], [[e.name, *(_cell(e.estimate(f"{prefix}_{task}")) for task in tasks)] for e in shown]
 
@@ -63,12 +68,14 @@ def mechanism_cells(experiments: list[Experiment]) -> tuple[list[str], list[list
     shown = [e for e in experiments if any(e.estimate(key) for key in RUN_KEYS)]
     if not shown:
         return None
-    return (["mechanisms (mean over stages)", *RUN_KEYS.values()],
+    return (["mechanisms (mean over stages 2 on)", *RUN_KEYS.values()],
             [[e.name, *(_cell(e.estimate(key), spec=".3g") for key in RUN_KEYS)] for e in shown])
 
 
 def footnote(experiments: list[Experiment]) -> str:
     lines = ["mean ± half-width of the 95% interval over the n seeds (Student's t); one seed has no interval",
+             "gain: mean over tasks of P[t][t] - P[t-1][t] (over the row before); P[t][t]: each task just after its "
+             "turn; gain over base: P[t][t] - P[0][t]; before its turn: P[t-1][t]",
              "forgetting per task: a task's final accuracy less its best after it was trained (FM is their mean)"]
     lines += [f"* {e.name}: {sum(not run['complete'] for run in e.runs)} of {e.n} runs incomplete"
               for e in experiments if not e.complete]
@@ -84,31 +91,73 @@ def find(experiments: list[Experiment], name: str) -> Experiment:
     return matches[0]
 
 
+def _exploratory_keys(benchmarks: list[str], tasks: list[str]) -> list[str]:
+    return [key for key in keys(benchmarks, tasks)
+            if key not in ("kept_fraction", "wall_time_s") and not key.endswith("_base")]
+
+
 def differences(a: Experiment, b: Experiment, benchmarks: list[str], tasks: list[str]) -> list[dict]:
-    """Per number both report: each mean, a - b, its 95% Welch interval and whether it excludes 0."""
+    """Per number both report: each mean and a - b (cpt.reporting.intervals.Difference: paired over the common
+    seeds, else Welch's)."""
     rows = []
-    for key in keys(benchmarks, tasks):
-        if key in ("kept_fraction", "wall_time_s") or key.endswith("_base"):
-            continue
+    for key in _exploratory_keys(benchmarks, tasks):
         diff = a.difference(b, key)
-        if diff is None:
-            continue
-        rows.append({"metric": key, "a": a.estimate(key), "b": b.estimate(key), "difference": diff.mean,
-                     "half_width": diff.half_width, "beyond_noise": diff.beyond_noise})
+        if diff is not None:
+            rows.append({"metric": key, "a": a.estimate(key), "b": b.estimate(key), "difference": diff})
     return rows
 
 
+def _interval(diff: Difference, level: float, spec: str) -> str:
+    bounds = diff.interval(level)
+    return "-" if bounds is None else f"[{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
+
+
 def difference_cells(a: Experiment, b: Experiment, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", a.name, b.name, "difference", "95% interval", "beyond noise"]
+    header = ["metric", a.name, b.name, "difference", "95% interval", "test", "excludes 0"]
     body = []
     for row in rows:
         spec = ".3g" if row["metric"] in RUN_KEYS else ".1f"  # the mechanisms' quantities come in any size
-        hw, diff = row["half_width"], row["difference"]
-        interval = "-" if hw is None else f"[{diff - hw:{spec}}, {diff + hw:{spec}}]"
-        verdict = {True: "yes", False: "no", None: "-"}[row["beyond_noise"]]
-        body.append([row["metric"], _cell(row["a"], spec=spec), _cell(row["b"], spec=spec), f"{diff:+{spec}}",
-                     interval, verdict])
+        diff = row["difference"]
+        verdict = {True: "yes", False: "no", None: "-"}[diff.beyond_noise]
+        body.append([row["metric"], _cell(row["a"], spec=spec), _cell(row["b"], spec=spec), f"{diff.mean:+{spec}}",
+                     _interval(diff, 0.95, spec), diff.test, verdict])
     return header, body
+
+
+def primary(experiments: list[Experiment], pairs: list[tuple[str, str]], margins: dict[str, float]
+            ) -> list[PrimaryTest]:
+    """Every primary comparison on every metric with a margin, tested and Holm-adjusted together."""
+    cells = []
+    for a_name, b_name in pairs:
+        a, b = find(experiments, a_name), find(experiments, b_name)
+        for metric, margin in margins.items():
+            diff = a.difference(b, metric)
+            if diff is None:
+                raise ConfigError(f"the primary comparison {a.name} - {b.name} has no values of {metric!r} on both "
+                                  "sides: margins name a number every primary experiment reports (e.g. fm, avg_acc, "
+                                  "gain, general_change)")
+            cells.append((a.name, b.name, metric, diff, margin))
+    return primary_tests(cells)
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value >= 0.001 else "<0.001"
+
+
+def primary_cells(tests: list[PrimaryTest]) -> tuple[list[str], list[list[str]]]:
+    header = ["A - B", "metric", "A - B", "95% interval", "90% interval", "test", "margin", "p (diff)", "p (equiv)",
+              "verdict", "Holm-adjusted"]
+    body = [[f"{t.a} - {t.b}", t.metric, f"{t.difference.mean:+.1f}", _interval(t.difference, 0.95, ".1f"),
+             _interval(t.difference, 0.90, ".1f"), t.difference.test, f"±{t.margin:g}", _p(t.p_difference),
+             _p(t.p_equivalence), t.verdict, t.holm_verdict] for t in tests]
+    return header, body
+
+
+def primary_note(tests: list[PrimaryTest]) -> str:
+    return (f"primary: declared in the study file with their margins. different: the 95% interval excludes 0; "
+            f"equivalent within ±M: the 90% interval lies inside ±M (two one-sided tests at 5%); not resolved: "
+            f"neither. Holm-adjusted: the same verdicts with the p values adjusted over the {len(tests)} difference "
+            "tests and, apart, the equivalence tests")
 
 
 def write_experiments_csv(experiments: list[Experiment], benchmarks: list[str], tasks: list[str],
@@ -130,11 +179,34 @@ def write_experiments_csv(experiments: list[Experiment], benchmarks: list[str], 
 
 
 def write_differences_csv(pairs: list[tuple[Experiment, Experiment, list[dict]]], path: Path) -> None:
+    """Every exploratory difference: the means, a - b, its interval, the test and its p value."""
     with replacing(path) as staging, open(staging, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["a", "b", "metric", "a_mean", "b_mean", "difference", "half_width", "beyond_noise"])
+        writer.writerow(["a", "b", "metric", "a_mean", "b_mean", "difference", "half_width", "test", "n", "p_value",
+                         "excludes_0"])
         for a, b, rows in pairs:
             for row in rows:
-                writer.writerow([a.name, b.name, row["metric"], row["a"].mean, row["b"].mean, row["difference"],
-                                 "" if row["half_width"] is None else row["half_width"],
-                                 "" if row["beyond_noise"] is None else row["beyond_noise"]])
+                diff = row["difference"]
+                writer.writerow([a.name, b.name, row["metric"], row["a"].mean, row["b"].mean, diff.mean,
+                                 _blank(diff.half_width()), "paired" if diff.paired else "welch", diff.n,
+                                 _blank(diff.p_value), _blank(diff.beyond_noise)])
+
+
+def write_primary_csv(tests: list[PrimaryTest], path: Path) -> None:
+    """The primary comparisons: a - b per metric, both intervals, the margin, p values raw and Holm-adjusted, and
+    the verdicts."""
+    with replacing(path) as staging, open(staging, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["a", "b", "metric", "difference", "low_95", "high_95", "low_90", "high_90", "test", "n",
+                         "margin", "p_difference", "p_equivalence", "holm_p_difference", "holm_p_equivalence",
+                         "verdict", "holm_verdict"])
+        for t in tests:
+            wide, narrow = t.difference.interval(0.95) or ("", ""), t.difference.interval(0.90) or ("", "")
+            writer.writerow([t.a, t.b, t.metric, t.difference.mean, *wide, *narrow,
+                             "paired" if t.difference.paired else "welch", t.difference.n, t.margin,
+                             *(_blank(p) for p in (t.p_difference, t.p_equivalence, t.holm_difference,
+                                                   t.holm_equivalence)), t.verdict, t.holm_verdict])
+
+
+def _blank(value) -> object:
+    return "" if value is None else value

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from cpt.config import REPORTING_KEYS, Config, flat
 from cpt.eval.metrics import task_forgetting
-from cpt.reporting.intervals import Difference, Estimate, difference, estimate
+from cpt.reporting.intervals import Difference, Estimate, Ratio, difference, estimate, ratio
 from cpt.reporting.mechanisms import run_mechanisms
 from cpt.run_files import next_step, read_yaml
 
@@ -78,9 +78,18 @@ class Experiment:
         return estimate(run["accuracy_matrix"][row][run["tasks"].index(task)] for run in self.runs
                         if task in run["tasks"] and row < len(run["accuracy_matrix"]))
 
+    def by_seed(self, key: str) -> dict:
+        """`key` per run, by its seed (a run without a saved config by itself alone, never paired)."""
+        return {("unseeded", id(run)) if seed is None else seed: values.get(key)
+                for run, seed, values in zip(self.runs, self.seeds, self.values)}
+
     def difference(self, other: Experiment, key: str) -> Difference | None:
-        """This experiment's mean of `key` less the other's, with Welch's interval."""
-        return difference((v.get(key) for v in self.values), (v.get(key) for v in other.values))
+        """This experiment's mean of `key` less the other's: paired over their common seeds, else Welch's."""
+        return difference(self.by_seed(key), other.by_seed(key))
+
+    def ratio(self, other: Experiment, key: str) -> Ratio | None:
+        """This experiment's `key` over the other's, on the log scale (cpt.reporting.intervals.ratio)."""
+        return ratio(self.by_seed(key), other.by_seed(key))
 
 
 def _signature(config: dict | None, name: str) -> tuple:

@@ -35,9 +35,9 @@ def _draw_fit(ax, fit: Fit | None, xs: list[float], **style) -> None:
 
 def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
     """RL's Razor: each stage after the first of every run at x = KL(base || model) on the new task's prompts,
-    y = the forgetting it caused on the earlier tasks; a least-squares line with R^2 per method and over all.
+    y = the drop it caused on the earlier tasks; a least-squares line with R^2 per method and over all.
     None when no stage has both."""
-    shown = [p for p in points if p["forgetting"] is not None and p["kl_new_task"] is not None]
+    shown = [p for p in points if p["drop"] is not None and p["kl_new_task"] is not None]
     if not shown:
         return None
     colours = _colours(shown)
@@ -45,11 +45,11 @@ def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
     ax = fig.subplots()
     for method, colour in colours.items():
         mine = [p for p in shown if p["method"] == method]
-        xs, ys = [p["kl_new_task"] for p in mine], [p["forgetting"] for p in mine]
+        xs, ys = [p["kl_new_task"] for p in mine], [p["drop"] for p in mine]
         fit = fit_line(xs, ys)
         ax.scatter(xs, ys, color=colour, s=22, alpha=0.75, label=_fit_label(method_label(method), fit))
         _draw_fit(ax, fit, xs, color=colour, linewidth=1.5)
-    xs, ys = [p["kl_new_task"] for p in shown], [p["forgetting"] for p in shown]
+    xs, ys = [p["kl_new_task"] for p in shown], [p["drop"] for p in shown]
     fit = fit_line(xs, ys)
     _draw_fit(ax, fit, xs, color="black", linestyle="--", linewidth=1.2, label=_fit_label("all runs", fit))
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
@@ -60,7 +60,7 @@ def plot_forgetting_against_kl(points: list[dict]) -> Figure | None:
         ax.set_xlim(left=0)
     ax.set_xlabel("KL(base || model) on the new task's prompts at the stage's end (nats per completion"
                   + ("; linear below 0.1, log above)" if wide else ")"))
-    ax.set_ylabel("forgetting the stage caused: earlier tasks' mean drop (points)")
+    ax.set_ylabel("drop the stage caused: earlier tasks' mean accuracy lost (points)")
     ax.set_title("Does the KL on the new task predict forgetting? (one point per run and stage after the first)",
                  fontsize=10)
     ax.legend(fontsize=8)
@@ -117,7 +117,7 @@ def plot_fisher_update(experiments: list[Experiment]) -> Figure | None:
 
 
 def plot_update_sparsity(experiments: list[Experiment]) -> Figure | None:
-    """Per experiment, the share of parameters its stages moved beyond the tolerance (mean over stages, then over
+    """Per experiment, the share of parameters whose bfloat16 value its stages changed (mean over stages, then over
     seeds, with the 95% interval). None when no experiment recorded it."""
     shown = [(e, e.estimate("updated_share")) for e in experiments]
     shown = [(e, value) for e, value in shown if value is not None]
@@ -134,7 +134,7 @@ def plot_update_sparsity(experiments: list[Experiment]) -> Figure | None:
     ax.set_xticks(range(len(shown)), [e.name for e, _ in shown], rotation=30, ha="right", fontsize=8)
     ax.legend(handles=[Patch(color=f"C{i % 10}", label=method_label(method)) for i, method in enumerate(methods)],
               fontsize=8)
-    ax.set_ylabel("parameters updated per stage (%)")
+    ax.set_ylabel("parameters whose bfloat16 value a stage changed (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("How sparse is the update? (mean over stages and seeds, 95% interval)", fontsize=10)
+    ax.set_title("How sparse is the update? (mean over stages 2 on and seeds, 95% interval)", fontsize=10)
     return fig

@@ -30,7 +30,8 @@ def write_study(path, quick_cfg, out, **changes) -> None:
              "experiments": {"sft": {"config": "configs/experiments/sft_sequential.yaml"},
                              "sft_fast": {"config": "configs/experiments/sft_sequential.yaml", "name": "SFT lr 1e-3",
                                           "overrides": ["optim.lr=1e-3"]}},
-             "compare": {"diff": [["SFT lr 1e-3", "SFT sequential"]]}, **changes}
+             "compare": {"margins": {"fm": 3}, "primary": [["SFT lr 1e-3", "SFT sequential"]],
+                         "diff": [["SFT lr 1e-3", "SFT sequential"]]}, **changes}
     path.write_text(yaml.safe_dump(study))
 
 
@@ -82,6 +83,14 @@ def test_a_study_skips_finished_runs_resumes_stopped_ones_and_compares(tmp_path,
             assert float(row[f"{csv_key}_half_width"]) == pytest.approx(t_1 * abs(a - b) / 2)
     assert "SFT sequential | 2 |" in (out / "compare" / "comparison.md").read_text()
     assert {d["metric"] for d in csv.DictReader(open(out / "compare" / "differences.csv"))} >= {"avg_acc", "fm"}
+    # The primary comparison: FM paired over the two seeds, against the margin of 3, by hand.
+    [primary] = list(csv.DictReader(open(out / "compare" / "primary.csv")))
+    per_seed = [results[f"SFT lr 1e-3 seed {s}"]["fm"] - results[f"SFT sequential seed {s}"]["fm"] for s in (0, 1)]
+    assert (primary["metric"], primary["test"], primary["n"], primary["margin"]) == ("fm", "paired", "2", "3.0")
+    assert float(primary["difference"]) == pytest.approx(sum(per_seed) / 2)
+    assert float(primary["high_95"]) - float(primary["difference"]) == pytest.approx(
+        t_1 * abs(per_seed[0] - per_seed[1]) / 2)
+    assert "Primary comparisons" in proc.stdout and primary["verdict"] in proc.stdout
     summary = json.loads((out / "study.json").read_text())
     assert summary["finished"] == 4 and summary["wall_time_s"] == pytest.approx(
         sum(r["wall_time_s"] for r in results.values()))
@@ -124,6 +133,10 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
         ({"experiments": {"x": {"config": "configs/default.yaml", "overrides": ["optim.lrr=1"]}}},
          "experiment 'x': unknown key 'optim.lrr'"),
         ({"experiments": {"x": {"configs": "configs/default.yaml"}}}, "must be a mapping with 'config'"),
+        ({"compare": {"primary": [["SFT lr 1e-3", "SFT sequential"]]}}, "compare.primary needs compare.margins"),
+        ({"compare": {"margins": {"fm": -1}}}, "compare.margins must map a metric to a number > 0"),
+        ({"compare": {"diff": [["SFT lr 1e-3", "SFT sequentiel"]]}}, "compare names 'SFT sequentiel', which no"),
+        ({"compare": {"primaries": []}}, "compare must be a mapping with diff, margins, primary"),
     ]:
         write_study(study_file, quick_cfg, out, **changes)
         assert cli.main(["study", str(study_file)]) == 2, changes

@@ -95,13 +95,21 @@ def test_csv_and_markdown_read_back(three_runs, tmp_path, capsys):
     assert main([*map(str, three_runs), "--out", str(out)]) == 0
     assert "SFT sequential" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    assert list(rows[0]) == ["name", "method", "schedule", "complete", "avg_acc", "fm", "bwt", "gain", "general_base",
-                             "general_final", "mmmu_base", "mmmu_final", "kept_fraction", "wall_time_s",
-                             "final_count", "final_colour"]
+    assert list(rows[0]) == ["name", "method", "schedule", "complete", "avg_acc", "fm", "bwt", "gain", "diagonal",
+                             "gain_over_base", "before_turn", "general_base", "general_final", "mmmu_base",
+                             "mmmu_final", "kept_fraction", "wall_time_s", "final_count", "final_colour",
+                             "before_count", "before_colour"]
     sft, rft, multitask = rows
     assert float(sft["avg_acc"]) == 80.0 and float(sft["fm"]) == -30.0 and float(sft["mmmu_final"]) == 32.5
     # gain: what each stage added to its own task, ((90 - 50) + (100 - 30)) / 2 and ((70 - 50) + (80 - 45)) / 2.
     assert float(sft["gain"]) == 55.0 and float(rft["gain"]) == 27.5 and multitask["gain"] == ""
+    # Plasticity the other two ways: the diagonal (90 + 100) / 2 and (70 + 80) / 2; the gain over the base
+    # ((90 - 50) + (100 - 40)) / 2 and ((70 - 50) + (80 - 40)) / 2; each task just before its turn: count 50 (the
+    # base), colour 30 after SFT's first task and 45 after RFT's.
+    assert (float(sft["diagonal"]), float(sft["gain_over_base"]), float(sft["before_turn"])) == (95.0, 50.0, 40.0)
+    assert (float(rft["diagonal"]), float(rft["gain_over_base"]), float(rft["before_turn"])) == (75.0, 30.0, 47.5)
+    assert (float(sft["before_count"]), float(sft["before_colour"]), float(rft["before_colour"])) == (50, 30, 45)
+    assert multitask["diagonal"] == multitask["before_colour"] == ""
     assert float(rft["general_final"]) == 42.5 and float(rft["kept_fraction"]) == 0.625
     assert float(rft["wall_time_s"]) == 59.6 and float(rft["final_colour"]) == 80.0
     assert multitask["fm"] == "" and multitask["bwt"] == "" and multitask["mmmu_base"] == ""

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from scipy.stats import t as student_t
 
 from cpt import cli
 from cpt.commands.compare import main
-from cpt.reporting.intervals import difference, estimate
+from cpt.reporting.intervals import estimate, welch
 from tests.reporting.test_compare import cells
 
 TASKS = ["count", "colour"]
@@ -68,12 +69,12 @@ def test_interval_of_three_values_by_hand():
     assert estimate([7.0]).half_width is None and estimate([7.0]).format() == "7.0"
     assert estimate([None, math.nan]) is None
     # Welch: variances of the means 16/3 and 1/3; df = (17/3)^2 / ((16/3)^2 / 2 + (1/3)^2 / 2) = 2.249.
-    diff = difference([50.0, 54.0, 58.0], [70.0, 71.0, 72.0])
+    diff = welch([50.0, 54.0, 58.0], [70.0, 71.0, 72.0])
     assert diff.mean == -17.0 and diff.df == pytest.approx((17 / 3) ** 2 / ((16 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2))
     assert diff.df == pytest.approx(2.2490, abs=1e-4)
-    assert T_2 * math.sqrt(17 / 3) > diff.half_width > 2.776 * math.sqrt(17 / 3)  # between t(2) and t(4)
-    assert diff.half_width == pytest.approx(9.2288, abs=1e-3) and diff.beyond_noise
-    assert not difference([50.0, 54.0, 58.0], [52.0, 56.0, 57.0]).beyond_noise
+    assert T_2 * math.sqrt(17 / 3) > diff.half_width() > 2.776 * math.sqrt(17 / 3)  # between t(2) and t(4)
+    assert diff.half_width() == pytest.approx(9.2288, abs=1e-3) and diff.beyond_noise
+    assert not welch([50.0, 54.0, 58.0], [52.0, 56.0, 57.0]).beyond_noise
 
 
 def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
@@ -82,17 +83,20 @@ def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
     assert main([*map(str, study), "--out", str(out), "--diff", "RFT sequential", sft_name]) == 0
     printed = capsys.readouterr().out
     sft = cells(printed, "SFT sequential (optim.lr=0.0005)")
-    # n, AvgAcc, FM (-40, -32, -24: s = 8), BWT, gain ((40 + 20) / 2 = 30 for every seed), general final, change
-    assert sft[1:8] == ["3", "54.0 ± 9.9", f"-32.0 ± {T_2 * 8 / math.sqrt(3):.1f}", "-32.0 ± 19.9", "30.0 ± 0.0",
-                        "21.0 ± 2.5", "-19.0 ± 2.5"]
+    # n, AvgAcc, FM (-40, -32, -24: s = 8), BWT, gain ((40 + 20) / 2 = 30 for every seed), the diagonal
+    # ((90 + 50) / 2), the gain over the base ((40 + 10) / 2), before its turn ((50 + 30) / 2), general final, change
+    assert sft[1:11] == ["3", "54.0 ± 9.9", f"-32.0 ± {T_2 * 8 / math.sqrt(3):.1f}", "-32.0 ± 19.9", "30.0 ± 0.0",
+                         "70.0 ± 0.0", "25.0 ± 0.0", "40.0 ± 0.0", "21.0 ± 2.5", "-19.0 ± 2.5"]
     assert cells(printed, "SFT sequential (optim.lr=5e-05)")[1:4] == ["1", "51.5", "-2.0"]
     assert cells(printed, "RFT sequential")[1:3] == ["3", "71.0 ± 2.5"]
     # Per task forgetting: count ends at 50, 58, 66 after its best of 90; colour, the last task, has none.
     forgetting = printed.split("forgetting per task")[1]
     assert cells(forgetting, "SFT sequential (optim.lr=0.0005)")[1:] == ["-32.0 ± 19.9", "-"]
-    # The difference table: RFT - SFT on AvgAcc, Welch's interval, beyond the noise.
-    diff_table = printed.split("RFT sequential - SFT sequential (optim.lr=0.0005)")[1]
-    assert cells(diff_table, "avg_acc")[1:] == ["71.0 ± 2.5", "54.0 ± 9.9", "+17.0", "[7.8, 26.2]", "yes"]
+    # The difference table: RFT - SFT on AvgAcc, paired over seeds 0-2 (20, 17, 14: sd 3), beyond the noise.
+    diff_table = printed.split("RFT sequential - SFT sequential (optim.lr=0.0005): exploratory")[1]
+    half = T_2 * 3 / math.sqrt(3)
+    assert cells(diff_table, "avg_acc")[1:] == ["71.0 ± 2.5", "54.0 ± 9.9", "+17.0",
+                                                f"[{17 - half:.1f}, {17 + half:.1f}]", "paired, 3 seeds", "yes"]
 
     rows = {row["experiment"]: row for row in csv.DictReader(open(out / "experiments.csv"))}
     assert set(rows) == {"SFT sequential (optim.lr=0.0005)", "RFT sequential", "SFT sequential (optim.lr=5e-05)"}
@@ -104,8 +108,8 @@ def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
     assert rows["SFT sequential (optim.lr=5e-05)"]["avg_acc_half_width"] == ""
     differences = list(csv.DictReader(open(out / "differences.csv")))
     avg = next(d for d in differences if d["metric"] == "avg_acc")
-    assert float(avg["difference"]) == 17.0 and float(avg["half_width"]) == pytest.approx(9.2288, abs=1e-3)
-    assert avg["beyond_noise"] == "True"
+    assert float(avg["difference"]) == 17.0 and float(avg["half_width"]) == pytest.approx(half, rel=1e-6)
+    assert (avg["test"], avg["n"], avg["excludes_0"]) == ("paired", "3", "True")
     assert len(list(csv.DictReader(open(out / "comparison.csv")))) == 7  # every run still has its own row
     assert "| RFT sequential | 3 | 71.0 ± 2.5 |" in (out / "comparison.md").read_text()
     for figure in ("compare_matrices.png", "compare_task_curves.png", "compare_general.png",
@@ -142,3 +146,27 @@ def test_more_than_ten_experiments_keep_apart_in_colour():
 
     assert [_colour(i) for i in range(3)] == ["C0", "C1", "C2"]
     assert len({_colour(i, 14) for i in range(14)}) == 14  # matplotlib's ten would repeat four
+
+
+def test_primary_comparisons_from_the_command_line(study, tmp_path, capsys):
+    """--primary with --margin: RFT - SFT on AvgAcc (per seed 20, 17, 14) is different at margin 5, and on the
+    general set's change (per seed 22, 21, 20: the 90% interval 21 ± 2.92 / sqrt(3) inside ±25) both different and
+    within a margin of 25."""
+    out, sft_name = tmp_path / "out", "SFT sequential (optim.lr=0.0005)"
+    assert main([*map(str, study), "--out", str(out), "--primary", "RFT sequential", sft_name,
+                 "--margin", "avg_acc=5", "--margin", "general_change=25"]) == 0
+    printed = capsys.readouterr().out
+    assert "Primary comparisons" in printed and "adjusted over the 2 difference tests" in printed
+    rows = {row["metric"]: row for row in csv.DictReader(open(out / "primary.csv"))}
+    avg = rows["avg_acc"]
+    assert float(avg["difference"]) == 17.0 and avg["test"] == "paired" and avg["margin"] == "5.0"
+    # t = 17 / sqrt(3) on 2 df; Holm over two: the larger p, times 1, so the same.
+    assert float(avg["p_difference"]) == pytest.approx(2 * student_t.sf(17 / math.sqrt(3), 2), rel=1e-9)
+    assert (avg["verdict"], avg["holm_verdict"]) == ("different", "different")
+    general = rows["general_change"]
+    assert (float(general["difference"]), general["verdict"]) == (21.0, "different, within ±25")
+    with pytest.raises(SystemExit):
+        main([*map(str, study), "--margin", "fm=-3"])
+    assert "not METRIC=M with M a number > 0" in capsys.readouterr().err
+    assert cli.main(["compare", *map(str, study), "--out", str(out), "--primary", "RFT sequential", sft_name]) == 2
+    assert "primary comparisons need a margin per metric" in capsys.readouterr().err

@@ -57,14 +57,15 @@ def test_stage_points_and_run_means():
     run = three_stage_run(kl=[0.5, 1.0, 2.0], forgetting=[3.0, 5.0], fisher=[1e-4, 3e-4], reward_var=[0.2, 0.1, 0.0],
                           updated=[0.5, 0.3, 0.1])
     points = stage_points([run])
-    assert [(p["stage"], p["task"], p["forgetting"]) for p in points] == [(1, "count", None), (2, "colour", 3.0),
+    assert [(p["stage"], p["task"], p["drop"]) for p in points] == [(1, "count", None), (2, "colour", 3.0),
                                                                           (3, "shape", 5.0)]
     # Only the earlier tasks' examples count: stage 2 sees count's, stage 3 count's and colour's.
     assert [(p["right_to_wrong"], p["wrong_to_right"]) for p in points] == [(None, None), (4, 1), (8, 1)]
+    # Every mean is over the stages with earlier tasks, 2 and 3: the same stages in every column.
     means = run_mechanisms(run)
-    assert means == {"kl_new_task": pytest.approx(3.5 / 3), "stage_forgetting": 4.0,
-                     "fisher_update": pytest.approx(2e-4), "reward_var": pytest.approx(0.1),
-                     "updated_share": pytest.approx(30.0), "right_to_wrong": 6.0, "wrong_to_right": 1.0}
+    assert means == {"kl_new_task": pytest.approx(1.5), "stage_drop": 4.0,
+                     "fisher_update": pytest.approx(2e-4), "reward_var": pytest.approx(0.05),
+                     "updated_share": pytest.approx(20.0), "right_to_wrong": 6.0, "wrong_to_right": 1.0}
     # An analysis.json from before these were measured contributes nothing.
     old = {"name": "old", "method": "sft", "analysis": {"stages": [{"stage": 1, "name": "count", "kl_to_base": {}}]}}
     assert stage_points([old]) == [] and run_mechanisms(old)["kl_new_task"] is None
@@ -88,20 +89,30 @@ def test_compare_writes_the_mechanisms(tmp_path, capsys):
     out = tmp_path / "out"
     assert main([*map(str, dirs), "--out", str(out), "--diff", "RFT sequential", "SFT sequential"]) == 0
     printed = capsys.readouterr().out
-    table = printed[printed.index("mechanisms (mean over stages)"):]
-    header = cells(table, "mechanisms (mean over stages)")
+    table = printed[printed.index("mechanisms (mean over stages 2 on)"):]
+    header = cells(table, "mechanisms (mean over stages 2 on)")
     sft, rft = (dict(zip(header, cells(table, name))) for name in ("SFT sequential", "RFT sequential"))
-    # Two seeds: the half-width is t(0.975, 1) * s / sqrt(2) = 12.706 * |a - b| / 2.
-    assert sft["KL on new task"] == "1 ± 3.18"  # run means (0.5 + 1) / 2 and (0.5 + 2) / 2
-    assert sft["forgetting per stage"] == "15 ± 63.5"  # 10 and 20
+    # Two seeds: the half-width is t(0.975, 1) * s / sqrt(2) = 12.706 * |a - b| / 2. Stage 2 only (stage 1 has no
+    # earlier task).
+    assert sft["KL on new task"] == "1.5 ± 6.35"  # 1 and 2
+    assert sft["drop per stage (points lost)"] == "15 ± 63.5"  # 10 and 20
     assert sft["Fisher-weighted update"] == "0.006 ± 0.0254"  # 0.004 and 0.008
     assert sft["reward variance"] == "-"
-    assert sft["parameters updated (%)"] == "100 ± 0" and rft["parameters updated (%)"] == "85 ± 0"
+    assert sft["parameters updated (%)"] == "100 ± 0" and rft["parameters updated (%)"] == "80 ± 0"
     assert sft["right -> wrong per stage"] == "3 ± 0" and rft["right -> wrong per stage"] == "1 ± 0"
-    assert rft["reward variance"] == "0.225 ± 0"  # (0.2 + 0.25) / 2 in both runs
+    assert rft["reward variance"] == "0.25 ± 0"
+    # RL's Razor over every run and stage after the first, per method and over all: drop = 10 x KL exactly.
+    razor = printed[printed.index("drop per stage ~ KL on the new task"):]
+    assert cells(razor, "SFT")[1:] == ["2", "2", "10", "1.00"] and cells(razor, "all")[1:] == ["4", "4", "10", "1.00"]
+    # The proposition: RFT's Fisher-weighted update over SFT's, per seed 1/4 and 1/8, geometric mean 2^-2.5 = 0.177;
+    # predicted: Var[r] = 0.25; measured / predicted 0.707, two seeds' interval wide: consistent.
+    proposition = cells(printed, "RFT sequential / SFT sequential")
+    assert proposition[1].startswith("0.177 [") and proposition[2] == "0.25"
+    assert proposition[3].startswith("0.707 [") and proposition[4:] == ["paired, 2 seeds",
+                                                                        "consistent with the prediction"]
     rows = list(csv.DictReader(open(out / "mechanisms.csv")))
     assert len(rows) == 8 and {r["method"] for r in rows} == {"sft", "rft"}
-    assert [r["forgetting"] for r in rows if r["stage"] == "2"] == ["10.0", "20.0", "1.0", "3.0"]
+    assert [r["drop"] for r in rows if r["stage"] == "2"] == ["10.0", "20.0", "1.0", "3.0"]
     for name in ("mechanisms_forgetting_kl.png", "mechanisms_fisher_update.png", "mechanisms_sparsity.png"):
         assert Image.open(out / name).size[0] > 500
     # The differences table reports the mechanisms too, at their own precision.
@@ -112,7 +123,7 @@ def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_r
     from cpt.reporting.mechanism_figures import plot_forgetting_against_kl
 
     def points(kls):
-        return [{"method": "rft", "kl_new_task": kl, "forgetting": float(k)} for k, kl in enumerate(kls)]
+        return [{"method": "rft", "kl_new_task": kl, "drop": float(k)} for k, kl in enumerate(kls)]
 
     close = plot_forgetting_against_kl(points([0.2, 0.4, 0.5, 0.9]))
     assert close.axes[0].get_xscale() == "linear"
@@ -123,8 +134,8 @@ def test_forgetting_against_kl_takes_a_symlog_axis_only_when_one_kl_dwarfs_the_r
 
 
 def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tmp_path):
-    """Stage 1 has no earlier task (no Fisher update) but has a reward variance: the label averages it in, as the
-    mechanisms table does (0.225, not stage 2's 0.25 alone)."""
+    """Stage 1 has no earlier task (no Fisher update) but has a reward variance: the label leaves it out, as the
+    mechanisms table does (stage 2's 0.25, not 0.225 with stage 1's)."""
     from cpt.reporting.mechanism_figures import plot_fisher_update
 
     dirs = []
@@ -136,5 +147,5 @@ def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tm
     experiments = experiments_of(dirs)
     figure = plot_fisher_update(experiments)
     label = figure.axes[0].get_xticklabels()[0].get_text()
-    assert label == "RFT sequential\nVar[r] 0.225"
-    assert experiments[0].estimate("reward_var").mean == pytest.approx(0.225)
+    assert label == "RFT sequential\nVar[r] 0.25"
+    assert experiments[0].estimate("reward_var").mean == pytest.approx(0.25)

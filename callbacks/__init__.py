@@ -10,6 +10,7 @@ from cpt.callbacks.der import DarkExperienceReplay
 from cpt.callbacks.interpolation import StageInterpolation
 from cpt.callbacks.kl_schedule import KLSchedule
 from cpt.callbacks.lwf import LearningWithoutForgetting
+from cpt.callbacks.magmax import MagMaX
 from cpt.callbacks.olora import OrthogonalLoRA
 from cpt.callbacks.online_filter import OnlineFiltering
 from cpt.callbacks.regularizer import ParameterRegularizer
@@ -20,5 +21,5 @@ from cpt.callbacks.task_progress import TaskProgressBar
 from cpt.callbacks.task_switching import TaskSwitching
 
 __all__ = ["AccuracyMatrix", "DarkExperienceReplay", "ExperienceReplay", "ForgettingAnalysis", "KLSchedule",
-           "LearningWithoutForgetting", "OnlineFiltering", "OrthogonalLoRA", "ParameterRegularizer", "RolloutFiltering",
-           "StageInterpolation", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]
+           "LearningWithoutForgetting", "MagMaX", "OnlineFiltering", "OrthogonalLoRA", "ParameterRegularizer",
+           "RolloutFiltering", "StageInterpolation", "TaskCheckpoint", "TaskProgressBar", "TaskSwitching"]

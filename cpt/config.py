@@ -330,6 +330,15 @@ class InterpolationConfig:
 
 
 @dataclass
+class MagMaXConfig:
+    enabled: bool = doc("MagMaX (callbacks/magmax.py; model.finetune=full), MLLM-CTBench's merging baseline: train "
+                        "sequentially, and after each task evaluate (and save) the base plus scale x the element-wise "
+                        "largest of the task vectors theta_t - theta_0 so far; the next task trains on from the "
+                        "unmerged weights.", False)
+    scale: float = doc("magmax: the scaling coefficient of the merged task vector (the authors' 0.5).", 0.5)
+
+
+@dataclass
 class AnalysisConfig:
     enabled: bool = doc("Record why forgetting happens (callbacks/analysis.py): per stage, the parameter update "
                         "by module group and its sparsity, the reward variance, the update weighed by the earlier "
@@ -394,6 +403,7 @@ class Config:
                                   factory=MoELoRAConfig)
     interpolation: InterpolationConfig = doc("Weight interpolation with the weights each stage started from.",
                                              factory=InterpolationConfig)
+    magmax: MagMaXConfig = doc("MagMaX: task vectors merged by their largest magnitude.", factory=MagMaXConfig)
     regularizer: RegularizerConfig = doc("A parameter regularizer towards the previous stage's weights.",
                                          factory=RegularizerConfig)
     analysis: AnalysisConfig = doc("What moved the model, per stage.", factory=AnalysisConfig)
@@ -428,7 +438,7 @@ POSITIVE = ("steps_per_task", "data.batch_size", "eval.batch_size", "eval.max_ne
             "regularizer.fisher_batches", "replay.buffer_per_task", "der.top_k", "der.buffer_size", "der.batch_size",
             "moe_lora.experts", "analysis.probe_size", "optim.lr", "foundation.lr", "model.lora.r", "model.lora.alpha",
             "model.min_pixels", "model.max_pixels", "trainer.num_nodes", "trainer.log_every_n_steps",
-            "trainer.gradient_clip_val")
+            "trainer.gradient_clip_val", "magmax.scale")
 # Values with a closed range: (key, lowest, highest), both included; None leaves that side open.
 RANGES = (("optim.weight_decay", 0, None), ("optim.warmup_ratio", 0, 1), ("optim.min_lr_ratio", 0, 1),
           ("model.lora.dropout", 0, 1), ("foundation.task_share", 0, 1),
@@ -674,6 +684,13 @@ def _validate(cfg: DictConfig) -> None:
     if not 0 <= cfg.interpolation.weight <= 1:
         raise ConfigError(f"bad value for 'interpolation.weight': must be in [0, 1] (1: off), got "
                           f"{cfg.interpolation.weight}")
+    if cfg.magmax.enabled:
+        if cfg.model.finetune != "full":
+            raise ConfigError(f"magmax.enabled=true merges dense task vectors theta_t - theta_0, which a LoRA adapter "
+                              f"cannot hold: use model.finetune=full, not {cfg.model.finetune}")
+        if cfg.interpolation.weight < 1:
+            raise ConfigError("magmax and interpolation each decide the model a stage ends with: use one of them "
+                              "(interpolation.weight=1 turns interpolation off)")
     if cfg.model.trainable != "all":
         if cfg.model.finetune != "full":
             raise ConfigError(f"model.trainable={cfg.model.trainable} chooses which full weights train; it needs "

@@ -26,6 +26,7 @@ from cpt.callbacks import (
     ForgettingAnalysis,
     KLSchedule,
     LearningWithoutForgetting,
+    MagMaX,
     OnlineFiltering,
     OrthogonalLoRA,
     ParameterRegularizer,
@@ -107,8 +108,11 @@ def experiment_callbacks(cfg: DictConfig, run_dir: Path, stages: list[Stage],
     """The callbacks the config's experiment sections turn on (`resume_from`: the checkpoint the run continues
     from)."""
     callbacks: list[Callback] = []
-    if cfg.interpolation.weight < 1:  # first: what the others and the evaluation see at a stage's end is its result
+    # First: what the others and the evaluation see at a stage's end is the stage's result, merged.
+    if cfg.interpolation.weight < 1:
         callbacks.append(StageInterpolation(cfg.interpolation.weight))
+    if cfg.magmax.enabled:
+        callbacks.append(MagMaX(cfg.magmax.scale))
     rft = cfg.rft
     if cfg.method == "rft":
         kl = rft.kl

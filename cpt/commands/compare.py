@@ -53,6 +53,7 @@ from cpt.reporting.group_report import (
     write_primary_csv,
 )
 from cpt.reporting.groups import Experiment, group_runs
+from cpt.reporting.intervals import Difference
 from cpt.reporting.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
 from cpt.reporting.mechanisms import kl_relation, proposition, stage_points, write_points_csv
 
@@ -70,23 +71,24 @@ def kl_relation_cells(points: list[dict]) -> tuple[list[str], list[list[str]]] |
                      "-" if fit is None or fit.r2 is None else f"{fit.r2:.2f}"] for label, runs, n, fit in rows]
 
 
+def _times(log: Difference) -> str:
+    """A difference of logs as the ratio it stands for, with its 95% interval."""
+    bounds = log.interval()
+    return f"{math.exp(log.mean):.3g}" + ("" if bounds is None else
+                                          f" [{math.exp(bounds[0]):.3g}, {math.exp(bounds[1]):.3g}]")
+
+
 def proposition_cells(pairs: list[tuple[Experiment, Experiment]]) -> tuple[list[str], list[list[str]]] | None:
-    """For each compared pair of a rewarded experiment and one without rewards: the study's proposition tested."""
+    """For each compared pair of an RFT experiment and an SFT one: the study's proposition (RFT's policy gradient
+    is scaled by the reward variance) tested."""
     body = []
     for a, b in pairs:
-        if a.estimate("reward_var") is None or b.estimate("reward_var") is not None:
+        if (a.first["method"], b.first["method"]) != ("rft", "sft"):
             continue
         found = proposition(a.by_seed("fisher_update"), b.by_seed("fisher_update"), a.by_seed("reward_var"))
-        if found is None:
-            continue
-
-        def times(diff) -> str:
-            bounds = diff.interval()
-            return f"{math.exp(diff.mean):.3g}" + ("" if bounds is None else
-                                                  f" [{math.exp(bounds[0]):.3g}, {math.exp(bounds[1]):.3g}]")
-
-        body.append([f"{a.name} / {b.name}", times(found.measured), f"{found.predicted:.3g}",
-                     times(found.against_prediction), found.measured.test, found.verdict])
+        if found is not None:
+            body.append([f"{a.name} / {b.name}", _times(found.measured), f"{found.predicted:.3g}",
+                         _times(found.against_prediction), found.measured.test, found.verdict])
     if not body:
         return None
     return (["Fisher-weighted update, A / B", "measured (95%)", "predicted: Var[r] of A", "measured / predicted (95%)",
@@ -104,7 +106,8 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
         raise ConfigError("primary comparisons need a margin per metric to test equivalence against "
                           "(--margin fm=3, or compare.margins in the study file)")
     tests = primary(experiments, list(primaries), dict(margins or {}))
-    pairs = [(find(experiments, a), find(experiments, b)) for a, b in diffs]
+    # The primary pairs' other numbers are exploratory too.
+    pairs = [(find(experiments, a), find(experiments, b)) for a, b in dict.fromkeys([*primaries, *diffs])]
     repeated = any(e.n > 1 for e in experiments)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(runs, out / "comparison.csv")
@@ -131,8 +134,7 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
                       "mechanisms_fisher_update.png": plot_fisher_update(experiments),
                       "mechanisms_sparsity.png": plot_update_sparsity(experiments)}
         save_figures({name: fig for name, fig in mechanisms.items() if fig is not None}, out)
-        compared_pairs = [(find(experiments, a), find(experiments, b)) for a, b in primaries] + pairs
-        for cells in (mechanism_cells(experiments), kl_relation_cells(points), proposition_cells(compared_pairs)):
+        for cells in (mechanism_cells(experiments), kl_relation_cells(points), proposition_cells(pairs)):
             if cells is not None:
                 text += f"\n\n{text_table(*cells)}"
                 markdown += f"\n{markdown_table(*cells)}\n"
@@ -145,7 +147,7 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
         section = (f"{a.name} - {b.name}: exploratory (95% interval, not corrected for the number of differences; "
-                   "paired over the seeds both have)")
+                   "paired over the seeds both have, Welch's where they share fewer than two)")
         cells = difference_cells(a, b, diff_rows)
         text += f"\n\n{section}\n{text_table(*cells)}"
         markdown += f"\n{section}\n\n{markdown_table(*cells)}\n"

@@ -86,7 +86,7 @@ def find(experiments: list[Experiment], name: str) -> Experiment:
     """The experiment called `name` (case ignored); a message listing the names when there is none."""
     matches = [e for e in experiments if e.name.lower() == name.lower()]
     if not matches:
-        raise ConfigError(f"--diff names an experiment {name!r} that is not among the runs; the experiments are: "
+        raise ConfigError(f"a comparison names an experiment {name!r} that is not among the runs; the experiments are: "
                           + "; ".join(repr(e.name) for e in experiments))
     return matches[0]
 
@@ -145,8 +145,8 @@ def _p(value: float | None) -> str:
 
 
 def primary_cells(tests: list[PrimaryTest]) -> tuple[list[str], list[list[str]]]:
-    header = ["A - B", "metric", "A - B", "95% interval", "90% interval", "test", "margin", "p (diff)", "p (equiv)",
-              "verdict", "Holm-adjusted"]
+    header = ["comparison", "metric", "difference", "95% interval", "90% interval", "test", "margin", "p (diff)",
+              "p (equiv)", "verdict", "Holm-adjusted"]
     body = [[f"{t.a} - {t.b}", t.metric, f"{t.difference.mean:+.1f}", _interval(t.difference, 0.95, ".1f"),
              _interval(t.difference, 0.90, ".1f"), t.difference.test, f"±{t.margin:g}", _p(t.p_difference),
              _p(t.p_equivalence), t.verdict, t.holm_verdict] for t in tests]
@@ -154,8 +154,8 @@ def primary_cells(tests: list[PrimaryTest]) -> tuple[list[str], list[list[str]]]
 
 
 def primary_note(tests: list[PrimaryTest]) -> str:
-    return (f"primary: declared in the study file with their margins. different: the 95% interval excludes 0; "
-            f"equivalent within ±M: the 90% interval lies inside ±M (two one-sided tests at 5%); not resolved: "
+    return ("primary: declared in the study file with their margins. different: the 95% interval excludes 0; "
+            "equivalent within ±M: the 90% interval lies inside ±M (two one-sided tests at 5%); not resolved: "
             f"neither. Holm-adjusted: the same verdicts with the p values adjusted over the {len(tests)} difference "
             "tests and, apart, the equivalence tests")
 

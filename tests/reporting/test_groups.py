@@ -121,7 +121,7 @@ def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
 def test_a_diff_naming_no_experiment_is_a_message(study, tmp_path, capsys):
     assert cli.main(["compare", *map(str, study), "--out", str(tmp_path / "o"), "--diff", "RFT", "SFT"]) == 2
     err = capsys.readouterr().err
-    assert "--diff names an experiment 'RFT' that is not among the runs" in err and "'RFT sequential'" in err
+    assert "a comparison names an experiment 'RFT' that is not among the runs" in err and "'RFT sequential'" in err
 
 
 def test_stability_plasticity_numbers_every_point_and_names_it_in_the_key(study):

@@ -147,8 +147,9 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
         section = (f"{a.name} - {b.name}: exploratory (95% interval, not corrected for the number of differences; "
-                   "paired over the seeds both have, Welch's where they share fewer than two)")
-        cells = difference_cells(a, b, diff_rows)
+                   "paired over the seeds both have, Welch's where they share fewer than two; against the primary "
+                   "margins, uncorrected)")
+        cells = difference_cells(a, b, diff_rows, margins)
         text += f"\n\n{section}\n{text_table(*cells)}"
         markdown += f"\n{section}\n\n{markdown_table(*cells)}\n"
     if compared:

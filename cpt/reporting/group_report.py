@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
-from cpt.reporting.equivalence import PrimaryTest, primary_tests
+from cpt.reporting.equivalence import PrimaryTest, equivalence_p, primary_tests, verdict
 from cpt.reporting.groups import Experiment
 from cpt.reporting.intervals import Difference, Estimate
 from cpt.reporting.mechanisms import RUN_KEYS
@@ -112,15 +112,22 @@ def _interval(diff: Difference, level: float, spec: str) -> str:
     return "-" if bounds is None else f"[{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
 
 
-def difference_cells(a: Experiment, b: Experiment, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", a.name, b.name, "difference", "95% interval", "test", "excludes 0"]
+def difference_cells(a: Experiment, b: Experiment, rows: list[dict], margins: dict[str, float] | None = None
+                     ) -> tuple[list[str], list[list[str]]]:
+    """The rows as a table; a metric with a margin also gets its 90% interval and the verdict against the margin,
+    uncorrected (the primary comparisons' criterion, applied to an exploratory pair)."""
+    margins = margins or {}
+    header = ["metric", a.name, b.name, "difference", "95% interval", "test", "excludes 0", "90% interval",
+              "against the margin"]
     body = []
     for row in rows:
         spec = ".3g" if row["metric"] in RUN_KEYS else ".1f"  # the mechanisms' quantities come in any size
-        diff = row["difference"]
-        verdict = {True: "yes", False: "no", None: "-"}[diff.beyond_noise]
+        diff, margin = row["difference"], margins.get(row["metric"])
+        excludes = {True: "yes", False: "no", None: "-"}[diff.beyond_noise]
+        against = ["-", "-"] if margin is None else [_interval(diff, 0.90, spec),
+                                                    verdict(diff.p_value, equivalence_p(diff, margin), margin)]
         body.append([row["metric"], _cell(row["a"], spec=spec), _cell(row["b"], spec=spec), f"{diff.mean:+{spec}}",
-                     _interval(diff, 0.95, spec), diff.test, verdict])
+                     _interval(diff, 0.95, spec), diff.test, excludes, *against])
     return header, body
 
 

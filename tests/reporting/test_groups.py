@@ -96,7 +96,8 @@ def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):
     diff_table = printed.split("RFT sequential - SFT sequential (optim.lr=0.0005): exploratory")[1]
     half = T_2 * 3 / math.sqrt(3)
     assert cells(diff_table, "avg_acc")[1:] == ["71.0 ± 2.5", "54.0 ± 9.9", "+17.0",
-                                                f"[{17 - half:.1f}, {17 + half:.1f}]", "paired, 3 seeds", "yes"]
+                                                f"[{17 - half:.1f}, {17 + half:.1f}]", "paired, 3 seeds", "yes",
+                                                "-", "-"]  # no margin declared
 
     rows = {row["experiment"]: row for row in csv.DictReader(open(out / "experiments.csv"))}
     assert set(rows) == {"SFT sequential (optim.lr=0.0005)", "RFT sequential", "SFT sequential (optim.lr=5e-05)"}
@@ -165,6 +166,10 @@ def test_primary_comparisons_from_the_command_line(study, tmp_path, capsys):
     assert (avg["verdict"], avg["holm_verdict"]) == ("different", "different")
     general = rows["general_change"]
     assert (float(general["difference"]), general["verdict"]) == (21.0, "different, within ±25")
+    # The pair's other numbers are exploratory; those with a margin are held to it, uncorrected.
+    exploratory = printed.split(f"RFT sequential - {sft_name}: exploratory")[1]
+    assert cells(exploratory, "general_change")[-1] == "different, within ±25"
+    assert cells(exploratory, "fm")[-2:] == ["-", "-"]
     with pytest.raises(SystemExit):
         main([*map(str, study), "--margin", "fm=-3"])
     assert "not METRIC=M with M a number > 0" in capsys.readouterr().err

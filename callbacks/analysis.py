@@ -20,12 +20,14 @@ Per stage `analysis.json` holds:
                  module they adapt) the norm of the stage's change of the trainable parameters ||theta_end -
                  theta_start|| (`abs`) and that divided by ||theta_start|| (`rel`; null when theta_start is 0).
                  Groups without trainable parameters are left out; under LoRA theta is the adapters' weights;
-  updated        the share of trainable parameters whose bfloat16 value the stage changed, over all (`all`) and per
-                 module group: how sparse the update was, measured as Mukherjee et al. (2025) measure it (RL is
-                 reported to move 5-30% of the parameters). Rounding to bfloat16 is what makes a small step count as
-                 none: a weight stored in bfloat16 that moves by less than half a bfloat16 step keeps its value. A
-                 float32 weight between two bfloat16 values may cross a rounding boundary with any move, with a
-                 chance of about the move over the step (0.4-0.8% of its value);
+  updated        the share of trainable parameters whose bfloat16 value the stage changed by more than 1e-5, over all
+                 (`all`) and per module group: how sparse the update was, measured as Mukherjee et al. (2025)
+                 measure it (their `check_sparsity.py`: both checkpoints in bfloat16, a parameter unchanged when
+                 their difference is within an absolute 1e-5; RL is reported to move 5-30% of the parameters).
+                 Rounding to bfloat16 is what makes a small step count as none: a weight stored in bfloat16 that
+                 moves by less than half a bfloat16 step keeps its value. A float32 weight between two bfloat16
+                 values may cross a rounding boundary with any move, with a chance of about the move over the step
+                 (0.4-0.8% of its value);
   reward_var     the mean of `reward/group_var` over the stage's steps, null without rewards;
   fisher_update  d theta^T F_prev d theta with d theta the stage's update and F_prev the diagonal empirical Fisher
                  of the earlier tasks at the stage's start: the squared gradient of the SFT loss on each earlier
@@ -80,6 +82,7 @@ GROUPS = ("vision", "attention", "mlp", "embeddings_head", "other")
 KL_UNIT = ("nats per completion: k3 estimate of KL(base || current) summed over the tokens of a completion "
            "sampled from the base (up to its end-of-turn token), averaged over the probe prompts")
 PROBE_TEMPERATURE = 1.0  # the base's own distribution: the KL estimate needs samples from it
+UNCHANGED_WITHIN = 1e-5  # Mukherjee et al.'s tolerance on the bfloat16 values' difference
 
 
 def module_group(name: str, vision_tower: str) -> str:
@@ -240,15 +243,16 @@ class ForgettingAnalysis(Callback):
 
     @torch.no_grad()
     def updated_share(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        """The share of trainable parameters whose bfloat16 value changed over the stage: over all (`all`) and per
-        module group."""
+        """The share of trainable parameters whose bfloat16 value changed by more than UNCHANGED_WITHIN over the
+        stage: over all (`all`) and per module group."""
         parts: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}  # per group: (parameter, moved here)
         sizes: dict[str, int] = {}
         tower = family_of_model(pl_module.backbone).vision_name()
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
                 group, start = module_group(name, tower), self.start[name]
-                moved = local_part(param.detach()).to(torch.bfloat16) != start.to(torch.bfloat16)
+                end = local_part(param.detach()).to(torch.bfloat16).float()
+                moved = (end - start.to(torch.bfloat16).float()).abs() > UNCHANGED_WITHIN
                 parts.setdefault(group, []).append((param, moved.sum()))
                 sizes[group] = sizes.get(group, 0) + param.numel()  # a DTensor's numel is its global size
         moved = {group: float(sum_over_shards(found, trainer.strategy)) for group, found in parts.items()}
@@ -316,7 +320,8 @@ class ForgettingAnalysis(Callback):
 
     def write(self) -> None:
         content = {"kl_unit": KL_UNIT, "kl_estimator": "k3", "probe_size": self.probe_size,
-                   "max_new_tokens": self.max_new_tokens, "updated": "bfloat16 value changed",
+                   "max_new_tokens": self.max_new_tokens,
+                   "updated": f"bfloat16 value changed by more than {UNCHANGED_WITHIN:g}",
                    "templates": self.templates, "stages": self.stages}
         write_json(self.run_dir / "analysis.json", content)
         plot_analysis(self.stages, self.run_dir / "analysis.png")

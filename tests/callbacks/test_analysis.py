@@ -182,9 +182,10 @@ def measured(start: TwoGroups, end: TwoGroups, fisher=None) -> ForgettingAnalysi
 def test_updated_share_counts_parameters_whose_bfloat16_value_changed(trainer):
     # bfloat16 steps: 2^-7 next to 1, 2^-6 next to 2. mlp: 1 -> 1.003 rounds back to 1 (less than half a step) and
     # 1 -> 1.002 too, though both moved more than 0.1% of their value; 2 -> 2.01 rounds to 2.015625, changed; -4
-    # stays. attention: 0 -> 1e-6 is a bfloat16 number of its own, changed; 1 stays.
-    start = TwoGroups([1.0, 1.0, 2.0, -4.0], [0.0, 1.0])
-    end = TwoGroups([1.003, 1.002, 2.01, -4.0], [1e-6, 1.0])
+    # stays. attention: 0 -> 2e-5 is a bfloat16 number of its own, more than 1e-5 away: changed; 0.0015 -> 0.0015 +
+    # 2^-17 (one bfloat16 step there, 7.6e-6) changes its bfloat16 value by less than the authors' 1e-5: unchanged.
+    start = TwoGroups([1.0, 1.0, 2.0, -4.0], [0.0, 0.0015])
+    end = TwoGroups([1.003, 1.002, 2.01, -4.0], [2e-5, 0.0015 + 2 ** -17])
     shares = measured(start, end).updated_share(trainer, SimpleNamespace(backbone=end))
     assert shares == {"all": pytest.approx(2 / 6), "attention": pytest.approx(1 / 2), "mlp": pytest.approx(1 / 4)}
 

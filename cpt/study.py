@@ -25,7 +25,6 @@ skipped, stopped ones (a saved stage) resumed, ones stopped before their first s
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
+from cpt.reporting.equivalence import is_margin
 from cpt.run_files import read_yaml, saved_checkpoint
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
@@ -133,9 +133,7 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"{path}: compare must be a mapping with {', '.join(sorted(COMPARE_KEYS))}, got {compare!r}")
     diffs, primary = (_pairs(compare.get(key), f"{path}: compare.{key}") for key in ("diff", "primary"))
     margins = compare.get("margins") or {}
-    if not isinstance(margins, dict) or not all(
-            isinstance(m, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and v > 0 for m, v in margins.items()):
+    if not isinstance(margins, dict) or not all(isinstance(m, str) and is_margin(v) for m, v in margins.items()):
         raise ConfigError(f"{path}: compare.margins must map a metric to a number > 0 (points), e.g. {{fm: 3}}, got "
                           f"{margins!r}")
     if primary and not margins:

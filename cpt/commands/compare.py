@@ -31,6 +31,7 @@ from cpt.reporting.compare import (
     write_csv,
     write_figures,
 )
+from cpt.reporting.equivalence import is_margin
 from cpt.reporting.group_figures import (
     plot_experiment_curves,
     plot_experiment_general,
@@ -165,7 +166,7 @@ def margin(text: str) -> tuple[str, float]:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not metric or not math.isfinite(number) or number <= 0:
+    if not metric or not is_margin(number):
         raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=M with M a number > 0 (e.g. fm=3)")
     return metric, number
 

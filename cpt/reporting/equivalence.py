@@ -18,6 +18,7 @@ stays at 5%. Everything not declared primary is exploratory: reported, not corre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from scipy.stats import t as student_t
@@ -25,6 +26,11 @@ from scipy.stats import t as student_t
 from cpt.reporting.intervals import Difference
 
 ALPHA = 0.05
+
+
+def is_margin(value) -> bool:
+    """Whether `value` can be an equivalence margin: a finite number > 0 (points of the metric)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def equivalence_p(difference: Difference, margin: float) -> float | None:

@@ -123,7 +123,7 @@ def difference_cells(a: Experiment, b: Experiment, rows: list[dict], margins: di
     for row in rows:
         spec = ".3g" if row["metric"] in RUN_KEYS else ".1f"  # the mechanisms' quantities come in any size
         diff, margin = row["difference"], margins.get(row["metric"])
-        excludes = {True: "yes", False: "no", None: "-"}[diff.beyond_noise]
+        excludes = {True: "yes", False: "no", None: "-"}[diff.excludes_zero]
         against = ["-", "-"] if margin is None else [_interval(diff, 0.90, spec),
                                                     verdict(diff.p_value, equivalence_p(diff, margin), margin)]
         body.append([row["metric"], _cell(row["a"], spec=spec), _cell(row["b"], spec=spec), f"{diff.mean:+{spec}}",
@@ -196,7 +196,7 @@ def write_differences_csv(pairs: list[tuple[Experiment, Experiment, list[dict]]]
                 diff = row["difference"]
                 writer.writerow([a.name, b.name, row["metric"], row["a"].mean, row["b"].mean, diff.mean,
                                  _blank(diff.half_width()), "paired" if diff.paired else "welch", diff.n,
-                                 _blank(diff.p_value), _blank(diff.beyond_noise)])
+                                 _blank(diff.p_value), _blank(diff.excludes_zero)])
 
 
 def write_primary_csv(tests: list[PrimaryTest], path: Path) -> None:

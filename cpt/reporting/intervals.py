@@ -90,7 +90,7 @@ class Difference:
         return None if hw is None else (self.mean - hw, self.mean + hw)
 
     @property
-    def beyond_noise(self) -> bool | None:
+    def excludes_zero(self) -> bool | None:
         """Whether the 95% interval excludes 0."""
         hw = self.half_width()
         return None if hw is None else abs(self.mean) > hw

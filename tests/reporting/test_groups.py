@@ -73,8 +73,8 @@ def test_interval_of_three_values_by_hand():
     assert diff.mean == -17.0 and diff.df == pytest.approx((17 / 3) ** 2 / ((16 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2))
     assert diff.df == pytest.approx(2.2490, abs=1e-4)
     assert T_2 * math.sqrt(17 / 3) > diff.half_width() > 2.776 * math.sqrt(17 / 3)  # between t(2) and t(4)
-    assert diff.half_width() == pytest.approx(9.2288, abs=1e-3) and diff.beyond_noise
-    assert not welch([50.0, 54.0, 58.0], [52.0, 56.0, 57.0]).beyond_noise
+    assert diff.half_width() == pytest.approx(9.2288, abs=1e-3) and diff.excludes_zero
+    assert not welch([50.0, 54.0, 58.0], [52.0, 56.0, 57.0]).excludes_zero
 
 
 def test_compare_groups_seeds_with_intervals(study, tmp_path, capsys):

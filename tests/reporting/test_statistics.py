@@ -30,7 +30,7 @@ def test_the_paired_interval_by_hand():
     low, high = diff.interval()
     assert (low, high) == (pytest.approx(2 - T_975_2 / math.sqrt(3), rel=1e-6),
                            pytest.approx(2 + T_975_2 / math.sqrt(3), rel=1e-6))
-    assert not diff.beyond_noise  # [-0.48, 4.48]
+    assert not diff.excludes_zero  # [-0.48, 4.48]
     # p of no difference: t = 2 sqrt(3) = 3.464 on 2 df.
     assert diff.p_value == pytest.approx(2 * (1 - t2_cdf(2 * math.sqrt(3))), rel=1e-9)
     # Unpaired, the same numbers carry each seed's shared noise: Welch's standard error is sqrt(4/3 + 1) = 1.53,

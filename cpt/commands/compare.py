@@ -57,6 +57,7 @@ from cpt.reporting.groups import Experiment, group_runs
 from cpt.reporting.intervals import Difference
 from cpt.reporting.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
 from cpt.reporting.mechanisms import kl_relation, proposition, stage_points, write_points_csv
+from cpt.reporting.primary_figure import plot_primary
 
 STABILITY_FIGURES = {"stability_plasticity.png": ("fm", "forgetting: FM (points; 0 = none, negative is worse)"),
                      "stability_plasticity_general.png": ("general_change",
@@ -145,6 +146,7 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
         text += f"\n\n{section}\n{text_table(*cells)}\n{primary_note(tests)}"
         markdown += f"\n{section}\n\n{markdown_table(*cells)}\n\n{primary_note(tests)}\n"
         write_primary_csv(tests, out / "primary.csv")
+        save_figures({"primary_comparisons.png": plot_primary(tests)}, out)
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
         section = (f"{a.name} - {b.name}: exploratory (95% interval, not corrected for the number of differences; "

@@ -170,6 +170,8 @@ def test_primary_comparisons_from_the_command_line(study, tmp_path, capsys):
     exploratory = printed.split(f"RFT sequential - {sft_name}: exploratory")[1]
     assert cells(exploratory, "general_change")[-1] == "different, within ±25"
     assert cells(exploratory, "fm")[-2:] == ["-", "-"]
+    figure = Image.open(out / "primary_comparisons.png")
+    assert figure.size[0] > 700 and figure.size[1] > 150
     with pytest.raises(SystemExit):
         main([*map(str, study), "--margin", "fm=-3"])
     assert "not METRIC=M with M a number > 0" in capsys.readouterr().err

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cpt.callbacks.arguments import positive_integer
 from cpt.data.datamodule import Subset, TaskSequenceData
 from cpt.data.examples import Example
 
@@ -22,9 +23,8 @@ class ExperienceReplay(Callback):
     def __init__(self, fraction: float = 0.2, buffer_per_task: int = 500, seed: int = 0):
         if not 0 < fraction < 1:
             raise ValueError(f"replay fraction must be in (0, 1), got {fraction}")
-        if buffer_per_task < 1:
-            raise ValueError(f"replay buffer_per_task must be positive, got {buffer_per_task}")
-        self.fraction, self.buffer_per_task, self.seed = fraction, buffer_per_task, seed
+        self.fraction, self.seed = fraction, seed
+        self.buffer_per_task = positive_integer("replay buffer_per_task", buffer_per_task)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         data = trainer.datamodule

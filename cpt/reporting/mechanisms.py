@@ -131,6 +131,12 @@ def kl_relation(points: list[dict]) -> list[tuple[str, int, int, Fit | None]]:
     return rows
 
 
+# How close to its prediction the proposition's ratio must be shown to be to count as borne out. With 0/1 rewards
+# Var[r] <= 1/4, so the prediction is at least a factor 4 from no scaling at all; a factor 2 is half that on the
+# log scale, so "as predicted" and "no scaling" cannot both hold.
+PREDICTION_MARGIN = 2.0
+
+
 @dataclass(frozen=True)
 class Proposition:
     """RFT's Fisher-weighted update over SFT's, against the reward variance the study's proposition predicts it
@@ -142,12 +148,19 @@ class Proposition:
 
     @property
     def verdict(self) -> str:
+        """Larger or smaller than predicted when the interval of measured / predicted excludes 1; as predicted
+        when it lies within a factor PREDICTION_MARGIN of 1 either way; otherwise not resolved (an interval that
+        merely includes the prediction does not show it)."""
         bounds = self.against_prediction.interval()
         if bounds is None:
             return "no interval"
         if bounds[0] > 0:
             return "larger than predicted"
-        return "smaller than predicted" if bounds[1] < 0 else "consistent with the prediction"
+        if bounds[1] < 0:
+            return "smaller than predicted"
+        within = math.log(PREDICTION_MARGIN)
+        return f"as predicted, within {PREDICTION_MARGIN:g}x" if -within < bounds[0] and bounds[1] < within \
+            else "not resolved"
 
 
 def proposition(fisher_a: dict, fisher_b: dict, variance_a: dict) -> Proposition | None:

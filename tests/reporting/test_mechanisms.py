@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from cpt.commands.compare import main
-from cpt.reporting.mechanisms import fit_line, run_mechanisms, stage_points
+from cpt.reporting.intervals import Difference
+from cpt.reporting.mechanisms import Proposition, fit_line, run_mechanisms, stage_points
 from tests.reporting.test_compare import cells
 from tests.reporting.test_groups import experiments_of, write_seed
 
@@ -105,11 +106,11 @@ def test_compare_writes_the_mechanisms(tmp_path, capsys):
     razor = printed[printed.index("drop per stage ~ KL on the new task"):]
     assert cells(razor, "SFT")[1:] == ["2", "2", "10", "1.00"] and cells(razor, "all")[1:] == ["4", "4", "10", "1.00"]
     # The proposition: RFT's Fisher-weighted update over SFT's, per seed 1/4 and 1/8, geometric mean 2^-2.5 = 0.177;
-    # predicted: Var[r] = 0.25; measured / predicted 0.707, two seeds' interval wide: consistent.
+    # predicted: Var[r] = 0.25; measured / predicted 0.707, but two seeds' interval is wide (it includes 1 and goes
+    # beyond a factor 2 of it): not resolved, never "consistent".
     proposition = cells(printed, "RFT sequential / SFT sequential")
     assert proposition[1].startswith("0.177 [") and proposition[2] == "0.25"
-    assert proposition[3].startswith("0.707 [") and proposition[4:] == ["paired, 2 seeds",
-                                                                        "consistent with the prediction"]
+    assert proposition[3].startswith("0.707 [") and proposition[4:] == ["paired, 2 seeds", "not resolved"]
     rows = list(csv.DictReader(open(out / "mechanisms.csv")))
     assert len(rows) == 8 and {r["method"] for r in rows} == {"sft", "rft"}
     assert [r["drop"] for r in rows if r["stage"] == "2"] == ["10.0", "20.0", "1.0", "3.0"]
@@ -149,3 +150,17 @@ def test_fisher_figure_labels_each_experiment_with_the_tables_reward_variance(tm
     label = figure.axes[0].get_xticklabels()[0].get_text()
     assert label == "RFT sequential\nVar[r] 0.25"
     assert experiments[0].estimate("reward_var").mean == pytest.approx(0.25)
+
+
+
+def test_the_proposition_is_borne_out_only_within_its_margin():
+    """measured / predicted on the log scale, five seeds (t(0.975, 4) = 2.776): an interval that merely includes
+    the prediction is not resolved; one inside a factor 2 of it either way (log 2 = 0.693) is as predicted."""
+    def verdict(mean, se):
+        diff = Difference(mean, se, 4, True, 5)
+        return Proposition(diff, diff, 0.1).verdict
+    assert verdict(0.1, 0.1) == "as predicted, within 2x"  # [-0.178, 0.378]
+    assert verdict(0.3, 0.15) == "not resolved"  # [-0.116, 0.716]: its top is past log 2
+    assert verdict(0.1, 0.3) == "not resolved"  # [-0.733, 0.933]
+    assert verdict(0.5, 0.1) == "larger than predicted"  # [0.222, 0.778]
+    assert verdict(-1.0, 0.1) == "smaller than predicted"

@@ -2,9 +2,12 @@
 calibrations (one-step SMC, SVC), and imputing the data first (column mean, k nearest neighbours, singular value
 thresholding) then taking the cosine.
 
-One-step SMC and SVC are re-implemented from the description of the authors' methods (Yu et al., UAI 2023; Ma, Yu,
-Zhang, WWW 2024): DMC on an offline block, then each other sample's similarity vector to the offline samples mapped
-through the offline factor and shrunk until its norm fits the self-similarity (`calibrate_columns`).
+One-step SMC and SVC are re-implemented from the authors' description and public MATLAB code (Yu et al., UAI 2023;
+Ma, Yu, Zhang, WWW 2024; no code copied): DMC on an offline block, then a similarity vector mapped through the
+factor of the matrix calibrated so far and shrunk until its norm fits the self-similarity (`calibrate_columns`).
+One-step SMC does this sample by sample, each against every sample before it; SVC does it for all online samples
+at once against the offline block. `one_step_smc_block` is a faster block form of one-step SMC that is not the
+authors' procedure (kept for comparison, under its own name).
 """
 
 from __future__ import annotations
@@ -44,16 +47,16 @@ def split(n: int, offline: int | torch.Tensor | None, seed: int) -> tuple[torch.
     return offline, rest.nonzero().flatten()
 
 
-def offline_factor(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, s) with DMC(S) = U diag(s) U^T, s >= 0: the offline block after DMC and its eigen/singular values
-    (equal for a PSD matrix). The factor is C = U diag(sqrt s)."""
+def psd_factor(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, s) with DMC(S) = U diag(s) U^T, s >= 0: S's nearest PSD matrix and its eigen/singular values (equal for
+    a PSD matrix), from a fresh eigendecomposition. The factor is C = U diag(sqrt s)."""
     w, U = torch.linalg.eigh(observed_or_zero(S))
     return U, w.clamp_min(0)
 
 
 def calibrate_columns(U: torch.Tensor, s: torch.Tensor, V0: torch.Tensor, c: float = 1.0, iterations: int = 50,
                       tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Calibrate similarity vectors (the columns of V0, m x p) against an offline PSD matrix S = U diag(s) U^T
+    """Calibrate similarity vectors (the columns of V0, m x p) against a PSD matrix S = U diag(s) U^T
     = C C^T, C = U diag(sqrt s). Returns (Y, lam): the calibrated coordinates (m x p, one column per vector) and the
     shrinkage of each; the calibrated vectors are C Y.
 
@@ -89,33 +92,78 @@ def calibrate_columns(U: torch.Tensor, s: torch.Tensor, V0: torch.Tensor, c: flo
     return Y, lam
 
 
-def calibrated_blocks(S0: torch.Tensor, offline: int | torch.Tensor | None, c: float, seed: int
+def calibrated_blocks(S0: torch.Tensor, offline: int | torch.Tensor | None, c: float | None, seed: int
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What one-step SMC and SVC share: (S, online indices, Y) with S's offline block DMC(S0's) = C C^T and its
-    offline-online blocks the calibrated vectors C Y; the online-online block is left for the caller to fill."""
+    """What SVC and the block form of one-step SMC share: (S, online indices, Y) with S's offline block
+    DMC(S0's) = C C^T and its offline-online blocks the calibrated vectors C Y, every online sample calibrated
+    against the offline block alone with one c (None: the calibrated offline block's last diagonal entry, as the
+    authors' SVC code takes it); the online-online block is left for the caller to fill."""
     n = S0.shape[0]
     off, on = split(n, offline, seed)
-    U, s = offline_factor(S0[off][:, off])
-    Y, _ = calibrate_columns(U, s, S0[off][:, on], c)
+    U, s = psd_factor(S0[off][:, off])
     C = U * s.sqrt()
+    calibrated = (C * s.sqrt()) @ U.T
+    if c is None:
+        c = float(calibrated[-1, -1])
+    Y, _ = calibrate_columns(U, s, S0[off][:, on], c)
     S = torch.empty(n, n, dtype=S0.dtype, device=S0.device)
-    S[off[:, None], off] = (C * s.sqrt()) @ U.T
+    S[off[:, None], off] = calibrated
     S[off[:, None], on] = C @ Y
     S[on[:, None], off] = (C @ Y).T
     return S, on, Y
 
 
-def one_step_smc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float = 1.0,
+def self_similarity(S0: torch.Tensor, i: int, c: float | None) -> float:
+    """c for sample i: the given value, else S0[i, i] (1 for a cosine), which must be observed and positive."""
+    if c is None:
+        c = float(S0[i, i])
+        if not c > 0:  # NaN fails this too
+            raise ValueError(f"sample {i}'s self-similarity S0[{i}, {i}] is {c}; calibration needs it positive "
+                             "(give c explicitly)")
+    return c
+
+
+def one_step_smc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float | None = None,
                  seed: int = 0) -> torch.Tensor:
-    """One-step SMC (Yu et al., UAI 2023, online calibration), for a whole matrix: DMC on the offline block
-    S = C C^T, then each online sample's similarity vector to the offline samples calibrated to C y
-    (`calibrate_columns`). The authors calibrate a new sample against the offline samples only; for the
-    online-online block this implementation takes the calibrated coordinates' inner products y_i^T y_j, and c on
-    the online diagonal. Missing entries of S0 (NaN) are read as 0; S0's online-online entries are not used.
+    """One-step SMC as its authors run it (Yu et al., UAI 2023; their `correct_onmc_s.m`): DMC on the offline
+    block, then the online samples one at a time, in index order. Each sample's raw similarities to every sample
+    before it (offline and earlier online) are calibrated against a fresh factor of the matrix calibrated so far
+    (`calibrate_columns`), and the matrix grows by that row and column, with the sample's own self-similarity c on
+    the diagonal (None: S0[i, i], 1 for a cosine). Missing entries of S0 (NaN) are read as 0.
+
+    Guaranteed: every grown matrix is PSD, so the whole n x n result is (each step borders a PSD matrix with
+    C y and c >= ||y||^2: its Schur complement is c - y^T P y >= 0). Not guaranteed: a unit diagonal on the
+    offline block (DMC moves it). Cost: an eigendecomposition of the grown matrix per online sample, O(n^4)
+    in all for a half split, where the block form pays one of the offline block."""
+    n = S0.shape[0]
+    off, on = split(n, offline, seed)
+    order = torch.cat([off, on])
+    raw = observed_or_zero(S0)[order][:, order]
+    m = len(off)
+    grown = torch.zeros(n, n, dtype=S0.dtype, device=S0.device)
+    grown[:m, :m] = dmc(raw[:m, :m])
+    for k in range(m, n):
+        c_k = self_similarity(S0, int(order[k]), c)
+        U, s = psd_factor(grown[:k, :k])
+        y, _ = calibrate_columns(U, s, raw[:k, k:k + 1], c_k)
+        v = (U * s.sqrt()) @ y[:, 0]
+        grown[:k, k] = v
+        grown[k, :k] = v
+        grown[k, k] = c_k
+    S = torch.empty_like(grown)
+    S[order[:, None], order] = grown
+    return S
+
+
+def one_step_smc_block(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float = 1.0,
+                       seed: int = 0) -> torch.Tensor:
+    """A block form of one-step SMC, faster and not the authors' procedure: every online sample calibrated against
+    the offline block only (one factorization), and the online-online block taken as the calibrated coordinates'
+    inner products y_i^T y_j with c on the diagonal; S0's online-online entries are not used. Missing entries of S0
+    (NaN) are read as 0.
 
     Guaranteed: the whole n x n result is PSD. It is W W^T with W = [C; Y^T] (rank <= m) plus the diagonal
-    c - ||y_j||^2 >= 0 on the online samples. Each offline block bordered by one calibrated sample is PSD too.
-    Not guaranteed: a unit diagonal on the offline block (DMC moves it)."""
+    c - ||y_j||^2 >= 0 on the online samples."""
     S, on, Y = calibrated_blocks(S0, offline, c, seed)
     online = Y.T @ Y
     online.diagonal().fill_(c)
@@ -123,11 +171,13 @@ def one_step_smc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c:
     return S
 
 
-def svc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """SVC (Ma, Yu, Zhang, WWW 2024): DMC on both diagonal blocks (offline and online samples), and every column
-    of the off-diagonal block (an online sample's similarities to the offline ones) calibrated in parallel against
-    the offline block's factor with the same shrinkage as one-step SMC (`calibrate_columns`). Missing entries of
-    S0 (NaN) are read as 0.
+def svc(S0: torch.Tensor, offline: int | torch.Tensor | None = None, c: float | None = None,
+        seed: int = 0) -> torch.Tensor:
+    """SVC (Ma, Yu, Zhang, WWW 2024, as its authors' `calibrate_svc.m` runs it): DMC on both diagonal blocks
+    (offline and online samples), and every column of the off-diagonal block (an online sample's similarities to
+    the offline ones) calibrated in parallel against the offline block's factor with the same shrinkage as one-step
+    SMC (`calibrate_columns`), with one c for all: the calibrated offline block's last diagonal entry (None), or the
+    value given. Missing entries of S0 (NaN) are read as 0.
 
     Guaranteed: both diagonal blocks are PSD, and so is the offline block bordered by any one calibrated column
     (||y||^2 <= c); when the online block's diagonal stays at c or above, each offline-plus-one-online principal

@@ -4,10 +4,12 @@ Accuracy: scikit-learn's wine (178 x 13), breast cancer (569 x 30) and digits (1
 entries missing completely at random at each ratio and seed. A sample left with no observed value gets one
 random feature back, so that every method sees the same samples. Truth: the cosine of the complete data.
 Next to the methods, the spectral floor: the least error of any matrix with S0's eigenvectors (found with the
-truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on that S0 can go below but for their
-unit-diagonal rescale.
+truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on that S0 can go below without a
+finishing step (shown with finish "none").
 One-step SMC and SVC split each dataset into a random half of offline samples (seeded) and the online rest.
-Scores: relative error, Recall@10, Recall and nDCG at the top 20% (`metrics.scores`).
+Every method's result goes through the same finishing step before it is scored (`cpt.smc.finishing`; by default
+both, as separate tables: the unit-diagonal rescale and none). Scores: relative error, Recall@10, Recall and nDCG
+at the top 20% (`metrics.scores`).
 Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 40,000, in float32 by default (S0,
 the factor and the result; `--dtype`). Each size runs in a fresh child process: S0 is built once there and
 shared, so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch, the iterations
@@ -33,14 +35,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero, one_step_smc, svc
+from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero, one_step_smc, one_step_smc_block, svc
+from cpt.smc.finishing import FINISHES, finish
 from cpt.smc.metrics import scores, spectral_floor
 from cpt.smc.similarity import cosine, observed_cosine
 from cpt.smc.solvers import complete
 
 DATASETS = ("wine", "breast_cancer", "digits")
-METHODS = ("S0", "DMC", "one-step SMC", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
-CALIBRATIONS = ("one-step SMC", "SVC")  # the authors' earlier methods: their rows also record the least eigenvalue
+METHODS = ("S0", "DMC", "one-step SMC", "one-step SMC (block)", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
+# the authors' earlier methods (and the block form): their rows also record the least eigenvalue
+CALIBRATIONS = ("one-step SMC", "one-step SMC (block)", "SVC")
 METRICS = {"error": "relative error", "recall10": "Recall@10", "recall20pct": "Recall@20%",
            "ndcg20pct": "nDCG@20%"}  # key: title; lower is better only for the error
 OURS = ("SMCNN", "SMCNmF")
@@ -65,20 +69,26 @@ def missing_at_random(X: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
 
 
 def estimate(method: str, Xm: torch.Tensor, S0: torch.Tensor, seed: int) -> torch.Tensor:
+    """A method's result before the finishing step, which the caller applies to every method alike."""
     if method == "S0":
         return observed_or_zero(S0)
     if method == "DMC":
         return dmc(S0)
     if method == "one-step SMC":
         return one_step_smc(S0, seed=seed)
+    if method == "one-step SMC (block)":
+        return one_step_smc_block(S0, seed=seed)
     if method == "SVC":
         return svc(S0, seed=seed)
     if method in ("mean", "kNN", "SVT"):
         return imputed_cosine(Xm, method.lower())
-    return complete(S0, method.lower(), rank=Xm.shape[1], seed=seed).S
+    return complete(S0, method.lower(), rank=Xm.shape[1], finish="none", seed=seed).S
 
 
-def accuracy_rows(ratios, seeds, datasets=DATASETS, progress: bool = True) -> list[dict]:
+def accuracy_rows(ratios, seeds, datasets=DATASETS, finishes=FINISHES, progress: bool = True) -> list[dict]:
+    """One row per dataset, ratio, seed, method and finishing step: each method runs once, and its result is
+    scored after each finishing step (the same step for every method). The spectral floor, a bound on the
+    unfinished SMCNN/SMCNmF, is computed once, with finish "none"."""
     rows = []
     cases = [(name, ratio, seed) for name in datasets for ratio in ratios for seed in seeds]
     for name, ratio, seed in tqdm(cases, desc="Completing", disable=not progress):
@@ -90,12 +100,11 @@ def accuracy_rows(ratios, seeds, datasets=DATASETS, progress: bool = True) -> li
             started = time.perf_counter()
             S = estimate(method, Xm, S0, seed)
             seconds = time.perf_counter() - started
-            row = {"dataset": name, "ratio": ratio, "seed": seed, "method": method, **scores(S, truth),
-                   "seconds": seconds}
-            if method in CALIBRATIONS:
-                row["least_eigenvalue"] = float(torch.linalg.eigvalsh(S)[0])
-            rows.append(row)
-        rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR,
+            extra = {"least_eigenvalue": float(torch.linalg.eigvalsh(S)[0])} if method in CALIBRATIONS else {}
+            for how in finishes:
+                rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": method, "finish": how,
+                             **scores(finish(S, how), truth), "seconds": seconds, **extra})
+        rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR, "finish": "none",
                      "error": spectral_floor(S0, truth)})
     return rows
 
@@ -182,20 +191,29 @@ def extrapolated_dmc(rows: list[dict], sizes) -> list[dict]:
              "from_n": largest} for n in sizes]
 
 
-def mean_over_seeds(rows: list[dict], name: str, ratio: float, method: str, key: str = "error") -> float:
-    return statistics.mean(r[key] for r in rows if (r["dataset"], r["ratio"], r["method"]) == (name, ratio, method))
+def mean_over_seeds(rows: list[dict], name: str, ratio: float, method: str, key: str = "error",
+                    how: str = "none") -> float:
+    """The mean of `key` over seeds; the floor, computed unfinished, for any finishing step."""
+    how = "none" if method == FLOOR else how
+    return statistics.mean(r[key] for r in rows
+                           if (r["dataset"], r["ratio"], r["method"], r["finish"]) == (name, ratio, method, how))
 
 
-def accuracy_table(rows: list[dict], metric: str = "error") -> str:
-    """Mean of one metric over seeds, a row per dataset and ratio; the best in bold (lowest error, highest
-    recall or nDCG). With the error, the spectral floor, when measured, in the last column."""
-    floor = metric == "error" and any(r["method"] == FLOOR for r in rows)
+FINISH_TITLES = {"unit-diagonal": "finishing step: the unit-diagonal rescale D^-1/2 S D^-1/2, for every method",
+                 "none": "finishing step: none, every method scored as it returns S"}
+
+
+def accuracy_table(rows: list[dict], metric: str = "error", how: str = "none") -> str:
+    """Mean of one metric over seeds after the finishing step `how`, a row per dataset and ratio; the best in bold
+    (lowest error, highest recall or nDCG). With the error and no finishing step, the spectral floor, when
+    measured, in the last column (it bounds the unfinished SMCNN/SMCNmF only)."""
+    floor = metric == "error" and how == "none" and any(r["method"] == FLOOR for r in rows)
     lines = ["| dataset | missing | " + " | ".join(METHODS) + (" | S0 spectral floor |" if floor else " |"),
              "|---|---|" + "---:|" * (len(METHODS) + floor)]
     choose = min if metric == "error" else max
     for name in dict.fromkeys(r["dataset"] for r in rows):
         for ratio in dict.fromkeys(r["ratio"] for r in rows if r["dataset"] == name):
-            cells = [mean_over_seeds(rows, name, ratio, method, metric) for method in METHODS]
+            cells = [mean_over_seeds(rows, name, ratio, method, metric, how) for method in METHODS]
             best = f"{choose(cells):.3f}"
             shown = [f"**{value:.3f}**" if f"{value:.3f}" == best else f"{value:.3f}" for value in cells]
             if floor:
@@ -204,9 +222,14 @@ def accuracy_table(rows: list[dict], metric: str = "error") -> str:
     return "\n".join(lines)
 
 
+def finishes_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["finish"] for r in rows if r["method"] != FLOOR))
+
+
 def accuracy_tables(rows: list[dict]) -> str:
-    return "\n\n".join(f"{title} (mean over seeds; {'lower' if key == 'error' else 'higher'} is better)\n\n"
-                       + accuracy_table(rows, key) for key, title in METRICS.items())
+    return "\n\n".join(f"{title} (mean over seeds; {'lower' if key == 'error' else 'higher'} is better; "
+                       f"{FINISH_TITLES[how]})\n\n" + accuracy_table(rows, key, how)
+                       for how in finishes_of(rows) for key, title in METRICS.items())
 
 
 def timing_table(rows: list[dict]) -> str:
@@ -236,19 +259,20 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["dataset"] for r in accuracy))
+    how = finishes_of(accuracy)[0] if accuracy else "none"
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.8), constrained_layout=True,
                              squeeze=False)
     axes = axes[0]
     for ax, name in zip(axes, names):
         ratios = sorted({r["ratio"] for r in accuracy if r["dataset"] == name})
         for method in METHODS:
-            means = [mean_over_seeds(accuracy, name, ratio, method) for ratio in ratios]
+            means = [mean_over_seeds(accuracy, name, ratio, method, how=how) for ratio in ratios]
             ax.plot(ratios, means, marker="o", linewidth=2.2 if method in OURS else 1.2,
                     linestyle="-" if method in OURS else ("-." if method in CALIBRATIONS else "--"), label=method)
-        if any(r["method"] == FLOOR for r in accuracy):
+        if how == "none" and any(r["method"] == FLOOR for r in accuracy):
             ax.plot(ratios, [mean_over_seeds(accuracy, name, ratio, FLOOR) for ratio in ratios], color="grey",
                     linestyle=":", linewidth=2, label="S0 spectral floor")
-        ax.set(title=name, xlabel="missing ratio", ylabel="relative error", xticks=ratios)
+        ax.set(title=f"{name} (finish: {how})", xlabel="missing ratio", ylabel="relative error", xticks=ratios)
     if names:
         axes[0].legend(fontsize=7)
     ax = axes[-1]
@@ -286,6 +310,9 @@ def main(args: list[str]) -> int:
                         help="precision of the timing sweep (S0, the factor, the result); the accuracy part is float64")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads of the timing sweep (default 0: torch's own default)")
+    parser.add_argument("--finish", nargs="+", choices=FINISHES, default=list(FINISHES),
+                        help="the finishing step(s) every method's result gets before it is scored, each its own "
+                             "tables (default: both; the figure shows the first)")
     parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
     options = parser.parse_args(args)
     if options.seeds < 1:
@@ -293,7 +320,9 @@ def main(args: list[str]) -> int:
     if any(n < 2 for n in options.sizes):
         parser.error("--sizes must be at least 2")
     options.out.mkdir(parents=True, exist_ok=True)
-    accuracy = accuracy_rows(options.ratios, range(options.seeds), options.datasets) if options.datasets else []
+    finishes = list(dict.fromkeys(options.finish))
+    accuracy = (accuracy_rows(options.ratios, range(options.seeds), options.datasets, finishes)
+                if options.datasets else [])
     tables = []
     if accuracy:
         tables.append(accuracy_tables(accuracy))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpt.smc.finishing import FINISHES, finish
 from cpt.smc.metrics import scores
 from cpt.smc.similarity import SimilarityInputError, cosine, observed_cosine
 from cpt.smc.solvers import METHODS, complete
@@ -92,6 +93,9 @@ def complete_command(args: list[str]) -> int:
     parser.add_argument("--rank", type=int, help="columns of the factor (default: the features, at most 128)")
     parser.add_argument("--lam", type=float, help="regularizer weight (default: from S0's most negative eigenvalue)")
     parser.add_argument("--alpha", type=float, default=1.0, help="smcnmf: weight of the Frobenius term")
+    parser.add_argument("--finish", choices=FINISHES, default="unit-diagonal", help=(
+        "the finishing step of the result, and of S0 where --truth scores it: the unit-diagonal rescale "
+        "D^-1/2 S D^-1/2 (default, as a cosine has) or none"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truth", type=Path, help=(
         "a complete reference (.npy or .csv, no NaN): the true similarity (n x n, with --similarity) or the complete "
@@ -104,7 +108,8 @@ def complete_command(args: list[str]) -> int:
     truth = read_truth(options.truth, matrix, options.similarity) if options.truth else None
     S0 = matrix if options.similarity else observed_cosine(matrix)
     rank = options.rank or (None if options.similarity else min(matrix.shape[1], 128))
-    result = complete(S0, options.method, rank=rank, lam=options.lam, alpha=options.alpha, seed=options.seed)
+    result = complete(S0, options.method, rank=rank, lam=options.lam, alpha=options.alpha, finish=options.finish,
+                      seed=options.seed)
     write_matrix(result.S.numpy(), options.output)
     missing = float(torch.isnan(matrix).double().mean())
     print(f"{options.method}: n={S0.shape[0]}, {100 * missing:.1f}% of the input missing, lam={result.lam:.4g}, "
@@ -112,8 +117,9 @@ def complete_command(args: list[str]) -> int:
           f"rank {result.effective_rank} of {result.rank}, {result.seconds:.2f} s -> {options.output}")
     if truth is not None:
         print(f"against {options.truth}: relative error / Recall@10 / Recall@20% / nDCG@20% (top 20% of the "
-              "n - 1 others; see cpt.smc.metrics)")
-        for name, S in (("S0 (missing entries as 0)", S0.nan_to_num(0.0)), (options.method, result.S)):
+              f"n - 1 others; see cpt.smc.metrics), both after the finishing step {options.finish!r}")
+        for name, S in (("S0 (missing entries as 0)", finish(S0.nan_to_num(0.0), options.finish)),
+                        (options.method, result.S)):
             score = scores(S, truth)
             print(f"  {name}: {score['error']:.4f} / {score['recall10']:.4f} / {score['recall20pct']:.4f} / "
                   f"{score['ndcg20pct']:.4f}")

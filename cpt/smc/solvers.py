@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cpt.smc.finishing import check_finish, diagonal_scale
 from cpt.smc.similarity import SimilarityInputError
 
 METHODS = ("smcnn", "smcnmf")
@@ -104,19 +105,21 @@ def nystrom_factor(S0: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
 
 
 def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, lam: float | None = None,
-             alpha: float = 1.0, unit_diagonal: bool = True, max_iter: int = 500, tol: float = 1e-7,
+             alpha: float = 1.0, finish: str = "unit-diagonal", max_iter: int = 500, tol: float = 1e-7,
              seed: int = 0) -> Completion:
     """The completed similarity of S0 (NaN = missing entry). rank = columns of V (default min(n, 128); the
     regularizer leaves unused ones near zero); lam = regularizer weight (default twice the magnitude of S0's
-    most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. unit_diagonal rescales the result
-    to S_ij / sqrt(S_ii S_jj), as a cosine similarity is (still PSD: D^-1/2 S D^-1/2); the shrinkage otherwise
-    leaves the diagonal below 1. S0's dtype is kept throughout (float32 in: V, S and every n x n temporary are
-    float32). When few entries are missing (the sparse path), they are set to 0 in S0 itself during the fit and
-    put back as NaN after it, to avoid an n x n copy: S0 must not be read by another thread meanwhile."""
+    most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. finish = the finishing step every
+    method gets (`cpt.smc.finishing`): "unit-diagonal" rescales the result to S_ij / sqrt(S_ii S_jj), as a cosine
+    similarity is (still PSD); "none" leaves the shrinkage's diagonal, below 1. S0's dtype is kept throughout
+    (float32 in: V, S and every n x n temporary are float32). When few entries are missing (the sparse path),
+    they are set to 0 in S0 itself during the fit and put back as NaN after it, to avoid an n x n copy: S0 must
+    not be read by another thread meanwhile."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1] (the regularizer stays >= 0), got {alpha}")
+    check_finish(finish)
     observed = check_similarity(S0)
     if rank is not None and rank < 1:
         raise ValueError(f"rank must be a positive number of columns, got {rank}")
@@ -140,14 +143,14 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     del observed
     try:
         return fit(target, weight, missing, dense_mask, method, min(n, rank or DEFAULT_MAX_RANK), lam, alpha,
-                   unit_diagonal, max_iter, tol, seed, started)
+                   finish, max_iter, tol, seed, started)
     finally:
         if in_place:
             S0[missing] = float("nan")
 
 
 def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.Tensor, torch.Tensor],
-        dense_mask: bool, method: str, rank: int, lam: float | None, alpha: float, unit_diagonal: bool,
+        dense_mask: bool, method: str, rank: int, lam: float | None, alpha: float, finish: str,
         max_iter: int, tol: float, seed: int, started: float) -> Completion:
     """`complete`'s iterations on target (S0, missing entries 0), after its checks."""
     n = target.shape[0]
@@ -201,8 +204,9 @@ def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.
     iterations = optimizer.state[V]["n_iter"]
     converged = iterations < max_iter and optimizer.state[V]["func_evals"] < max_iter * 2
     V = V.detach()
-    if unit_diagonal:
-        V = V / V.norm(dim=1, keepdim=True).clamp_min(torch.finfo(V.dtype).tiny)
+    scale = diagonal_scale((V * V).sum(1), finish)  # the finishing step on V: (D^-1/2 V)(D^-1/2 V)^T
+    if scale is not None:
+        V = V * scale[:, None]
     S = V @ V.T
     spectrum = torch.linalg.eigvalsh(V.T @ V)  # k x k, after the iterations: only to report the rank reached
     effective = int((spectrum > spectrum.max() * 1e-6).sum()) if spectrum.max() > 0 else 0

@@ -14,13 +14,15 @@ from cpt.smc.baselines import (
     dmc,
     impute_mean,
     observed_or_zero,
-    offline_factor,
     one_step_smc,
+    one_step_smc_block,
+    psd_factor,
     split,
     svc,
 )
 from cpt.smc.bench import extrapolated_dmc, missing_at_random, synthetic, timing_table
 from cpt.smc.cli import read_matrix
+from cpt.smc.finishing import finish
 from cpt.smc.metrics import (
     ndcg_at_fraction,
     ranking_scores,
@@ -67,8 +69,8 @@ def test_completion_is_symmetric_psd_and_beats_s0_and_dmc_on_low_rank_data():
 
 def test_smcnmf_shrinks_the_leading_eigenvalue_less():
     S0 = observed_cosine(synthetic(200, features=20, rank=3, ratio=0.5, seed=2).double())
-    nn = complete(S0, "smcnn", rank=20, lam=20.0, unit_diagonal=False).S
-    nmf = complete(S0, "smcnmf", rank=20, lam=20.0, unit_diagonal=False).S
+    nn = complete(S0, "smcnn", rank=20, lam=20.0, finish="none").S
+    nmf = complete(S0, "smcnmf", rank=20, lam=20.0, finish="none").S
     top = lambda S: float(torch.linalg.eigvalsh(S)[-1])  # noqa: E731
     assert top(nn) < top(nmf) <= top(dmc(S0)) + 1e-6
 
@@ -80,7 +82,7 @@ def test_unmasked_optimum_is_the_shrunk_spectrum():
     S0 = A @ A.T / 30 + 0.2 * (lambda E: E + E.T)(torch.randn(30, 30, generator=generator, dtype=torch.float64))
     w, U = torch.linalg.eigh(S0)
     expected = (U * (w - 0.5).clamp_min(0)) @ U.T
-    result = complete(S0, "smcnn", rank=30, lam=1.0, unit_diagonal=False, tol=1e-12, max_iter=2000)
+    result = complete(S0, "smcnn", rank=30, lam=1.0, finish="none", tol=1e-12, max_iter=2000)
     assert relative_error(result.S, expected) < 1e-4
 
 
@@ -91,7 +93,7 @@ def test_masked_variant_fits_only_the_observed_entries():
     hidden = torch.rand(120, 120, generator=generator) < 0.3
     hidden = (hidden | hidden.T).fill_diagonal_(False)
     S0 = truth.masked_fill(hidden, NAN)
-    result = complete(S0, "smcnn", rank=3, lam=0.0, unit_diagonal=False, tol=1e-12, max_iter=2000)
+    result = complete(S0, "smcnn", rank=3, lam=0.0, finish="none", tol=1e-12, max_iter=2000)
     # The hidden entries come back from the observed ones (reading them as 0 would be off by their whole size).
     assert relative_error(result.S[hidden], truth[hidden]) < 1e-3
     # At the solution the masked objective is stationary; the one that reads hidden entries as 0 is not.
@@ -165,7 +167,7 @@ def test_spectral_floor_by_hand_and_as_a_bound():
     floor = spectral_floor(S0, truth)
     assert 0 < floor < relative_error(S0, truth)
     for rank, lam in ((2, 0.0), (4, 1.0), (20, 4.0)):
-        assert relative_error(complete(S0, rank=rank, lam=lam, unit_diagonal=False).S, truth) >= floor
+        assert relative_error(complete(S0, rank=rank, lam=lam, finish="none").S, truth) >= floor
 
 
 def test_complete_command(tmp_path, capsys):
@@ -188,12 +190,13 @@ def test_bench_writes_tables_and_plot(tmp_path, capsys):
                  "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())
     assert sorted({r["method"] for r in rows["accuracy"]}) == sorted(
-        ["S0", "DMC", "one-step SMC", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF", "floor"])
+        ["S0", "DMC", "one-step SMC", "one-step SMC (block)", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF", "floor"])
+    assert {r["finish"] for r in rows["accuracy"]} == {"unit-diagonal", "none"}
     smc = next(r for r in rows["accuracy"] if r["method"] == "one-step SMC")
     assert {"error", "recall10", "recall20pct", "ndcg20pct"} <= set(smc) and smc["least_eigenvalue"] > -1e-8
-    error = {r["method"]: r["error"] for r in rows["accuracy"]}
-    # SMCNN's default fit keeps S0's eigenvectors: no further from the floor than its unit-diagonal rescale moves it
-    assert error["floor"] < error["S0"] and error["SMCNN"] > 0.95 * error["floor"]
+    error = {r["method"]: r["error"] for r in rows["accuracy"] if r["finish"] == "none"}
+    # SMCNN's fit, unfinished, keeps S0's eigenvectors: it cannot go below the floor
+    assert error["floor"] < error["S0"] and error["SMCNN"] >= error["floor"]
     assert {r["method"] for r in rows["timing"]} == {"S0 (shared)", "SMCNN", "SMCNmF", "DMC"}
     # each step's peak resident memory in the child, S0 (300 x 300) and torch included: above 0.05 GB, below 5
     assert all(0.05 < r["peak_gb"] < 5 and r["peak_reset"] for r in rows["timing"])
@@ -245,7 +248,7 @@ def test_calibration_shrinkage_by_hand():
     assert float(calibrate_columns(U, s, V0[:, :1], c=4.0)[1][0]) == pytest.approx(2.0, abs=1e-3)
 
 
-def test_one_step_smc_and_svc_block_structure_by_hand():
+def test_block_form_and_svc_block_structure_by_hand():
     # Samples 0-2 offline (S above, already PSD, so DMC keeps it), 3-5 online with the three columns above.
     U, s = rotation(), torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
     C = U * s.sqrt()
@@ -253,24 +256,89 @@ def test_one_step_smc_and_svc_block_structure_by_hand():
     online = torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)  # eigenvalue -1
     S0 = torch.cat([torch.cat([(U * s) @ U.T, C @ Y0], 1), torch.cat([(C @ Y0).T, online], 1)])
     Y = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.8], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    for method in (one_step_smc, svc):
-        S = method(S0, offline=3)
+    for method in (one_step_smc_block, svc):
+        S = method(S0, offline=3, c=1.0)
         assert torch.allclose(S[:3, :3], S0[:3, :3]) and torch.allclose(S[:3, 3:], C @ Y, atol=1e-4)
         assert torch.allclose(S[3:, :3], S[:3, 3:].T)
-    # one-step SMC: online-online = y_i . y_j, c on the diagonal: 1.0 * 0.8 = 0.8, 1.0 * 0.6 = 0.6, 0.48 + 0.48
+    # the block form: online-online = y_i . y_j, c on the diagonal: 1.0 * 0.8 = 0.8, 1.0 * 0.6 = 0.6, 0.48 + 0.48
     expected = torch.tensor([[1.0, 0.8, 0.6], [0.8, 1.0, 0.96], [0.6, 0.96, 1.0]], dtype=torch.float64)
-    assert torch.allclose(one_step_smc(S0, offline=3)[3:, 3:], expected, atol=1e-4)
+    assert torch.allclose(one_step_smc_block(S0, offline=3)[3:, 3:], expected, atol=1e-4)
     # SVC: DMC of the online block, eigenvalues 3, -1, 1 -> the -1 cut: [[1.5, 1.5, 0], [1.5, 1.5, 0], [0, 0, 1]]
-    assert torch.allclose(svc(S0, offline=3)[3:, 3:], torch.tensor(
+    assert torch.allclose(svc(S0, offline=3, c=1.0)[3:, 3:], torch.tensor(
         [[1.5, 1.5, 0.0], [1.5, 1.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64))
     # offline given as indices: the same result on a permuted matrix
     order = torch.tensor([3, 0, 4, 1, 5, 2])
-    permuted = one_step_smc(S0[order][:, order], offline=torch.tensor([1, 3, 5]))
-    assert torch.allclose(permuted, one_step_smc(S0, offline=3)[order][:, order])
+    for method in (one_step_smc, one_step_smc_block):
+        permuted = method(S0[order][:, order], offline=torch.tensor([1, 3, 5]))
+        assert torch.allclose(permuted, method(S0, offline=3)[order][:, order])
     off, on = split(6, None, seed=0)  # default: a random half
     assert len(off) == 3 and sorted(off.tolist() + on.tolist()) == list(range(6))
     with pytest.raises(ValueError, match="between 1 and 5"):
         svc(S0, offline=6)
+
+
+def test_one_step_smc_grows_sample_by_sample_as_its_authors_run_it():
+    t = lambda rows: torch.tensor(rows, dtype=torch.float64)  # noqa: E731
+    # Sample 0 offline, 1 and 2 online, c = 1. Sample 1's 0.6 fits (0.36 <= 1) and is kept; the matrix so far is
+    # [[1, .6], [.6, 1]]: eigenvalues 1.6 on u1 = (1, 1)/sqrt 2 and 0.4 on u2 = (1, -1)/sqrt 2. Sample 2's raw
+    # similarities to both, (0.9, 0.9), lie on u1: ||y0||^2 = 0.81 * 2 / 1.6 = 1.0125 > 1, so y shrinks along u1
+    # until ||y||^2 = 1, and the calibrated vector is sqrt(1.6 * 1) u1 = (sqrt .8, sqrt .8) = (0.8944, 0.8944).
+    S0 = t([[1, .6, .9], [.6, 1, .9], [.9, .9, 1]])
+    root = 0.8 ** 0.5
+    assert torch.allclose(one_step_smc(S0, offline=1), t([[1, .6, root], [.6, 1, root], [root, root, 1]]), atol=1e-4)
+    # The block form calibrates sample 2 against sample 0 alone (0.81 <= 1: kept at 0.9) and takes S12 from the
+    # coordinates, y1 y2 = 0.6 * 0.9: it never reads the raw 0.9 between the two online samples.
+    assert torch.allclose(one_step_smc_block(S0, offline=1), t([[1, .6, .9], [.6, 1, .54], [.9, .54, 1]]))
+    # Where the raw vector fits (0.8, 0.9: ||y0||^2 = 0.915625 <= 1), the sequential form keeps it as it is.
+    fits = t([[1, .6, .8], [.6, 1, .9], [.8, .9, 1]])
+    assert torch.allclose(one_step_smc(fits, offline=1), fits)
+    # Two offline samples, two online: the grown 3 x 3 matrix changes all three entries of the last row
+    # (0.9, 0.9, 0.1 -> 0.7977, 0.8326, 0.1549; the block form: 0.8660, 0.8660, 0.4619), from the authors' formulas
+    # computed apart from this code.
+    four = t([[1, .5, .6, .9], [.5, 1, .2, .9], [.6, .2, 1, .1], [.9, .9, .1, 1]])
+    assert one_step_smc(four, offline=2)[3, :3].tolist() == pytest.approx([0.7977, 0.8326, 0.1549], abs=2e-4)
+    assert one_step_smc_block(four, offline=2)[3, :3].tolist() == pytest.approx([0.8660, 0.8660, 0.4619], abs=2e-4)
+    # c is each sample's own S0[i, i] unless given; a missing one is named
+    scaled = four.clone()
+    scaled[3, 3] = 2.0
+    assert float(one_step_smc(scaled, offline=2)[3, 3]) == 2.0
+    scaled[3, 3] = NAN
+    with pytest.raises(ValueError, match=r"sample 3's self-similarity S0\[3, 3\] is nan"):
+        one_step_smc(scaled, offline=2)
+
+
+def test_svc_takes_c_from_the_calibrated_offline_block():
+    # The offline block [[1, 1.2], [1.2, 1]] has eigenvalues 2.2 and -0.2; DMC keeps 1.1 [[1, 1], [1, 1]], whose
+    # last diagonal entry, 1.1, is SVC's c: the online sample's vector (1.2, 1.2) has ||y0||^2 = 2.88 / 2.2 > 1.1
+    # and shrinks to ||y||^2 = 1.1 on u1 = (1, 1)/sqrt 2: C y = sqrt(2.2 * 1.1) u1 = (1.1, 1.1). With c = 1 it
+    # would be sqrt(2.2) u1 = (1.0488, 1.0488).
+    S0 = torch.tensor([[1, 1.2, 1.2], [1.2, 1, 1.2], [1.2, 1.2, 1]], dtype=torch.float64)
+    assert svc(S0, offline=2)[:2, 2].tolist() == pytest.approx([1.1, 1.1], abs=1e-4)
+    assert svc(S0, offline=2, c=1.0)[:2, 2].tolist() == pytest.approx([2.2 ** 0.5 / 2 ** 0.5] * 2, abs=1e-4)
+
+
+def test_the_finishing_step_is_one_function_for_every_method(tmp_path, monkeypatch):
+    S = torch.tensor([[4.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    assert finish(S, "unit-diagonal").tolist() == [[1.0, 1.0], [1.0, 1.0]] and finish(S, "none") is S
+    with pytest.raises(ValueError, match="unknown finishing step 'clip'"):
+        finish(S, "clip")
+    # complete() finishes through it: its default is the unfinished result after the same step
+    S0 = observed_cosine(synthetic(80, features=10, rank=3, ratio=0.3, seed=2).double())
+    raw = complete(S0, rank=10, finish="none").S
+    assert torch.allclose(complete(S0, rank=10).S, finish(raw, "unit-diagonal"), atol=1e-12)
+    # the bench: two methods that return the same matrix score the same, after either finishing step
+    from cpt.smc import bench
+
+    same = raw.clone()
+    monkeypatch.setattr(bench, "estimate", lambda method, Xm, S0, seed: same.clone())
+    monkeypatch.setattr(bench, "load", lambda name: synthetic(80, features=10, rank=3, ratio=0.0, seed=2).double())
+    rows = bench.accuracy_rows([0.3], [2], ["wine"], progress=False)
+    truth = cosine(synthetic(80, features=10, rank=3, ratio=0.0, seed=2).double())
+    for how in ("unit-diagonal", "none"):
+        scored = [r for r in rows if r.get("finish") == how and r["method"] != bench.FLOOR]
+        assert {r["method"] for r in scored} == set(bench.METHODS)
+        assert all(r["error"] == pytest.approx(scores(finish(same, how), truth)["error"]) for r in scored)
+    assert scores(finish(same, "unit-diagonal"), truth)["error"] != pytest.approx(scores(same, truth)["error"])
 
 
 def test_calibrations_are_psd_where_their_construction_says():
@@ -278,19 +346,22 @@ def test_calibrations_are_psd_where_their_construction_says():
     S0 = observed_cosine(X)
     assert torch.linalg.eigvalsh(S0.nan_to_num())[0] < -0.5  # S0 itself is far from PSD
     smc = one_step_smc(S0, seed=1)
-    assert torch.linalg.eigvalsh(smc)[0] > -1e-8  # the whole matrix: W W^T plus a nonnegative diagonal
+    assert torch.linalg.eigvalsh(smc)[0] > -1e-8  # the whole matrix: each step borders a PSD matrix, PSD again
+    block = one_step_smc_block(S0, seed=1)
+    assert torch.linalg.eigvalsh(block)[0] > -1e-8  # W W^T plus a nonnegative diagonal
     assert torch.allclose(smc, smc.T)
     off, on = split(120, None, seed=1)
     S = svc(S0, seed=1)
-    assert torch.allclose(S, S.T) and torch.equal(S[off][:, off], smc[off][:, off])
+    assert torch.allclose(S, S.T) and torch.allclose(S[off][:, off], smc[off][:, off])
     assert torch.linalg.eigvalsh(S[off][:, off])[0] > -1e-8 and torch.linalg.eigvalsh(S[on][:, on])[0] > -1e-8
-    for j in on.tolist():  # the offline block bordered by any one calibrated sample, c = 1 in the corner
+    c = float(S[off[-1], off[-1]])  # SVC's c: the calibrated offline block's last diagonal entry
+    for j in on.tolist():  # the offline block bordered by any one calibrated sample, c in the corner
         rows = torch.cat([off, torch.tensor([j])])
         bordered = S[rows][:, rows].clone()
-        bordered[-1, -1] = 1.0
+        bordered[-1, -1] = c
         assert torch.linalg.eigvalsh(bordered)[0] > -1e-8
     # and the shrinkage did act: some online samples had ||y0||^2 > 1 before it
-    U, s = offline_factor(S0[off][:, off])
+    U, s = psd_factor(S0[off][:, off])
     assert int((calibrate_columns(U, s, S0[off][:, on])[1] > 0).sum()) > 10
 
 

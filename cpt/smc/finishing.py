@@ -2,9 +2,9 @@
 
 A cosine similarity has a unit diagonal; most completions do not (SMCNN's and SMCNmF's shrinkage lowers it, DMC
 moves it, a calibration sets it to c). `unit-diagonal` rescales S to D^-1/2 S D^-1/2 (D = diag(S)), which keeps a
-PSD matrix PSD and changes no sample's ranking of the others; `none` leaves S as the method returned it. `complete`,
-`python -m cpt smc complete --truth` and `python -m cpt smc bench` all finish through `finish`, so that two methods
-are compared on the same post-processing.
+PSD matrix PSD (it can reorder a sample's neighbours: S_ij is divided by sqrt(S_jj) too); `none` leaves S as the
+method returned it. `complete` (on its factor), `python -m cpt smc complete --truth` and `python -m cpt smc bench`
+all finish through `diagonal_scale`, so that two methods are compared on the same post-processing.
 """
 
 from __future__ import annotations

@@ -446,6 +446,15 @@ def test_complete_command_scores_against_a_truth(tmp_path, capsys):
     assert main(["smc", "complete", str(tmp_path / "S0.npy"), str(tmp_path / "S2.npy"), "--similarity",
                  "--truth", str(tmp_path / "truth.npy")]) == 0
     assert "relative error / Recall@10 / Recall@20% / nDCG@20%" in capsys.readouterr().out
+    # S0 is scored after the same finishing step as the completion: doubled, its unit-diagonal rescale is S0 again
+    doubled = 2 * observed_cosine(missing_at_random(X, 0.4, seed=1))
+    np.save(tmp_path / "S0x2.npy", doubled.numpy())
+    for how in ("unit-diagonal", "none"):
+        assert main(["smc", "complete", str(tmp_path / "S0x2.npy"), str(tmp_path / "S3.npy"), "--similarity",
+                     "--finish", how, "--truth", str(tmp_path / "truth.npy")]) == 0
+        expected = scores(finish(doubled.nan_to_num(0.0), how), cosine(X))
+        assert capsys.readouterr().out.splitlines()[-2] == "  S0 (missing entries as 0): " + " / ".join(
+            f"{expected[key]:.4f}" for key in ("error", "recall10", "recall20pct", "ndcg20pct"))
     assert main(["smc", "complete", str(tmp_path / "data.npy"), str(tmp_path / "o.npy"), "--truth",
                  str(tmp_path / "truth.npy")]) == 2
     assert "has shape (40, 40), the data in INPUT has (40, 6)" in capsys.readouterr().err

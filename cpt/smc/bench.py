@@ -4,12 +4,15 @@ Accuracy: scikit-learn's wine (178 x 13), breast cancer (569 x 30) and digits (1
 entries missing completely at random at each ratio and seed. A sample left with no observed value gets one
 random feature back, so that every method sees the same samples. Truth: the cosine of the complete data.
 Next to the methods, the spectral floor: the least error of any matrix with S0's eigenvectors (found with the
-truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF on that S0 can go below without a
-finishing step (shown with finish "none").
+truth; see `metrics.spectral_floor`), which no tuning of SMCNN/SMCNmF (without the diagonal) on that S0 can go
+below without a finishing step (shown with finish "none").
+SMCNN and SMCNmF run with and without the diagonal (rows "+ diagonal"; `complete(plus_diagonal=True)`).
 One-step SMC and SVC split each dataset into a random half of offline samples (seeded) and the online rest.
 Every method's result goes through the same finishing step before it is scored (`cpt.smc.finishing`; by default
 both, as separate tables: the unit-diagonal rescale and none). Scores: relative error, Recall@10, Recall and nDCG
-at the top 20% (`metrics.scores`).
+at the top 20% (`metrics.scores`). Four more datasets (SELECTION_DATASETS) are there to choose changes to
+SMCNN/SMCNmF on, so that the reported datasets do not. results.json is written after each case, and a run into
+the same directory keeps the rows already there, computing only what is new (--fresh: everything).
 Timing: synthetic rank-5 data with 50 features, half of it missing, n up to 40,000, in float32 by default (S0,
 the factor and the result; `--dtype`). Each size runs in a fresh child process: S0 is built once there and
 shared, so the times compared are the completion's (SMCNN/SMCNmF: the lam estimate, the sketch, the iterations
@@ -41,13 +44,17 @@ from cpt.smc.metrics import scores, spectral_floor
 from cpt.smc.similarity import cosine, observed_cosine
 from cpt.smc.solvers import complete
 
-DATASETS = ("wine", "breast_cancer", "digits")
-METHODS = ("S0", "DMC", "one-step SMC", "one-step SMC (block)", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF")
+DATASETS = ("wine", "breast_cancer", "digits")  # the bench reports these
+# Changes to SMCNN/SMCNmF are chosen on these instead (and on other seeds, --first-seed), so that the reported
+# datasets do not choose them: scikit-learn's iris (150 x 4) and diabetes (442 x 10), and two generated sets.
+SELECTION_DATASETS = ("iris", "diabetes", "classification", "low_rank")
+METHODS = ("S0", "DMC", "one-step SMC", "one-step SMC (block)", "SVC", "mean", "kNN", "SVT", "SMCNN", "SMCNmF",
+           "SMCNN + diagonal", "SMCNmF + diagonal")
 # the authors' earlier methods (and the block form): their rows also record the least eigenvalue
 CALIBRATIONS = ("one-step SMC", "one-step SMC (block)", "SVC")
 METRICS = {"error": "relative error", "recall10": "Recall@10", "recall20pct": "Recall@20%",
            "ndcg20pct": "nDCG@20%"}  # key: title; lower is better only for the error
-OURS = ("SMCNN", "SMCNmF")
+OURS = ("SMCNN", "SMCNmF", "SMCNN + diagonal", "SMCNmF + diagonal")
 FLOOR = "floor"  # not a method: it needs the truth
 
 
@@ -55,7 +62,12 @@ def load(name: str) -> torch.Tensor:
     from sklearn import datasets
     from sklearn.preprocessing import StandardScaler
 
-    data = getattr(datasets, f"load_{name}")().data
+    if name == "classification":  # 400 x 20, 6 informative features
+        data = datasets.make_classification(400, 20, n_informative=6, random_state=7)[0]
+    elif name == "low_rank":  # 400 x 30, singular values decaying from an effective rank of 5
+        data = datasets.make_low_rank_matrix(400, 30, effective_rank=5, random_state=7)
+    else:
+        data = getattr(datasets, f"load_{name}")().data
     return torch.as_tensor(StandardScaler().fit_transform(data), dtype=torch.float64)
 
 
@@ -82,13 +94,27 @@ def estimate(method: str, Xm: torch.Tensor, S0: torch.Tensor, seed: int) -> torc
         return svc(S0, seed=seed)
     if method in ("mean", "kNN", "SVT"):
         return imputed_cosine(Xm, method.lower())
-    return complete(S0, method.lower(), rank=Xm.shape[1], finish="none", seed=seed).S
+    solver, _, diagonal = method.lower().partition(" + ")
+    return complete(S0, solver, rank=Xm.shape[1], finish="none", plus_diagonal=bool(diagonal), seed=seed).S
 
 
-def accuracy_rows(ratios, seeds, datasets=DATASETS, finishes=FINISHES, progress: bool = True) -> list[dict]:
+def row_key(row: dict) -> tuple:
+    return row["dataset"], row["ratio"], row["seed"], row["method"], row["finish"]
+
+
+def with_earlier(rows: list[dict], previous: list[dict]) -> list[dict]:
+    """rows, then the earlier rows of cases and methods this run did not compute (kept in results.json)."""
+    computed = {row_key(row) for row in rows}
+    return rows + [row for row in previous if row_key(row) not in computed]
+
+
+def accuracy_rows(ratios, seeds, datasets=DATASETS, finishes=FINISHES, progress: bool = True,
+                  previous: list[dict] = (), save=None) -> list[dict]:
     """One row per dataset, ratio, seed, method and finishing step: each method runs once, and its result is
     scored after each finishing step (the same step for every method). The spectral floor, a bound on the
-    unfinished SMCNN/SMCNmF, is computed once, with finish "none"."""
+    unfinished SMCNN/SMCNmF, is computed once, with finish "none". A method whose rows for a case are all in
+    `previous` (an earlier run's) is not run again; save(rows) is called after each case."""
+    earlier = {row_key(row): row for row in previous}
     rows = []
     cases = [(name, ratio, seed) for name in datasets for ratio in ratios for seed in seeds]
     for name, ratio, seed in tqdm(cases, desc="Completing", disable=not progress):
@@ -97,6 +123,10 @@ def accuracy_rows(ratios, seeds, datasets=DATASETS, finishes=FINISHES, progress:
         Xm = missing_at_random(X, ratio, seed)
         S0 = observed_cosine(Xm)
         for method in METHODS:
+            kept = [earlier.get((name, ratio, seed, method, how)) for how in finishes]
+            if all(kept):
+                rows += kept
+                continue
             started = time.perf_counter()
             S = estimate(method, Xm, S0, seed)
             seconds = time.perf_counter() - started
@@ -104,8 +134,11 @@ def accuracy_rows(ratios, seeds, datasets=DATASETS, finishes=FINISHES, progress:
             for how in finishes:
                 rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": method, "finish": how,
                              **scores(finish(S, how), truth), "seconds": seconds, **extra})
-        rows.append({"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR, "finish": "none",
-                     "error": spectral_floor(S0, truth)})
+        floor = earlier.get((name, ratio, seed, FLOOR, "none"))
+        rows.append(floor or {"dataset": name, "ratio": ratio, "seed": seed, "method": FLOOR, "finish": "none",
+                              "error": spectral_floor(S0, truth)})
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -263,12 +296,14 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.2 * (len(names) + 1), 3.8), constrained_layout=True,
                              squeeze=False)
     axes = axes[0]
+    colours = [f"C{index}" for index in range(10)] + ["black", "dimgrey"]  # twelve distinct colours
     for ax, name in zip(axes, names):
         ratios = sorted({r["ratio"] for r in accuracy if r["dataset"] == name})
-        for method in METHODS:
+        for index, method in enumerate(METHODS):
             means = [mean_over_seeds(accuracy, name, ratio, method, how=how) for ratio in ratios]
             ax.plot(ratios, means, marker="o", linewidth=2.2 if method in OURS else 1.2,
-                    linestyle="-" if method in OURS else ("-." if method in CALIBRATIONS else "--"), label=method)
+                    color=colours[index % len(colours)], label=method,
+                    linestyle="-" if method in OURS else ("-." if method in CALIBRATIONS else "--"))
         if how == "none" and any(r["method"] == FLOOR for r in accuracy):
             ax.plot(ratios, [mean_over_seeds(accuracy, name, ratio, FLOOR) for ratio in ratios], color="grey",
                     linestyle=":", linewidth=2, label="S0 spectral floor")
@@ -296,12 +331,29 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def earlier_rows(path: Path) -> list[dict]:
+    """The accuracy rows of an earlier run in `path` ([] if there is none); a file that cannot be read stops the
+    bench, so that it is never overwritten."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["accuracy"]
+        required = {"dataset", "ratio", "seed", "method", "finish", "error"}
+        if not all(required <= set(row) for row in rows):
+            raise ValueError("a row lacks one of " + ", ".join(sorted(required)))
+        return rows
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not an earlier bench's results ({error}); move it away or pass --fresh") from None
+
+
 def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpt smc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5, 0.8])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset and ratio")
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS,
-                        help="datasets of the accuracy part (none: skip it)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed + 1, ...")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS + SELECTION_DATASETS,
+                        help="datasets of the accuracy part (none: skip it); the reported ones by default, the "
+                             f"others ({', '.join(SELECTION_DATASETS)}) for choosing changes without them")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000, 10000, 20000, 40000],
                         help="n of the timing sweep (none: skip it)")
     parser.add_argument("--dmc-max-n", type=int, default=20000,
@@ -314,14 +366,30 @@ def main(args: list[str]) -> int:
                         help="the finishing step(s) every method's result gets before it is scored, each its own "
                              "tables (default: both; the figure shows the first)")
     parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="recompute every accuracy row (default: rows already in OUT/results.json are kept)")
     options = parser.parse_args(args)
     if options.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if options.first_seed < 0:
+        parser.error("--first-seed must be at least 0")
     if any(n < 2 for n in options.sizes):
         parser.error("--sizes must be at least 2")
     options.out.mkdir(parents=True, exist_ok=True)
     finishes = list(dict.fromkeys(options.finish))
-    accuracy = (accuracy_rows(options.ratios, range(options.seeds), options.datasets, finishes)
+    saved = options.out / "results.json"
+    previous = [] if options.fresh else earlier_rows(saved)
+    if previous:
+        print(f"Keeping the {len(previous)} accuracy rows already in {saved} (--fresh recomputes them)")
+
+    earlier_timing = [] if options.fresh or not previous else json.loads(saved.read_text()).get("timing", [])
+
+    def save(rows: list[dict]) -> None:  # after each case, so that an interrupted run keeps what it computed
+        saved.write_text(json.dumps({"accuracy": with_earlier(rows, previous), "timing": earlier_timing},
+                                    indent=1))
+
+    seeds = range(options.first_seed, options.first_seed + options.seeds)
+    accuracy = (accuracy_rows(options.ratios, seeds, options.datasets, finishes, previous=previous, save=save)
                 if options.datasets else [])
     tables = []
     if accuracy:
@@ -333,7 +401,8 @@ def main(args: list[str]) -> int:
         tables.append(f"Wall time and peak memory of each step ({options.dtype}, {threads}; S0 built once per n, "
                       "shared; each n in a fresh process)\n\n" + timing_table(timing))
         print("\n" + tables[-1])
-    (options.out / "results.json").write_text(json.dumps({"accuracy": accuracy, "timing": timing}, indent=1))
+    saved.write_text(json.dumps({"accuracy": with_earlier(accuracy, previous), "timing": timing or earlier_timing},
+                                indent=1))
     (options.out / "results.md").write_text("\n\n".join(tables) + "\n")
     plot(accuracy, timing, options.out / "smc_bench.png")
     print(f"\nTables, raw rows and smc_bench.png in {options.out}")

@@ -96,6 +96,10 @@ def complete_command(args: list[str]) -> int:
     parser.add_argument("--finish", choices=FINISHES, default="unit-diagonal", help=(
         "the finishing step of the result, and of S0 where --truth scores it: the unit-diagonal rescale "
         "D^-1/2 S D^-1/2 (default, as a cosine has) or none"))
+    parser.add_argument("--plus-diagonal", action="store_true", help=(
+        "S = V V^T + Psi: the part of each sample's self-similarity the low-rank part leaves out goes back on the "
+        "diagonal, so the unit-diagonal rescale does not undo the shrinkage: a lower error, but neighbours ranked "
+        "by the inner product rather than the angle (see docs/smc.md)"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truth", type=Path, help=(
         "a complete reference (.npy or .csv, no NaN): the true similarity (n x n, with --similarity) or the complete "
@@ -109,19 +113,20 @@ def complete_command(args: list[str]) -> int:
     S0 = matrix if options.similarity else observed_cosine(matrix)
     rank = options.rank or (None if options.similarity else min(matrix.shape[1], 128))
     result = complete(S0, options.method, rank=rank, lam=options.lam, alpha=options.alpha, finish=options.finish,
-                      seed=options.seed)
+                      plus_diagonal=options.plus_diagonal, seed=options.seed)
     write_matrix(result.S.numpy(), options.output)
     missing = float(torch.isnan(matrix).double().mean())
-    print(f"{options.method}: n={S0.shape[0]}, {100 * missing:.1f}% of the input missing, lam={result.lam:.4g}, "
+    name = options.method + (" + diagonal" if options.plus_diagonal else "")
+    print(f"{name}: n={S0.shape[0]}, {100 * missing:.1f}% of the input missing, lam={result.lam:.4g}, "
           f"{result.iterations} iterations ({'converged' if result.converged else 'iteration cap reached'}), "
           f"rank {result.effective_rank} of {result.rank}, {result.seconds:.2f} s -> {options.output}")
     if truth is not None:
         print(f"against {options.truth}: relative error / Recall@10 / Recall@20% / nDCG@20% (top 20% of the "
               f"n - 1 others; see cpt.smc.metrics), both after the finishing step {options.finish!r}")
-        for name, S in (("S0 (missing entries as 0)", finish(S0.nan_to_num(0.0), options.finish)),
-                        (options.method, result.S)):
+        for label, S in (("S0 (missing entries as 0)", finish(S0.nan_to_num(0.0), options.finish)),
+                         (name, result.S)):
             score = scores(S, truth)
-            print(f"  {name}: {score['error']:.4f} / {score['recall10']:.4f} / {score['recall20pct']:.4f} / "
+            print(f"  {label}: {score['error']:.4f} / {score['recall10']:.4f} / {score['recall20pct']:.4f} / "
                   f"{score['ndcg20pct']:.4f}")
     return 0
 

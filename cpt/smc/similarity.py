@@ -1,8 +1,9 @@
 """Cosine similarity of samples (rows) from complete data, and the observed estimate S0 from data with NaNs.
 
 S0[i, j] is the cosine of rows i and j over the features both observe. It is computed by row blocks from three
-matrix products, so memory is S0 itself plus one block. A pair with no co-observed feature (or zero norm on
-those features) has no estimate: NaN, which `complete` treats as a missing entry.
+matrix products, on and above the diagonal only (the rest mirrored, so S0 is exactly symmetric), so memory is S0
+itself plus one block. A pair with no co-observed feature (or zero norm on those features) has no estimate: NaN,
+which `complete` treats as a missing entry.
 """
 
 from __future__ import annotations
@@ -46,14 +47,21 @@ def observed_cosine(X: torch.Tensor, block_rows: int = BLOCK_ROWS) -> torch.Tens
     squares = values * values
     n = X.shape[0]
     S = torch.empty(n, n, dtype=X.dtype, device=X.device)
+    # Only the blocks on and above the diagonal are computed; the ones below are their transposes, so S is exactly
+    # symmetric whatever order the matrix products summed in (and half of them are saved).
     for start in range(0, n, block_rows):
-        rows = slice(start, min(start + block_rows, n))
-        dot = values[rows] @ values.T
+        end = min(start + block_rows, n)
+        rows, later = slice(start, end), slice(start, n)
+        dot = values[rows] @ values[later].T
         # |x_i|^2 over the features j also observes, and |x_j|^2 over those i observes
-        norm_i = squares[rows] @ observed.T
-        norm_j = observed[rows] @ squares.T
+        norm_i = squares[rows] @ observed[later].T
+        norm_j = observed[rows] @ squares[later].T
         denominator = (norm_i * norm_j).sqrt_()
-        S[rows] = torch.where(denominator > 0, dot / denominator.clamp_min(torch.finfo(X.dtype).tiny),
-                              torch.full_like(dot, float("nan")))
+        block = torch.where(denominator > 0, dot / denominator.clamp_min(torch.finfo(X.dtype).tiny),
+                            torch.full_like(dot, float("nan")))
+        own = block[:, :end - start]
+        block[:, :end - start] = own.triu() + own.triu(1).T  # the diagonal block: its upper triangle, mirrored
+        S[rows, later] = block
+        S[later, rows] = block.T
     S.fill_diagonal_(1.0)
     return S

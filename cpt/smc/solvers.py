@@ -3,6 +3,11 @@
     SMCNN:   min_V  ||P(V V^T - S0)||_F^2 + lam * ||V||_F^2
     SMCNmF:  min_V  ||P(V V^T - S0)||_F^2 + lam * (||V||_F^2 - alpha * ||V V^T||_F)
 
+and S = V V^T, or with `plus_diagonal`, S = V V^T + Psi: Psi diagonal, Psi_i = max(S0_ii - ||v_i||^2, 0), the part
+of each sample's self-similarity that the shrunk low-rank part leaves out (a cosine's diagonal is exact, so S0's
+diagonal is not noise). Without Psi the unit-diagonal finishing step divides the shrunk off-diagonal entries by
+the shrunk diagonal and so undoes the shrinkage; with it, the diagonal is already S0's and the shrinkage stays.
+
 P keeps the observed entries of S0 (all of them when S0 has no NaN). S = V V^T is PSD by construction, and
 ||V||_F^2 = tr(S) is S's nuclear norm, so the first regularizer is the nuclear norm without an SVD. The second
 subtracts the Frobenius norm (||V V^T||_F = ||V^T V||_F, a k x k product): nuclear minus Frobenius is a tighter,
@@ -35,7 +40,7 @@ SPARSE_MISSING = 0.02  # share of missing entries up to which the unmasked path 
 @dataclass
 class Completion:
     S: torch.Tensor  # the completed similarity, n x n, symmetric PSD
-    V: torch.Tensor  # its factor, S = V V^T
+    V: torch.Tensor  # its low-rank factor: S = V V^T, plus diag(diagonal) with plus_diagonal
     lam: float
     rank: int  # columns of V
     effective_rank: int  # eigenvalues of V^T V above 1e-6 of the largest
@@ -43,6 +48,7 @@ class Completion:
     converged: bool
     seconds: float
     objective: list[float] = field(default_factory=list)  # per evaluation, relative to ||P(S0)||_F^2
+    diagonal: torch.Tensor | None = None  # Psi with plus_diagonal (S = V V^T + diag(Psi)), else None
 
 
 def check_similarity(S0: torch.Tensor, block_rows: int = 2048) -> torch.Tensor:
@@ -105,13 +111,15 @@ def nystrom_factor(S0: torch.Tensor, rank: int, seed: int) -> torch.Tensor:
 
 
 def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, lam: float | None = None,
-             alpha: float = 1.0, finish: str = "unit-diagonal", max_iter: int = 500, tol: float = 1e-7,
-             seed: int = 0) -> Completion:
+             alpha: float = 1.0, finish: str = "unit-diagonal", plus_diagonal: bool = False, max_iter: int = 500,
+             tol: float = 1e-7, seed: int = 0) -> Completion:
     """The completed similarity of S0 (NaN = missing entry). rank = columns of V (default min(n, 128); the
     regularizer leaves unused ones near zero); lam = regularizer weight (default twice the magnitude of S0's
     most negative eigenvalue); alpha = SMCNmF's Frobenius weight, in (0, 1]. finish = the finishing step every
     method gets (`cpt.smc.finishing`): "unit-diagonal" rescales the result to S_ij / sqrt(S_ii S_jj), as a cosine
-    similarity is (still PSD); "none" leaves the shrinkage's diagonal, below 1. S0's dtype is kept throughout
+    similarity is (still PSD); "none" leaves the result's diagonal as it is. plus_diagonal: S = V V^T + Psi,
+    Psi_i = max(S0_ii - ||v_i||^2, 0) (S0_ii missing: 0), before the finishing step (lower error, neighbours ranked
+    by v_i . v_j rather than by the angle; see docs/smc.md); by default S = V V^T. S0's dtype is kept throughout
     (float32 in: V, S and every n x n temporary are float32). When few entries are missing (the sparse path),
     they are set to 0 in S0 itself during the fit and put back as NaN after it, to avoid an n x n copy: S0 must
     not be read by another thread meanwhile."""
@@ -143,7 +151,7 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
     del observed
     try:
         return fit(target, weight, missing, dense_mask, method, min(n, rank or DEFAULT_MAX_RANK), lam, alpha,
-                   finish, max_iter, tol, seed, started)
+                   finish, plus_diagonal, max_iter, tol, seed, started)
     finally:
         if in_place:
             S0[missing] = float("nan")
@@ -151,7 +159,7 @@ def complete(S0: torch.Tensor, method: str = "smcnn", rank: int | None = None, l
 
 def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.Tensor, torch.Tensor],
         dense_mask: bool, method: str, rank: int, lam: float | None, alpha: float, finish: str,
-        max_iter: int, tol: float, seed: int, started: float) -> Completion:
+        plus_diagonal: bool, max_iter: int, tol: float, seed: int, started: float) -> Completion:
     """`complete`'s iterations on target (S0, missing entries 0), after its checks."""
     n = target.shape[0]
     if lam is None:
@@ -204,11 +212,16 @@ def fit(target: torch.Tensor, weight: torch.Tensor | None, missing: tuple[torch.
     iterations = optimizer.state[V]["n_iter"]
     converged = iterations < max_iter and optimizer.state[V]["func_evals"] < max_iter * 2
     V = V.detach()
-    scale = diagonal_scale((V * V).sum(1), finish)  # the finishing step on V: (D^-1/2 V)(D^-1/2 V)^T
+    norms = (V * V).sum(1)
+    psi = (target.diagonal() - norms).clamp_min(0) if plus_diagonal else None  # a missing S0_ii is 0 in target
+    scale = diagonal_scale(norms if psi is None else norms + psi, finish)  # the finishing step, on V (and Psi)
     if scale is not None:
         V = V * scale[:, None]
+        psi = None if psi is None else psi * scale * scale
     S = V @ V.T
+    if psi is not None:
+        S.diagonal().add_(psi)
     spectrum = torch.linalg.eigvalsh(V.T @ V)  # k x k, after the iterations: only to report the rank reached
     effective = int((spectrum > spectrum.max() * 1e-6).sum()) if spectrum.max() > 0 else 0
     return Completion(S, V, lam, rank, effective, iterations, converged, time.perf_counter() - started,
-                      history)
+                      history, psi)

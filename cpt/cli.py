@@ -7,6 +7,7 @@ data and training stack.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -74,3 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:  # a dataset or a model file is unusable: the message names it
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except SystemExit as stop:  # a command's parser refused a flag (its message is printed) or answered --help
+        if isinstance(stop.code, str):  # SystemExit("message"): Python would print it and exit 1
+            print(stop.code, file=sys.stderr)
+            return 1
+        return stop.code or 0
+
+
+# The parser builder of every command that parses flags of its own (a subcommand's under its parent's).
+PARSERS = {"bench": "cpt.bench.cli:build_parser", "bench fsdp-load": "cpt.bench.fsdp_load:build_parser",
+           "compare": "cpt.commands.compare:build_parser", "data check": "cpt.commands.data:build_parser",
+           "export": "cpt.commands.export:build_parser", "study": "cpt.commands.study:build_parser",
+           "smc bench": "cpt.smc.bench:build_parser", "smc complete": "cpt.smc.cli:complete_parser"}
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser, built, for the test that walks them: a flag is checked by being declared with a
+    type from `cpt.flags`."""
+    built = {}
+    for command, spec in PARSERS.items():
+        module, _, builder = spec.partition(":")
+        built[command] = getattr(importlib.import_module(module), builder)()
+    return built

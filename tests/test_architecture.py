@@ -102,7 +102,7 @@ def test_the_cycle_finder_finds_cycles():
 # their registries, the methods built from them, evaluation of one model, reporting across runs, the callbacks, and
 # the programs on top. cpt.smc stands apart on the base.
 FLOORS = [
-    ("cpt.errors", "cpt.atomic", "cpt.console", "cpt.plugins", "cpt.run_files"),
+    ("cpt.errors", "cpt.atomic", "cpt.console", "cpt.plugins", "cpt.run_files", "cpt.bounds", "cpt.flags"),
     ("cpt.data",),
     ("cpt.model",),
     ("cpt.rl",),

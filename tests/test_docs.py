@@ -48,6 +48,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cpt import cli, console
+from cpt import flags as cpt_flags
 from cpt.config import config_path, config_with_recipe_from_args
 from cpt.errors import ConfigError, DataError
 from tests.helpers import REPO
@@ -216,9 +217,25 @@ def parser_of(command: str, args: list[str]) -> Captured | str:
     return f"{command} {' '.join(args)}: exited {code} before parsing its arguments {err.getvalue().strip()}"
 
 
+@contextlib.contextmanager
+def paths_unchecked():
+    """The path flag types take their text as given: this test checks paths itself, knowing placeholders (INPUT.csv,
+    runs/<run>) and what an earlier command on the page writes, which the types cannot."""
+    kinds = (cpt_flags.InputPath, cpt_flags.OutputFile, cpt_flags.OutputDir)
+    originals = {kind: kind.__call__ for kind in kinds}
+    try:
+        for kind in kinds:
+            kind.__call__ = lambda self, text: Path(text)
+        yield
+    finally:
+        for kind, call in originals.items():
+            kind.__call__ = call
+
+
 def parse_with(captured: Captured):
     """Parse as the command would; the namespace (and leftovers for parse_known_*), or the parser's complaint."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err, \
+            paths_unchecked():
         try:
             result = getattr(captured.parser, captured.method)(captured.args)
         except SystemExit as stop:

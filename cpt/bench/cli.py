@@ -22,39 +22,45 @@ from __future__ import annotations
 
 import argparse
 
+from cpt import flags
+
 # The cases of `bench rft` (cpt.bench.rft.CASES, not imported here: `--help` does not load the training stack).
 RFT_CASES = ("current", "long")
 
 
 def rounds_options(parser: argparse.ArgumentParser, steps: int, warmup: int, rounds: int) -> None:
-    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps per side and round (default {steps})")
-    parser.add_argument("--warmup", type=int, default=warmup,
+    parser.add_argument("--steps", type=flags.COUNT, default=steps,
+                        help=f"timed steps per side and round (default {steps})")
+    parser.add_argument("--warmup", type=flags.NATURAL, default=warmup,
                         help=f"untimed steps at the start of every run (default {warmup})")
-    parser.add_argument("--rounds", type=int, default=rounds,
+    parser.add_argument("--rounds", type=flags.COUNT, default=rounds,
                         help=f"rounds; in each, every side runs once, in turn (default {rounds})")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=flags.COUNT, default=None,
                         help="torch threads of every side (default: torch's, i.e. OMP_NUM_THREADS or the physical "
                              "cores); on a machine others use, fewer threads than cores avoids spinning threads "
                              "that wait for each other")
 
 
 def gpu_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shapes", default=None,
+    parser.add_argument("--shapes", type=flags.TEXT, default=None,
                         help="comma-separated presets (default on a GPU qwen2.5-vl-7b,qwen3-vl-8b; without one "
                              "tiny,tiny-qwen3-vl; random weights)")
-    parser.add_argument("--finetune", help="comma-separated: lora, qlora (default both; CPU lora)")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts per RFT step (default 4; CPU 2)")
-    parser.add_argument("--group", type=int, default=None, help="rollouts per prompt, G (default 8; CPU 2)")
-    parser.add_argument("--new-tokens", type=int, default=None,
+    parser.add_argument("--finetune", type=flags.TEXT, help="comma-separated: lora, qlora (default both; CPU lora)")
+    parser.add_argument("--prompts", type=flags.COUNT, default=None, help="prompts per RFT step (default 4; CPU 2)")
+    parser.add_argument("--group", type=flags.COUNT, default=None, help="rollouts per prompt, G (default 8; CPU 2)")
+    parser.add_argument("--new-tokens", type=flags.COUNT, default=None,
                         help="new tokens of every rollout, forced (default 256; CPU 8)")
-    parser.add_argument("--image", type=int, default=None, help="image side in pixels (default 448; CPU 64)")
-    parser.add_argument("--sft-batch", type=int, default=None, help="examples per SFT step (default 8; CPU 2)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds; in each, every side runs once (default 2)")
-    parser.add_argument("--out", default="bench-gpu.json", help="where the rows go as JSON (default bench-gpu.json)")
+    parser.add_argument("--image", type=flags.Number("[28, inf)", integer=True), default=None,
+                        help="image side in pixels, at least one 28-pixel patch (default 448; CPU 64)")
+    parser.add_argument("--sft-batch", type=flags.COUNT, default=None, help="examples per SFT step (default 8; CPU 2)")
+    parser.add_argument("--rounds", type=flags.COUNT, default=2,
+                        help="rounds; in each, every side runs once (default 2)")
+    parser.add_argument("--out", type=flags.OUTPUT_FILE, default="bench-gpu.json",
+                        help="where the rows go as JSON (default bench-gpu.json)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cpt bench", description=__doc__.split("\n\n")[0],
+    parser = flags.Parser(prog="python -m cpt bench", description=__doc__.split("\n\n")[0],
                                      epilog="rft and sft also take key=value config overrides, as `fit` does "
                                             "(e.g. rft.group_size=16 data.batch_size=8).")
     commands = parser.add_subparsers(dest="what", required=True, metavar="rft|sft|memory|fsdp-load|jobs|gpu")
@@ -85,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="runs per hour with N runs at once against one at a time",
                                description="Wall time per run of N short `cpt fit` runs at once (the cores shared "
                                            "out) against one on all the cores, in alternating rounds.")
-    jobs.add_argument("--jobs", type=int, default=2, help="runs at once (default 2)")
-    jobs.add_argument("--rounds", type=int, default=3, help="rounds; in each, both sides run once, in turn "
+    jobs.add_argument("--jobs", type=flags.COUNT, default=2, help="runs at once (default 2)")
+    jobs.add_argument("--rounds", type=flags.COUNT, default=3, help="rounds; in each, both sides run once, in turn "
                                                             "(default 3)")
     return parser
 

@@ -14,7 +14,6 @@ next to the model's size in the chosen dtype and the size of one decoder layer.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -22,6 +21,8 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+
+from cpt import flags
 
 # Qwen2.5-0.5B's published text shape (494M parameters, tied embeddings); a small vision tower.
 TEXT = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -134,16 +135,22 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt bench fsdp-load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", type=int, default=2, help="processes (CPU, gloo)")
-    parser.add_argument("--dtype", default="float32", help="model.dtype the checkpoint (bfloat16) is loaded as")
-    parser.add_argument("--finetune", default="full", help="model.finetune: full or lora")
-    parser.add_argument("--dir", type=Path, help="where the checkpoint is written (or reused); a temp dir if unset")
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt bench fsdp-load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", type=flags.COUNT, default=2, help="processes (CPU, gloo)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="model.dtype the checkpoint (bfloat16) is loaded as")
+    parser.add_argument("--finetune", choices=("full", "lora"), default="full", help="model.finetune")
+    parser.add_argument("--dir", type=flags.OUTPUT_DIR,
+                        help="where the checkpoint is written (or reused); a temp dir if unset")
     parser.add_argument("--random", action="store_true", help="a shape preset without weights (random init)")
     parser.add_argument("--methods", nargs="+", default=["old", "new"], choices=["old", "new"])
-    parser.add_argument("--json", type=Path, help="also write the rows here")
-    known = parser.parse_args(args)
+    parser.add_argument("--json", type=flags.OUTPUT_FILE, help="also write the rows here")
+    return parser
+
+
+def main(args: list[str] | None = None) -> int:
+    known = flags.parse(build_parser(), args)
     overrides = [f"model.dtype={known.dtype}", f"model.finetune={known.finetune}"]
     with tempfile.TemporaryDirectory(prefix="cpt-load-memory-") as tmp:
         checkpoint = write_checkpoint(known.dir or Path(tmp), weights=not known.random)

@@ -27,6 +27,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, replace
 
+from cpt import flags
+
 QWEN_VOCAB = 152064
 GIB = 1024**3
 
@@ -48,20 +50,24 @@ class Spec:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rollouts", default="2,4",
+    parser.add_argument("--rollouts", type=flags.COUNTS, default=[2, 4],
                         help="rollout counts at which the full path is measured, comma-separated (default 2,4; "
                              "each GiB of logits needs several GiB of memory)")
-    parser.add_argument("--chunked-rollouts", default="4,64",
+    parser.add_argument("--chunked-rollouts", type=flags.COUNTS, default=[4, 64],
                         help="rollout counts at which the chunked path is measured (default 4,64)")
-    parser.add_argument("--target", type=int, default=64,
+    parser.add_argument("--target", type=flags.COUNT, default=64,
                         help="rollouts of the size the full path is extrapolated to, when not measured (default 64)")
-    parser.add_argument("--tokens", type=int, default=256, help="completion tokens per rollout (default 256)")
-    parser.add_argument("--prompt-tokens", type=int, default=16, help="prompt tokens per rollout (default 16)")
-    parser.add_argument("--vocab", type=int, default=QWEN_VOCAB, help=f"vocabulary size (default {QWEN_VOCAB})")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden size, a multiple of 32 (default 64)")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
-    parser.add_argument("--chunk", type=int, default=1024, help="the chunked path's tokens per chunk (default 1024)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in each measuring process (default 2)")
+    parser.add_argument("--tokens", type=flags.COUNT, default=256, help="completion tokens per rollout (default 256)")
+    parser.add_argument("--prompt-tokens", type=flags.COUNT, default=16, help="prompt tokens per rollout (default 16)")
+    parser.add_argument("--vocab", type=flags.Number("[16, inf)", integer=True), default=QWEN_VOCAB,
+                        help=f"vocabulary size (default {QWEN_VOCAB})")
+    parser.add_argument("--hidden", type=flags.Number("[32, inf)", multiple_of=32), default=64,
+                        help="hidden size, a multiple of 32 (default 64)")
+    parser.add_argument("--layers", type=flags.COUNT, default=2, help="decoder layers (default 2)")
+    parser.add_argument("--chunk", type=flags.COUNT, default=1024,
+                        help="the chunked path's tokens per chunk (default 1024)")
+    parser.add_argument("--threads", type=flags.COUNT, default=2,
+                        help="torch threads in each measuring process (default 2)")
 
 
 def random_model(spec: Spec):
@@ -181,13 +187,6 @@ def extrapolate(points: list[tuple[int, int]], elements: int) -> float:
     return y1 + slope * (elements - x1)
 
 
-def rollout_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise SystemExit(f"rollout counts must be positive integers, comma-separated: {text!r}")
-    return values
-
-
 def gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB"
 
@@ -234,7 +233,7 @@ def bench_memory(args: argparse.Namespace) -> list[dict]:
 
     base = dict(tokens=args.tokens, prompt_tokens=args.prompt_tokens, vocab=args.vocab, hidden=args.hidden,
                 layers=args.layers, chunk=args.chunk, threads=args.threads)
-    full_sizes, chunked_sizes = rollout_list(args.rollouts), rollout_list(args.chunked_rollouts)
+    full_sizes, chunked_sizes = args.rollouts, args.chunked_rollouts
     chunked_label = f"chunked (chunk={args.chunk})"
     say(f"RFT update peak memory: token_log_probs with entropy and gradient, loss = -mean log p, backward; "
         f"vocabulary {args.vocab:,}")

@@ -11,10 +11,10 @@ less B on every metric, exploratory: the interval and whether it excludes 0, pai
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
+from cpt import flags
 from cpt.atomic import write_text
 from cpt.errors import ConfigError
 from cpt.reporting.compare import (
@@ -31,7 +31,6 @@ from cpt.reporting.compare import (
     write_csv,
     write_figures,
 )
-from cpt.reporting.equivalence import is_margin
 from cpt.reporting.group_figures import (
     plot_experiment_curves,
     plot_experiment_general,
@@ -161,32 +160,27 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
     return text
 
 
-def margin(text: str) -> tuple[str, float]:
-    """METRIC=M, M a finite number > 0 (argparse's type for --margin)."""
-    metric, _, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not metric or not is_margin(number):
-        raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=M with M a number > 0 (e.g. fm=3)")
-    return metric, number
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", type=flags.INPUT, nargs="*", metavar="RUN_DIR",
+                        help="output_dir of a `python -m cpt fit` run")
+    parser.add_argument("--out", type=flags.OUTPUT_DIR, default=DEFAULT_OUT,
+                        help=f"where tables and figures go (default: {DEFAULT_OUT}/)")
+    parser.add_argument("--primary", type=flags.TEXT, nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="a primary comparison: A less B tested for a difference and for equivalence within "
+                             "each --margin, Holm-adjusted over all of them (repeatable)")
+    parser.add_argument("--margin", action="append", default=[], type=flags.Setting("(0, inf)"),
+                        metavar="METRIC=M",
+                        help="the equivalence margin of a metric for the primary comparisons, e.g. fm=3 (points; "
+                             "repeatable)")
+    parser.add_argument("--diff", type=flags.TEXT, nargs=2, action="append", default=[], metavar=("A", "B"),
+                        help="report experiment A less experiment B, exploratory, with its 95%% interval "
+                             "(repeatable)")
+    return parser
 
 
 def main(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="output_dir of a `python -m cpt fit` run")
-    parser.add_argument("--out", default=DEFAULT_OUT, help=f"where tables and figures go (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--primary", nargs=2, action="append", default=[], metavar=("A", "B"),
-                        help="a primary comparison: A less B tested for a difference and for equivalence within "
-                             "each --margin, Holm-adjusted over all of them (repeatable)")
-    parser.add_argument("--margin", action="append", default=[], type=margin, metavar="METRIC=M",
-                        help="the equivalence margin of a metric for the primary comparisons, e.g. fm=3 (points; "
-                             "repeatable)")
-    parser.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
-                        help="report experiment A less experiment B, exploratory, with its 95%% interval "
-                             "(repeatable)")
-    known = parser.parse_args(args)
+    known = flags.parse(build_parser(), args)
     print(report(known.run_dirs, known.out, [tuple(pair) for pair in known.diff],
                  [tuple(pair) for pair in known.primary], dict(known.margin)))
     print(f"\nTables and figures in {known.out}")

@@ -7,9 +7,9 @@ That is the layout of a transformers checkpoint, the one vLLM reads.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from cpt import flags
 from cpt.atomic import replacing
 from cpt.errors import ConfigError
 from cpt.model.backbone import DTYPES, adapter_base, load_model, processor_source
@@ -34,13 +34,18 @@ def export(stage: Path, out: Path, dtype: str = "float32") -> None:
         (staging / "README.md").write_text(note + card)
 
 
-def main(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", type=Path, help="a stage directory or a checkpoint directory")
-    parser.add_argument("out", type=Path, help="the directory to write (must not exist, unless --overwrite)")
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", type=flags.INPUT, help="a stage directory or a checkpoint directory")
+    parser.add_argument("out", type=flags.OUTPUT_DIR,
+                        help="the directory to write (must not exist, unless --overwrite)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weight dtype of the export")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    options = parser.parse_args(args)
+    return parser
+
+
+def main(args: list[str]) -> int:
+    options = flags.parse(build_parser(), args)
     stage, out = options.stage.expanduser(), options.out.expanduser()
     if out.exists() and not options.overwrite:
         raise ConfigError(f"{out} exists; choose another directory or add --overwrite to replace it")

@@ -12,7 +12,6 @@ with 95% intervals, to <output_dir>/compare/. (cpt.study has the file's format.)
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import signal
@@ -25,6 +24,7 @@ from typing import IO
 
 import torch
 
+from cpt import flags
 from cpt.atomic import write_json
 from cpt.commands.compare import report
 from cpt.errors import ConfigError
@@ -156,15 +156,18 @@ def write_summary(study: Study, runs: list[PlannedRun], states: list[str]) -> di
     return summary
 
 
-def main(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", metavar="STUDY.yaml", help="the study file (examples: configs/studies/)")
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", type=flags.TEXT, metavar="STUDY.yaml",
+                        help="the study file (examples: configs/studies/; a shipped one is found by that path)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and what would be done, run nothing")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+    parser.add_argument("--jobs", type=flags.COUNT, default=1, metavar="N",
                         help="runs at once, sharing the CPU cores (and one GPU each where there are GPUs); default 1")
-    known = parser.parse_args(args)
-    if known.jobs < 1:
-        raise ConfigError(f"--jobs {known.jobs}: give the number of runs to go at once, 1 or more")
+    return parser
+
+
+def main(args: list[str]) -> int:
+    known = flags.parse(build_parser(), args)
     study = load_study(known.study)
     runs = plan(study)
     check_compared_names(study, runs)

@@ -24,7 +24,6 @@ so.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import multiprocessing
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from cpt import flags
 from cpt.smc.baselines import dmc, imputed_cosine, observed_or_zero, one_step_smc, one_step_smc_block, svc
 from cpt.smc.finishing import FINISHES, finish
 from cpt.smc.metrics import scores, spectral_floor
@@ -346,35 +346,35 @@ def earlier_rows(path: Path) -> list[dict]:
         raise ValueError(f"{path} is not an earlier bench's results ({error}); move it away or pass --fresh") from None
 
 
-def main(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt smc bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5, 0.8])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per dataset and ratio")
-    parser.add_argument("--first-seed", type=int, default=0, help="the seeds are first-seed, first-seed + 1, ...")
+def build_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt smc bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ratios", type=flags.RATIO, nargs="+", default=[0.2, 0.5, 0.8],
+                        help="shares of missing values, each in (0, 1)")
+    parser.add_argument("--seeds", type=flags.COUNT, default=3, help="seeds per dataset and ratio")
+    parser.add_argument("--first-seed", type=flags.SEED, default=0,
+                        help="the seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=DATASETS + SELECTION_DATASETS,
                         help="datasets of the accuracy part (none: skip it); the reported ones by default, the "
                              f"others ({', '.join(SELECTION_DATASETS)}) for choosing changes without them")
-    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 2000, 5000, 10000, 20000, 40000],
-                        help="n of the timing sweep (none: skip it)")
-    parser.add_argument("--dmc-max-n", type=int, default=20000,
+    parser.add_argument("--sizes", type=flags.Number("[2, inf)", integer=True), nargs="*",
+                        default=[1000, 2000, 5000, 10000, 20000, 40000], help="n of the timing sweep (none: skip it)")
+    parser.add_argument("--dmc-max-n", type=flags.COUNT, default=20000,
                         help="largest n DMC is timed at (O(n^3)); above it, extrapolated as n^3")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="precision of the timing sweep (S0, the factor, the result); the accuracy part is float64")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=flags.NATURAL, default=0,
                         help="torch CPU threads of the timing sweep (default 0: torch's own default)")
     parser.add_argument("--finish", nargs="+", choices=FINISHES, default=list(FINISHES),
                         help="the finishing step(s) every method's result gets before it is scored, each its own "
                              "tables (default: both; the figure shows the first)")
-    parser.add_argument("--out", type=Path, default=Path("runs/smc-bench"))
+    parser.add_argument("--out", type=flags.OUTPUT_DIR, default=Path("runs/smc-bench"))
     parser.add_argument("--fresh", action="store_true",
                         help="recompute every accuracy row (default: rows already in OUT/results.json are kept)")
-    options = parser.parse_args(args)
-    if options.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    if options.first_seed < 0:
-        parser.error("--first-seed must be at least 0")
-    if any(n < 2 for n in options.sizes):
-        parser.error("--sizes must be at least 2")
+    return parser
+
+
+def main(args: list[str]) -> int:
+    options = flags.parse(build_parser(), args)
     options.out.mkdir(parents=True, exist_ok=True)
     finishes = list(dict.fromkeys(options.finish))
     saved = options.out / "results.json"

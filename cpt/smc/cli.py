@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cpt import flags
 from cpt.smc.finishing import FINISHES, finish
 from cpt.smc.metrics import scores
 from cpt.smc.similarity import SimilarityInputError, cosine, observed_cosine
@@ -41,8 +41,8 @@ def read_matrix(path: Path) -> np.ndarray:
         if isinstance(error, SimilarityInputError):
             raise
         raise SimilarityInputError(f"input {str(path)!r} is not a numeric matrix: {error}") from None
-    if not np.issubdtype(matrix.dtype, np.number):
-        raise SimilarityInputError(f"input {str(path)!r} holds {matrix.dtype} values, not numbers")
+    if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+        raise SimilarityInputError(f"input {str(path)!r} holds {matrix.dtype} values, not real numbers")
     return np.atleast_2d(matrix).astype(np.float64)
 
 
@@ -82,17 +82,19 @@ def write_matrix(matrix: np.ndarray, path: Path) -> None:
         raise SimilarityInputError(f"output {str(path)!r}: use a .npy or .csv file")
 
 
-def complete_command(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cpt smc complete", description=(
+def complete_parser() -> flags.Parser:
+    parser = flags.Parser(prog="python -m cpt smc complete", description=(
         "Complete a similarity matrix: from a data matrix (rows are samples, NaN marks a missing value) the "
         "cosine on co-observed features is completed into a PSD, low-rank similarity."))
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser.add_argument("input", type=flags.INPUT, help="the data (.npy or .csv; NaN or an empty field: missing)")
+    parser.add_argument("output", type=flags.OUTPUT_FILE, help="where the completion goes (.npy or .csv)")
     parser.add_argument("--similarity", action="store_true", help="the input is a similarity matrix with NaNs")
     parser.add_argument("--method", choices=METHODS, default="smcnn")
-    parser.add_argument("--rank", type=int, help="columns of the factor (default: the features, at most 128)")
-    parser.add_argument("--lam", type=float, help="regularizer weight (default: from S0's most negative eigenvalue)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="smcnmf: weight of the Frobenius term")
+    parser.add_argument("--rank", type=flags.COUNT, help="columns of the factor (default: the features, at most 128)")
+    parser.add_argument("--lam", type=flags.NON_NEGATIVE,
+                        help="regularizer weight (default: from S0's most negative eigenvalue)")
+    parser.add_argument("--alpha", type=flags.Number("(0, 1]"), default=1.0,
+                        help="smcnmf: weight of the Frobenius term, in (0, 1]")
     parser.add_argument("--finish", choices=FINISHES, default="unit-diagonal", help=(
         "the finishing step of the result, and of S0 where --truth scores it: the unit-diagonal rescale "
         "D^-1/2 S D^-1/2 (default, as a cosine has) or none"))
@@ -100,12 +102,16 @@ def complete_command(args: list[str]) -> int:
         "S = V V^T + Psi: the part of each sample's self-similarity the low-rank part leaves out goes back on the "
         "diagonal, so the unit-diagonal rescale does not undo the shrinkage: a lower error, but neighbours ranked "
         "by the inner product rather than the angle (see docs/smc.md)"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truth", type=Path, help=(
+    parser.add_argument("--seed", type=flags.SEED, default=0)
+    parser.add_argument("--truth", type=flags.INPUT, help=(
         "a complete reference (.npy or .csv, no NaN): the true similarity (n x n, with --similarity) or the complete "
         "data (same shape as INPUT; its cosine is the truth); prints relative error, Recall@10, Recall@20%% and "
         "nDCG@20%% of S0 and of the completion"))
-    options = parser.parse_args(args)
+    return parser
+
+
+def complete_command(args: list[str]) -> int:
+    options = flags.parse(complete_parser(), args)
     if options.output.suffix.lower() not in (".npy", ".csv"):
         raise SimilarityInputError(f"output {str(options.output)!r}: use a .npy or .csv file")
     matrix = torch.as_tensor(read_matrix(options.input))
@@ -136,10 +142,14 @@ def read_truth(path: Path, matrix: torch.Tensor, similarity: bool) -> torch.Tens
     reference = torch.as_tensor(read_matrix(path))
     if torch.isnan(reference).any():
         raise SimilarityInputError(f"truth {str(path)!r} has missing values (NaN); it must be complete")
+    if torch.isinf(reference).any():
+        raise SimilarityInputError(f"truth {str(path)!r} holds infinite values")
     if reference.shape != matrix.shape:
         what = "the similarity matrix" if similarity else "the data"
         raise SimilarityInputError(f"truth {str(path)!r} has shape {tuple(reference.shape)}, {what} in INPUT has "
                                    f"{tuple(matrix.shape)}")
+    if similarity and not torch.allclose(reference, reference.T, atol=1e-6, rtol=1e-5):
+        raise SimilarityInputError(f"truth {str(path)!r} is not symmetric (S[i, j] != S[j, i]); a similarity is")
     return reference if similarity else cosine(reference)
 
 

@@ -16,7 +16,6 @@ from cpt.bench.memory import (
     measure_in_subprocess,
     random_model,
     rollout_batch,
-    rollout_list,
     table_row,
     update,
 )
@@ -41,10 +40,11 @@ def test_options_default_to_a_size_that_fits_and_the_real_vocabulary():
     add_options(parser)
     args = parser.parse_args([])
     assert args.vocab == 152064 and args.tokens == 256 and args.target == 64
-    assert max(rollout_list(args.rollouts)) * 256 * 152064 * 4 < 1.5 * GIB  # the full path at a size that fits
-    assert 64 in rollout_list(args.chunked_rollouts)
-    with pytest.raises(SystemExit):
-        rollout_list("4,0")
+    assert max(args.rollouts) * 256 * 152064 * 4 < 1.5 * GIB  # the full path at a size that fits
+    assert 64 in args.chunked_rollouts and parser.parse_args(["--rollouts", "3,5"]).rollouts == [3, 5]
+    for flag, value in (("--rollouts", "4,0"), ("--chunked-rollouts", "x"), ("--hidden", "48"), ("--tokens", "0")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag, value])
 
 
 def test_the_update_gives_gradients_to_the_head_at_a_tiny_vocabulary():

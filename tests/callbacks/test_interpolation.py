@@ -40,7 +40,7 @@ def test_bad_weights(weight):
 
 
 def test_config():
-    with pytest.raises(ConfigError, match="'interpolation.weight': must be in"):
+    with pytest.raises(ConfigError, match="'interpolation.weight': must be a number in \\[0, 1\\]"):
         load_config(None, ["interpolation.weight=2"])
 
 

@@ -44,7 +44,7 @@ def test_nothing_to_keep_in_the_first_stage():
 def test_bad_arguments(arguments):
     with pytest.raises(ValueError, match="must be a finite number > 0"):
         LearningWithoutForgetting(**arguments)
-    with pytest.raises(ConfigError, match="bad value for 'lwf'"):
+    with pytest.raises(ConfigError, match="bad value for 'lwf.temperature': must be a number > 0, got 0.0"):
         load_config(None, ["lwf.temperature=0"])
 
 

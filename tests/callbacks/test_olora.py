@@ -79,8 +79,13 @@ def test_bad_settings():
         OrthogonalLoRA(orthogonal=-1)
     with pytest.raises(ConfigError, match="needs model.finetune=lora or qlora, not full"):
         load_config(None, ["olora.enabled=true"])
-    with pytest.raises(ConfigError, match="use trainer.strategy=auto"):
-        load_config(None, ["olora.enabled=true", "model.finetune=lora", "trainer.strategy=ddp"])
+    # the refusal suggests what runs: with two devices, strategy=auto alone would be DDP
+    lora = ["olora.enabled=true", "model.finetune=lora"]
+    for setting in ("trainer.strategy=ddp", "trainer.devices=2", "trainer.devices=auto", "trainer.devices=[0,1]"):
+        with pytest.raises(ConfigError, match="use trainer.strategy=auto trainer.devices=1 trainer.num_nodes=1"):
+            load_config(None, [*lora, setting])
+    suggested = load_config(None, [*lora, "trainer.devices=2", "trainer.strategy=auto", "trainer.devices=1"])
+    assert suggested.trainer.devices == 1 and load_config(None, [*lora, "trainer.devices=[0]"]).olora.enabled
 
 
 @pytest.mark.slow

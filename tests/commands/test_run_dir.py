@@ -82,9 +82,9 @@ def test_resume_takes_the_previous_checkpoint_when_a_save_stopped_between_its_re
 
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.precision=bogus", "bad value for 'trainer.precision': 'bogus'; choose one of 32-true"),
-    ("optim.lr=-1", "bad value for 'optim.lr': must be positive, got -1.0"),
-    ("optim.warmup_ratio=2", "bad value for 'optim.warmup_ratio': must be in [0, 1], got 2"),
-    ("seed=-1", "bad value for 'seed': must be in [0, 4294967295], got -1"),
+    ("optim.lr=-1", "bad value for 'optim.lr': must be a number > 0, got -1.0"),
+    ("optim.warmup_ratio=2", "bad value for 'optim.warmup_ratio': must be a number in [0, 1], got 2.0"),
+    ("seed=-1", "bad value for 'seed': must be a whole number in [0, 4294967295], got -1"),
 ])
 def test_bad_values_are_messages_with_exit_code_2(override, message, capsys):
     assert main(["fit", override]) == 2

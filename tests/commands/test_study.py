@@ -145,7 +145,7 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
     assert "does not exist (examples: configs/studies/)" in capsys.readouterr().err
     write_study(study_file, quick_cfg, out)
     assert cli.main(["study", str(study_file), "--jobs", "0"]) == 2
-    assert "--jobs 0: give the number of runs to go at once" in capsys.readouterr().err
+    assert "argument --jobs: must be a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_an_experiment_may_take_more_seeds(tmp_path, quick_cfg, capsys):

@@ -175,7 +175,7 @@ def test_bad_config_values_are_named():
         load_config(None, ["tasks=[x]", "local_tasks.x.format=coco", "local_tasks.x.path=/d"])
     with pytest.raises(ConfigError, match="local_tasks.x needs `path`"):
         load_config(None, ["tasks=[x]", "local_tasks.x.format=gqa", "local_tasks.x.train=/d"])
-    with pytest.raises(ConfigError, match="'local_tasks.x.train_size': must be positive"):
+    with pytest.raises(ConfigError, match="'local_tasks.x.train_size': must be a whole number > 0"):
         load_config(None, ["tasks=[x]", "local_tasks.x.path=/d", "local_tasks.x.train_size=0"])
 
 

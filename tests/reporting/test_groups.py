@@ -174,6 +174,6 @@ def test_primary_comparisons_from_the_command_line(study, tmp_path, capsys):
     assert figure.size[0] > 700 and figure.size[1] > 150
     with pytest.raises(SystemExit):
         main([*map(str, study), "--margin", "fm=-3"])
-    assert "not METRIC=M with M a number > 0" in capsys.readouterr().err
+    assert "argument --margin: 'fm=-3' is not NAME=N with N a number > 0" in capsys.readouterr().err
     assert cli.main(["compare", *map(str, study), "--out", str(out), "--primary", "RFT sequential", sft_name]) == 2
     assert "primary comparisons need a margin per metric" in capsys.readouterr().err

@@ -523,3 +523,12 @@ def test_complete_command_scores_against_a_truth(tmp_path, capsys):
     assert main(["smc", "complete", str(tmp_path / "data.npy"), str(tmp_path / "o.npy"), "--truth",
                  str(tmp_path / "truth.npy")]) == 2
     assert "has shape (40, 40), the data in INPUT has (40, 6)" in capsys.readouterr().err
+    # a truth that is not a real, symmetric, finite similarity is named, and nothing is written
+    truth = cosine(X).numpy()
+    for label, bad, message in (("complex", truth.astype(np.complex128), "not real numbers"),
+                                ("asymmetric", truth + np.triu(np.full_like(truth, 0.1), 1), "is not symmetric"),
+                                ("infinite", np.where(np.eye(40) > 0, np.inf, truth), "holds infinite values")):
+        np.save(tmp_path / f"{label}.npy", bad)
+        assert main(["smc", "complete", str(tmp_path / "S0.npy"), str(tmp_path / f"{label}-out.npy"), "--similarity",
+                     "--truth", str(tmp_path / f"{label}.npy")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / f"{label}-out.npy").exists()

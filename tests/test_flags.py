@@ -1,0 +1,122 @@
+"""Every command flag is checked from its declaration: the tests below walk every command's parser, so a flag added
+to one is tried with the wrong values for its type by being declared."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from cpt import flags
+from cpt.cli import command_parsers, main
+
+PARSERS = command_parsers()
+ACTIONS = [(command, action) for name, parser in PARSERS.items()
+           for command, action in flags.walk(parser, name + " ")]
+NUMBERS = [(command, action) for command, action in ACTIONS if isinstance(action.type, (flags.Number, flags.Setting))]
+PATHS = [(command, action) for command, action in ACTIONS
+         if isinstance(action.type, (flags.InputPath, flags.OutputFile, flags.OutputDir))]
+WRONG = ("nan", "inf", "-inf", "-1", "0", "abc", "1.5", "1e400")
+
+
+def name(action) -> str:
+    """How argparse's messages name the flag or positional."""
+    return action.option_strings[0] if action.option_strings else action.metavar or action.dest
+
+
+def command_line(command: str, action, value: str, tmp_path) -> list[str]:
+    """The command with `value` for `action` and a valid value for each other positional before it (argparse
+    checks a value's type as it reaches it, so later ones need not be given)."""
+    parser = PARSERS[command] if command in PARSERS else next(
+        sub for top, parser in PARSERS.items() if command.startswith(top + " ")
+        for sub in [parser._subparsers._group_actions[0].choices[command.removeprefix(top + " ")]])
+    words = command.split()
+    (tmp_path / "in.npy").write_bytes(b"")
+    for other in parser._actions:
+        if other is action:
+            break
+        if not other.option_strings and not isinstance(other, argparse._SubParsersAction):
+            words.append({flags.InputPath: str(tmp_path / "in.npy"), flags.OutputFile: str(tmp_path / "new.npy"),
+                          flags.OutputDir: str(tmp_path / "new")}.get(type(other.type), "x"))
+    # --flag=value: a value such as -inf must reach the type, not be taken for a flag of its own
+    return [*words, f"{action.option_strings[0]}={value}" if action.option_strings else value]
+
+
+def test_every_flag_of_every_command_declares_its_type():
+    from cpt.cli import OWN_HELP
+
+    # every command with flags of its own is walked (eval and generate take key=value, as fit)
+    assert {command.split()[0] for command in PARSERS} == set(OWN_HELP) - {"eval", "generate"}
+    assert flags.unchecked(argparse.ArgumentParser()) == []
+    for command, parser in PARSERS.items():
+        assert flags.unchecked(parser) == [], command
+    assert len(NUMBERS) >= 30 and len(PATHS) >= 10  # the walk reaches the subcommands' flags too
+
+
+def test_a_planted_flag_without_a_type_is_reported():
+    parser = flags.Parser(prog="planted")
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--name")
+    parser.add_argument("--ok", type=flags.COUNT)
+    parser.add_argument("--mode", choices=("a", "b"))
+    parser.add_argument("--on", action="store_true")
+    sub = parser.add_subparsers(dest="what").add_parser("inner")
+    sub.add_argument("--ratio", type=float)
+    assert flags.unchecked(parser) == ["--size", "--name", "inner --ratio"]
+
+
+@pytest.mark.parametrize(("command", "action"), NUMBERS, ids=[f"{c} {name(a)}" for c, a in NUMBERS])
+def test_every_number_flag_refuses_what_its_type_excludes(command, action, tmp_path, capsys):
+    number = action.type.number if isinstance(action.type, flags.Setting) else action.type
+    for value in WRONG:
+        try:
+            number(value)
+            continue  # allowed by the declaration
+        except argparse.ArgumentTypeError:
+            pass
+        text = f"fm={value}" if isinstance(action.type, flags.Setting) else value
+        assert main(command_line(command, action, text, tmp_path)) == 2, (command, name(action), value)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and name(action) in err and len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("command", "action"), PATHS, ids=[f"{c} {name(a)}" for c, a in PATHS])
+def test_every_path_flag_refuses_what_its_type_excludes(command, action, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    wrong = {flags.InputPath: [(str(tmp_path / "missing"), "does not exist")],
+             flags.OutputFile: [(str(tmp_path), "is a directory"),
+                                (str(tmp_path / "file" / "out.json"), "is a file, so nothing can be written under it")],
+             flags.OutputDir: [(str(tmp_path / "file"), "is a file; name a directory"),
+                               (str(tmp_path / "file" / "out"), "is a file, so nothing can be written under it")],
+             }[type(action.type)]
+    for value, message in wrong:
+        assert main(command_line(command, action, value, tmp_path)) == 2, (command, name(action), value)
+        err = capsys.readouterr().err
+        assert message in err and name(action) in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_no_command_writes_over_its_input(tmp_path, capsys):
+    data = tmp_path / "X.npy"
+    np.save(data, np.array([[1.0, np.nan], [0.5, 2.0], [1.0, 1.0]]))
+    before = data.read_bytes()
+    assert main(["smc", "complete", str(data), str(data)]) == 2
+    assert "OUTPUT" in capsys.readouterr().err and data.read_bytes() == before
+    assert main(["smc", "complete", str(data), str(tmp_path / "S.npy"), "--truth", str(tmp_path / "S.npy")]) == 2
+    assert "does not exist" in capsys.readouterr().err  # a truth that is the output to be: not there yet
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    assert main(["export", str(stage), str(stage)]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and stage.is_dir()
+    assert main(["compare", str(stage), "--out", str(stage)]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_types_by_hand():
+    assert flags.COUNT("3") == 3 and flags.RATIO("0.5") == 0.5 and flags.COUNTS("2, 4") == [2, 4]
+    assert flags.Setting("(0, inf)")("fm=3") == ("fm", 3.0)
+    for kind, text in ((flags.COUNT, "0"), (flags.COUNT, "2.0"), (flags.RATIO, "1"), (flags.RATIO, "nan"),
+                       (flags.COUNTS, "2,0"), (flags.Setting("(0, inf)"), "=3"), (flags.Setting("(0, inf)"), "fm=0"),
+                       (flags.Number("[32, inf)", multiple_of=32), "48")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            kind(text)
+    assert flags.Number("[32, inf)", multiple_of=32)("64") == 64

@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -101,8 +102,9 @@ def load_study(path: str | Path) -> Study:
         raise FileNotFoundError(f"study file {str(path)!r} does not exist (examples: configs/studies/)")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path))
-    except (OmegaConfBaseException, ValueError, OSError) as error:
-        raise ConfigError(f"cannot read study file {path}: {str(error).splitlines()[0]}") from None
+    except (OmegaConfBaseException, ValueError, OSError, yaml.YAMLError) as error:  # a key given twice is YAML's
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(f"cannot read study file {path}: {' '.join(lines[:3])}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping with keys {', '.join(sorted(STUDY_KEYS))}")
     unknown = set(raw) - STUDY_KEYS
@@ -179,6 +181,7 @@ def plan(study: Study) -> list[PlannedRun]:
             except ConfigError as error:
                 raise ConfigError(f"{study.path}: experiment {experiment.key!r}: {error}") from None
             runs.append(PlannedRun(experiment, seed, directory, args, config))
+    check_compared_names(study, runs)  # a misspelt comparison fails here, --dry-run included
     return runs
 
 
@@ -188,10 +191,11 @@ def state(run: PlannedRun) -> str:
     results = run.directory / "results.json"
     if results.is_file():
         try:
-            if json.loads(results.read_text()).get("complete"):
+            summary = json.loads(results.read_text())
+            if isinstance(summary, dict) and summary.get("complete"):
                 return "done"
-        except (OSError, json.JSONDecodeError):
-            pass  # cut short while writing: whatever was saved decides
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            pass  # cut short while writing, or damaged: whatever else was saved decides
     if saved_checkpoint(run.directory).exists():
         return "stopped"
     return "started" if results.exists() or (run.directory / "checkpoints").exists() else "new"

@@ -120,3 +120,19 @@ def test_types_by_hand():
         with pytest.raises(argparse.ArgumentTypeError):
             kind(text)
     assert flags.Number("[32, inf)", multiple_of=32)("64") == 64
+
+
+def test_generate_checks_its_numbers_from_their_declaration(capsys):
+    from cpt.commands.generate import NUMBERS
+
+    assert set(NUMBERS) == {"temperature", "max_new_tokens", "seed"}
+    for key, kind in NUMBERS.items():
+        for value in WRONG:
+            try:
+                kind(value)
+                continue
+            except argparse.ArgumentTypeError:
+                pass
+            assert main(["generate", "checkpoint=nowhere", "question=why?", f"{key}={value}"]) == 2, (key, value)
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {key}={value}: must be ") and len(err.strip().splitlines()) == 1, err

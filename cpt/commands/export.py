@@ -15,9 +15,11 @@ from cpt.errors import ConfigError
 from cpt.model.backbone import DTYPES, adapter_base, load_model, processor_source
 from cpt.model.presets import check_model_files, check_stage_chain
 from cpt.model.processor import VisionTextProcessor
+from cpt.model.stage_adapters import refuse_part_of_a_stage
 
 
 def export(stage: Path, out: Path, dtype: str = "float32") -> None:
+    refuse_part_of_a_stage(stage)
     if not ((stage / "config.json").is_file() or adapter_base(stage) is not None):
         raise ConfigError(f"{stage} holds no model: give a stage directory (runs/<run>/checkpoints/<k>-<task>) or "
                           "a checkpoint directory with config.json")

@@ -36,7 +36,7 @@ from cpt.callbacks import (
     TaskProgressBar,
     TaskSwitching,
 )
-from cpt.commands.resume import resume_checkpoint
+from cpt.commands.resume import RunFinished, resume_checkpoint
 from cpt.commands.run_dir import prepare_run_dir, versions
 from cpt.config import ROLLOUT_METHODS, config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
@@ -147,7 +147,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
-    resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
+    try:
+        resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
+    except RunFinished as finished:
+        stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)
+        print(f"resume=true: the run in {run_dir} finished all {stages} stage(s); there is nothing to continue. Its "
+              f"results are in {run_dir / 'results.json'} (overwrite=true resume=false trains it again)")
+        return finished.summary
     prepare_run_dir(cfg)  # a used output_dir refused before any time is spent
     checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory named before the run directory is written
     save_config(cfg, run_dir / "config.yaml")

@@ -7,10 +7,12 @@ Greedy by default; `temperature=T` (> 0) samples, `seed=S` fixes the draw, `max_
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
 
+from cpt import flags
 from cpt.commands.evaluate import model_for_inference
 from cpt.config import load_config
 from cpt.data.batches import Collator, EncodedDataset
@@ -22,6 +24,9 @@ from cpt.model.generation import Sampling, generate_ids
 
 REPEATABLE = ("image", "question")
 SINGLE = ("checkpoint", "template", "temperature", "max_new_tokens", "seed")
+# The numbers, checked from their declaration (cpt.flags) as they are parsed; the paths are checked where they are
+# opened, with the run's own messages.
+NUMBERS = {"temperature": flags.NON_NEGATIVE, "max_new_tokens": flags.COUNT, "seed": flags.SEED}
 
 
 def parse(args: list[str]) -> dict:
@@ -33,6 +38,11 @@ def parse(args: list[str]) -> dict:
                               f"{', '.join((*REPEATABLE, *SINGLE))}")
         if key in REPEATABLE:
             found[key].append(value)
+        elif key in NUMBERS:
+            try:
+                found[key] = NUMBERS[key](value)
+            except argparse.ArgumentTypeError as error:
+                raise ConfigError(f"{key}={value}: {error}") from None
         else:
             found[key] = value
     if not found["question"]:
@@ -53,14 +63,9 @@ def run_config(checkpoint: str):
 def answers(found: dict) -> list[tuple[str, str]]:
     cfg = run_config(found["checkpoint"])
     template = found.get("template", cfg.data.template)
-    try:
-        temperature = float(found.get("temperature", 0))
-        max_new_tokens = int(found.get("max_new_tokens", cfg.eval.max_new_tokens))
-        seed = int(found.get("seed", cfg.seed))
-    except ValueError as error:
-        raise ConfigError(f"temperature, max_new_tokens and seed take numbers: {error}") from None
-    if temperature < 0 or max_new_tokens <= 0:
-        raise ConfigError("temperature must be >= 0 (0: greedy) and max_new_tokens positive")
+    temperature = found.get("temperature", 0.0)
+    max_new_tokens = found.get("max_new_tokens", cfg.eval.max_new_tokens)
+    seed = found.get("seed", cfg.seed)
     if template not in TEMPLATES:
         raise ConfigError(f"template={template!r}: choose one of {', '.join(TEMPLATES)}")
     images = [open_image(path, Path.cwd(), f"image={path}") for path in found["image"]]

@@ -22,7 +22,9 @@ def describe_backbone(cfg: DictConfig) -> dict:
         model = family.model_class._from_config(config, dtype=DTYPES[cfg.model.dtype])
         # On meta there is nothing to quantize: QLoRA trains the same adapters as LoRA.
         finetune = "lora" if cfg.model.finetune == "qlora" else cfg.model.finetune
-        model = apply_finetune(model, OmegaConf.merge(cfg.model, {"finetune": finetune}))
+        # MoELoRA's routers train with the adapters: built as the run builds them, so that they are counted.
+        experts = cfg.moe_lora.experts if cfg.moe_lora.enabled else None
+        model = apply_finetune(model, OmegaConf.merge(cfg.model, {"finetune": finetune}), experts=experts)
     total, trainable = count_parameters(model)
     units = fsdp_units(model)
     unit_params = [sum(p.numel() for p in unit.parameters()) for unit in units]

@@ -24,9 +24,18 @@ from cpt.errors import ConfigError
 from cpt.run_files import load_training_state, read_json, read_yaml, rerun_command, saved_checkpoint
 
 
+class RunFinished(Exception):  # noqa: N818 - not an error: resume=true on a run with nothing left to do
+    """Raised by resume_checkpoint for a run that finished every stage; `summary` is its results."""
+
+    def __init__(self, summary: dict):
+        super().__init__("the run finished every stage")
+        self.summary = summary
+
+
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
     """The checkpoint to continue from, or None for a new run or for a run stopped before it finished a stage (it
-    starts again from its first stage, in place: start_again); ConfigError when resuming cannot be done."""
+    starts again from its first stage, in place: start_again); ConfigError when resuming cannot be done;
+    RunFinished when the run finished every stage."""
     if not cfg.resume:
         return None
     run_dir = Path(cfg.output_dir)
@@ -44,6 +53,8 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
         raise ConfigError(f"resume=true continues the run as it was configured, but these keys differ from "
                           f"{saved_config}: {', '.join(differ)}. Resume with `python -m cpt fit {saved_config} "
                           "resume=true`")
+    if (summary := finished_run(cfg)) is not None:
+        raise RunFinished(summary)
     if not checkpoint.exists():
         if finished_stages(run_dir):
             raise ConfigError(f"resume=true, but {checkpoint} does not exist: the run finished a stage without "
@@ -56,6 +67,19 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
     if rank_zero_only.rank == 0:
         keep_earlier_log(run_dir / "logs" / "metrics.csv")
     return checkpoint
+
+
+def finished_run(cfg: DictConfig) -> dict | None:
+    """The results of the run in output_dir when it finished every stage (None otherwise): resuming it has nothing
+    to continue, and `fit` says so rather than exiting without a word. A damaged results file is named with its
+    next step (read_json)."""
+    results = Path(cfg.output_dir) / "results.json"
+    if not results.is_file():
+        return None
+    summary = read_json(results)
+    stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)
+    rows = summary.get("accuracy_matrix") if isinstance(summary, dict) else None
+    return summary if isinstance(rows, list) and len(rows) > stages else None
 
 
 def finished_stages(run_dir: Path) -> bool:

@@ -29,7 +29,7 @@ from cpt.atomic import write_json
 from cpt.commands.compare import report
 from cpt.errors import ConfigError
 from cpt.run_files import read_json
-from cpt.study import PlannedRun, Study, changed_keys, check_compared_names, load_study, plan, state
+from cpt.study import PlannedRun, Study, changed_keys, load_study, plan, state
 
 ACTION = {"done": "finished, skipped", "stopped": "resuming after its last saved stage",
           "started": "stopped before its first saved stage: starting again", "new": "starting"}
@@ -170,7 +170,6 @@ def main(args: list[str]) -> int:
     known = flags.parse(build_parser(), args)
     study = load_study(known.study)
     runs = plan(study)
-    check_compared_names(study, runs)
     check_unchanged(runs)
     states = [state(run) for run in runs]
     own = sum(e.seeds != tuple(study.seeds) for e in study.experiments)
@@ -192,7 +191,9 @@ def main(args: list[str]) -> int:
               file=sys.stderr)
         return 130
     summary = write_summary(study, runs, [state(r) for r in runs])
-    done = [run.directory for run, s in zip(runs, (e["state"] for e in summary["runs"])) if s == "done"]
+    states = [entry["state"] for entry in summary["runs"]]
+    done = [run.directory for run, s in zip(runs, states) if s == "done"]
+    unfinished = [run for run, s in zip(runs, states) if s != "done" and run not in failed]
     print(f"\n{summary['finished']}/{len(runs)} runs finished; {(time.monotonic() - started) / 60:.1f} min in this "
           f"call, {summary['wall_time_s'] / 3600:.2f} h of run time in all")
     if done:
@@ -203,9 +204,12 @@ def main(args: list[str]) -> int:
             print(f"warning: {error}; comparing without the differences", file=sys.stderr)
             print(report(done, out))
         print(f"\nTables and figures in {out}")
+    if unfinished:  # never left out of the comparison without a word (a results file damaged after its run, say)
+        print("error: the comparison leaves out these runs, which have no complete results: "
+              + "; ".join(f"{run.label} ({run.directory / 'results.json'})" for run in unfinished)
+              + f". `python -m cpt study {study.path}` runs them again", file=sys.stderr)
     if failed:
         print("error: these runs failed: " + "; ".join(f"{run.label} ({run.directory})" for run in failed)
               + f". Their output is above; fix the cause and run `python -m cpt study {study.path}` again",
               file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed or unfinished else 0

@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from cpt.errors import ConfigError
 from cpt.model.backbone import adapter_base
-from cpt.model.families import family_of_type, preset_families
+from cpt.model.families import family_of_checkpoint, preset_families
 from cpt.model.family import Family, Shape
 from cpt.model.foundation import cache_root, ensure_foundation
+from cpt.model.stage_adapters import refuse_part_of_a_stage
 from cpt.model.tiny import build_tiny_processor
 from cpt.run_files import read_json, weight_keys
 
@@ -59,6 +60,7 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
         return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, family,
                                   family.shapes[name], cfg.foundation.seed, cfg.data.image_size)
     path = Path(name).expanduser()
+    refuse_part_of_a_stage(path)
     if path.is_dir():
         check_model_files(path)  # a damaged file named before anything reads it
     base = adapter_base(path)
@@ -74,8 +76,26 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
             f"model.name_or_path={name!r} is neither a preset ({preset_names()}) nor a directory with a "
             f"config.json; download the checkpoint on a machine with internet and point to its directory"
         )
-    family_of_type(read_json(path / "config.json").get("model_type"), str(path))
+    family_of_checkpoint(path)  # its model_type names a family cpt trains
+    if build_weights:
+        check_whole_checkpoint(path)
     return path
+
+
+def check_whole_checkpoint(path: Path) -> None:
+    """A model directory holds what loading it needs besides config.json: weights, a tokenizer and an image
+    processor; what is missing is named (transformers would fail on it deep inside, or start from random weights)."""
+    missing = []
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if not ((path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()):
+        missing.append("a tokenizer (tokenizer_config.json)")
+    if not (path / "preprocessor_config.json").is_file():
+        missing.append("an image processor (preprocessor_config.json)")
+    if missing:
+        listed = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        raise ConfigError(f"{path} holds a config.json but lacks {listed}: copy the whole checkpoint directory "
+                          "there")
 
 
 def check_stage_chain(path: Path) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
+from cpt.errors import ConfigError
+
 FIRST = "default"  # peft's own name: save_pretrained writes this adapter at the top of a directory
 
 
@@ -71,6 +73,18 @@ def adapters_marked_trainable(model: nn.Module) -> Iterator[None]:
     finally:
         for name, flag in flags.items():
             params[name].requires_grad_(flag)
+
+
+def refuse_part_of_a_stage(path: Path) -> None:
+    """ConfigError when `path` is one stage's adapter inside a stage directory (`<stage>/stage2`): loaded alone it
+    would be the base plus that adapter, a model no run ever had; the stage directory above it is the model."""
+    path = Path(path)
+    parent = path.parent
+    if ((path / "adapter_config.json").is_file() and (parent / "adapter_config.json").is_file()
+            and path.name.startswith("stage") and path.name.removeprefix("stage").isdigit()):
+        raise ConfigError(f"{path} is stage {stage_of(path.name) + 1}'s adapter inside the stage directory {parent}; "
+                          f"alone it is not a model any run had (the base plus that adapter, without the ones before "
+                          f"it): name the stage directory {parent}")
 
 
 def load_adapter_stack(base: nn.Module, checkpoint: Path) -> nn.Module:

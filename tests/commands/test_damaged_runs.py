@@ -49,10 +49,12 @@ def cut(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[:int(len(data) * keep)])
 
 
-def fake_run(tmp_path: Path, quick_cfg: list[str], rows: int = 1) -> Path:
-    """A run directory as `fit` leaves it (config, results with `rows` accuracy rows), without training."""
+def fake_run(tmp_path: Path, quick_cfg: list[str], rows: int = 1, tasks: str = "[colour]") -> Path:
+    """A run directory as `fit` leaves it (config, results with `rows` accuracy rows), without training; with
+    tasks=[colour,count] and 2 rows, a run that finished its first stage of two."""
     run_dir = tmp_path / "run"
-    save_config(load_config(None, [*quick_cfg, *TINY, f"output_dir={run_dir}"]), run_dir / "config.yaml")
+    save_config(load_config(None, [*quick_cfg, *TINY, f"tasks={tasks}", f"output_dir={run_dir}"]),
+                run_dir / "config.yaml")
     (run_dir / "results.json").write_text(json.dumps({"tasks": ["colour"], "accuracy_matrix": [[0.5]] * rows,
                                                       "stages": [["colour"]], "complete": rows > 1}))
     return run_dir
@@ -110,7 +112,7 @@ def test_a_truncated_sharded_training_state_is_named(tmp_path):
 # --- each kind of damaged file, through the command that reads it --------------------------------------------------
 
 def test_a_truncated_training_state(tmp_path, quick_cfg, capsys):
-    run_dir = fake_run(tmp_path, quick_cfg, rows=2)
+    run_dir = fake_run(tmp_path, quick_cfg, rows=2, tasks="[colour,count]")
     last = run_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     torch.save({"state_dict": {"w": torch.ones(1000)}, "epoch": 0}, last)
@@ -152,6 +154,24 @@ def test_a_truncated_adapter_of_an_earlier_stage(tmp_path, quick_cfg, capsys):
     one_error(capsys.readouterr().err, f"{stage / 'stage2' / 'adapter_model.safetensors'} is not a readable")
 
 
+@pytest.mark.parametrize("command", ["eval", "generate", "export"])
+def test_one_stages_adapter_inside_a_stage_directory_is_refused(tmp_path, quick_cfg, capsys, command):
+    """O-LoRA's <stage>/stage2 holds one adapter of the stack: loaded alone it would be a model no run had."""
+    run_dir = fake_run(tmp_path, quick_cfg, rows=2)
+    stage = stage_dir(run_dir, adapters=True)
+    part = stage / "stage2"
+    part.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(stage / name, part)
+    args = {"eval": ["eval", *quick_cfg, *TINY, f"checkpoint={part}", f"out={tmp_path / 'eval'}"],
+            "generate": ["generate", f"checkpoint={part}", "question=what colour?"],
+            "export": ["export", str(part), str(tmp_path / "exported")]}[command]
+    assert main(args) == 2
+    one_error(capsys.readouterr().err, f"{part} is stage 2's adapter inside the stage directory {stage}",
+              f"name the stage directory {stage}")
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "exported").exists()
+
+
 def test_a_corrupt_config_yaml(tmp_path, quick_cfg, capsys):
     run_dir = fake_run(tmp_path, quick_cfg, rows=2)
     stage = stage_dir(run_dir, adapters=False)
@@ -180,7 +200,7 @@ def test_a_corrupt_results_or_analysis_file(tmp_path, quick_cfg, capsys, name):
 
 def test_a_corrupt_results_file_of_a_run_without_training_state(tmp_path, quick_cfg, capsys):
     """resume=true without last.ckpt reads the results to tell a run that finished a stage from one that did not."""
-    run_dir = fake_run(tmp_path, quick_cfg)
+    run_dir = fake_run(tmp_path, quick_cfg, tasks="[colour,count]")
     (run_dir / "results.json").write_bytes(b'{"accuracy_matrix": [[0.\xff')
     assert main(["fit", str(run_dir / "config.yaml"), "resume=true"]) == 1
     one_error(capsys.readouterr().err, f"{run_dir / 'results.json'} is not valid JSON", rerun_command(run_dir))

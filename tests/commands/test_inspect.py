@@ -15,6 +15,12 @@ def test_qwen25_vl_7b_published_shape_on_meta(tmp_path):
     assert d["trainable_params"] == 28 * per_layer
     assert d["fsdp_units"] == {"Qwen2_5_VLVisionBlock": 32, "Qwen2_5_VLDecoderLayer": 28}
     assert 6.7e8 < d["vision_params"] < 6.8e8
+    # MoELoRA adds a router per adapted layer, in_features x experts, trained with the adapters: counted too
+    moe = describe_backbone(load_config(None, ["model.name_or_path=qwen2.5-vl-7b", f"foundation.cache_dir={tmp_path}",
+                                               "model.dtype=bfloat16", "model.finetune=lora", "moe_lora.enabled=true",
+                                               "moe_lora.experts=2"]))
+    routers = 2 * (6 * 3584 + 18944)  # q, k, v, o, gate, up read 3584 features; down reads 18944
+    assert moe["trainable_params"] == 28 * (per_layer + routers)
 
 
 def test_inspect_prints_the_sizes(tmp_path, capsys):

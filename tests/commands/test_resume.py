@@ -148,3 +148,19 @@ def test_resume_errors_are_named(tmp_path, quick_cfg, capsys):
     err = capsys.readouterr().err
     saved = run_dir / "config.yaml"
     assert f"differ from {saved}: steps_per_task." in err and f"python -m cpt fit {saved} resume=true" in err
+
+
+def test_resuming_a_finished_run_says_so_and_a_damaged_results_file_is_named(tmp_path, quick_cfg, capsys):
+    run_dir = tmp_path / "run"
+    saved = run_dir / "config.yaml"
+    save_config(load_config(None, [*quick_cfg, f"output_dir={run_dir}", "tasks=[colour,count]"]), saved)
+    results = run_dir / "results.json"
+    results.write_text(json.dumps({"tasks": ["colour", "count"], "accuracy_matrix": [[0.5, 0.5]] * 3}))
+    assert main(["fit", str(saved), "resume=true"]) == 0
+    out = capsys.readouterr().out
+    assert f"the run in {run_dir} finished all 2 stage(s); there is nothing to continue" in out
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "results.json"]  # nothing touched
+    results.write_text('{"tasks": ["colour", "count"], "accuracy_matrix": [[0.5, 0.5]')
+    assert main(["fit", str(saved), "resume=true"]) == 1
+    err = capsys.readouterr().err
+    assert f"{results} is not valid JSON" in err and "start the run again with `python -m cpt fit" in err

@@ -105,3 +105,14 @@ def test_an_output_dir_that_is_a_file_and_a_corrupt_model_directory(tmp_path, ca
     assert main(["fit", f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}"]) == 1
     assert f"error: {model / 'model.safetensors'} is not a readable safetensors file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+    # a config.json without model_type, and one without the rest of the checkpoint beside it, are named
+    (model / "model.safetensors").unlink()
+    (model / "config.json").write_text('{"architectures": ["Qwen2_5_VLForConditionalGeneration"]}')
+    for command in (["fit", f"output_dir={tmp_path / 'run'}"], ["eval", f"out={tmp_path / 'eval'}"]):
+        assert main([*command, f"model.name_or_path={model}"]) == 2
+        assert f"error: {model / 'config.json'} names no model_type" in capsys.readouterr().err
+    (model / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    assert main(["fit", f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert (f"error: {model} holds a config.json but lacks weights (*.safetensors), a tokenizer "
+            "(tokenizer_config.json) and an image processor (preprocessor_config.json)") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()

@@ -146,6 +146,15 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
     write_study(study_file, quick_cfg, out)
     assert cli.main(["study", str(study_file), "--jobs", "0"]) == 2
     assert "argument --jobs: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+    # a key given twice, and a comparison naming no experiment, fail at load, --dry-run included
+    text = study_file.read_text()
+    study_file.write_text(text.replace("experiments:\n", "experiments:\n  sft:\n    config: configs/default.yaml\n", 1))
+    assert cli.main(["study", str(study_file), "--dry-run"]) == 2
+    assert "found duplicate key sft" in capsys.readouterr().err
+    write_study(study_file, quick_cfg, out, compare={"diff": [["SFT lr 1e-3", "SFT sequentiel"]]})
+    assert cli.main(["study", str(study_file), "--dry-run"]) == 2
+    assert "compare names 'SFT sequentiel', which no experiment is called" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_an_experiment_may_take_more_seeds(tmp_path, quick_cfg, capsys):
@@ -205,3 +214,25 @@ def test_sigterm_stops_the_study_and_its_runs(tmp_path, quick_cfg, foundation_di
     _, err = study.communicate(timeout=120)
     assert study.returncode == 130 and "Study stopped. Finished runs are kept" in err
     assert not fits()  # its runs were stopped with it, not left behind
+
+
+def test_a_run_left_out_of_the_comparison_is_named_and_fails_the_study(tmp_path, quick_cfg, capsys, monkeypatch):
+    """A run whose results file is damaged (or that did not finish) is never dropped from compare/ silently."""
+    from cpt.commands import study as study_command
+    from cpt.config import config_from_args, save_config
+
+    study_file, out = tmp_path / "study.yaml", tmp_path / "out"
+    write_study(study_file, quick_cfg, out)
+    runs = plan(load_study(study_file))
+    damaged = runs[0]
+    save_config(config_from_args(list(damaged.args)), damaged.directory / "config.yaml")
+    (damaged.directory / "results.json").write_text('[{"complete": true}')  # cut short: not JSON, and a list
+    assert state(damaged) == "started"
+    monkeypatch.setattr(study_command, "run_all", lambda study, runs, jobs: [])  # the runs themselves: not here
+    assert cli.main(["study", str(study_file)]) == 1
+    err = capsys.readouterr().err
+    assert "the comparison leaves out these runs, which have no complete results" in err
+    assert f"{damaged.label} ({damaged.directory / 'results.json'})" in err
+    assert f"`python -m cpt study {study_file}` runs them again" in err
+    (damaged.directory / "results.json").write_text('["complete"]')  # valid JSON, not a results mapping
+    assert state(damaged) == "started"

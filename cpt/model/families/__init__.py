@@ -51,7 +51,11 @@ def family_of_checkpoint(path: str | Path) -> Family:
         if not adapters.is_file():
             raise ConfigError(f"{path} has neither a config.json nor LoRA adapters: it is not a checkpoint")
         path = Path(read_json(adapters)["base_model_name_or_path"])
-    return family_of_type(read_json(path / "config.json").get("model_type"), str(path))
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ConfigError(f"{path / 'config.json'} names no model_type, so the model's family cannot be told: it is "
+                          "not a transformers checkpoint's config (copy the checkpoint's own config.json back)")
+    return family_of_type(config["model_type"], str(path))
 
 
 def preset_families() -> dict[str, Family]:

@@ -56,7 +56,6 @@ NATURAL = Number("[0, inf)", integer=True)  # warm-up steps, threads where 0 mea
 SEED = Number("[0, 4294967295]", integer=True)
 RATIO = Number("(0, 1)")  # a share strictly between none and all
 NON_NEGATIVE = Number("[0, inf)")
-POSITIVE = Number("(0, inf)")
 
 
 class Setting(FlagType):

@@ -255,9 +255,8 @@ def test_damaged_files_of_a_run_and_the_commands_their_messages_suggest(tmp_path
     assert proc.returncode == 1
     line = one_error(proc.stderr, f"{stage / 'adapter_model.safetensors'} is not a readable safetensors file")
     cut(run_dir / "checkpoints" / "last.ckpt")
-    proc = cpt("fit", str(run_dir / "config.yaml"), "resume=true")
-    assert proc.returncode == 1
-    assert suggested(one_error(proc.stderr, "last.ckpt is damaged")) == suggested(line)
+    proc = cpt("fit", str(run_dir / "config.yaml"), "resume=true")  # finished: nothing to resume, state not read
+    assert proc.returncode == 0 and "finished all 1 stage(s); there is nothing to continue" in proc.stdout
 
     # The command they suggest trains the run again in place: the same results, every file whole again.
     proc = cpt(*suggested(line))

@@ -150,9 +150,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     try:
         resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
     except RunFinished as finished:
-        stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)
-        print(f"resume=true: the run in {run_dir} finished all {stages} stage(s); there is nothing to continue. Its "
-              f"results are in {run_dir / 'results.json'} (overwrite=true resume=false trains it again)")
+        print(finished)
         return finished.summary
     prepare_run_dir(cfg)  # a used output_dir refused before any time is spent
     checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory named before the run directory is written

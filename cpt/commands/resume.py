@@ -20,15 +20,19 @@ from omegaconf import DictConfig
 
 from cpt.commands.run_dir import RUN_ENTRIES, held_run
 from cpt.config import differing_keys
+from cpt.data.tasks import build_stages
 from cpt.errors import ConfigError
 from cpt.run_files import load_training_state, read_json, read_yaml, rerun_command, saved_checkpoint
 
 
 class RunFinished(Exception):  # noqa: N818 - not an error: resume=true on a run with nothing left to do
-    """Raised by resume_checkpoint for a run that finished every stage; `summary` is its results."""
+    """Raised by resume_checkpoint for a run that finished every stage; `summary` is its results, the message says
+    so."""
 
-    def __init__(self, summary: dict):
-        super().__init__("the run finished every stage")
+    def __init__(self, run_dir: Path, stages: int, summary: dict):
+        super().__init__(f"resume=true: the run in {run_dir} finished all {stages} stage(s); there is nothing to "
+                         f"continue. Its results are in {run_dir / 'results.json'} (overwrite=true resume=false "
+                         "trains it again)")
         self.summary = summary
 
 
@@ -54,7 +58,7 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
                           f"{saved_config}: {', '.join(differ)}. Resume with `python -m cpt fit {saved_config} "
                           "resume=true`")
     if (summary := finished_run(cfg)) is not None:
-        raise RunFinished(summary)
+        raise RunFinished(run_dir, len(build_stages(cfg)), summary)
     if not checkpoint.exists():
         if finished_stages(run_dir):
             raise ConfigError(f"resume=true, but {checkpoint} does not exist: the run finished a stage without "
@@ -77,9 +81,8 @@ def finished_run(cfg: DictConfig) -> dict | None:
     if not results.is_file():
         return None
     summary = read_json(results)
-    stages = 1 if cfg.schedule == "multitask" else len(cfg.tasks)
     rows = summary.get("accuracy_matrix") if isinstance(summary, dict) else None
-    return summary if isinstance(rows, list) and len(rows) > stages else None
+    return summary if isinstance(rows, list) and len(rows) > len(build_stages(cfg)) else None
 
 
 def finished_stages(run_dir: Path) -> bool:

@@ -331,17 +331,18 @@ def plot(accuracy: list[dict], timing: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def earlier_rows(path: Path) -> list[dict]:
-    """The accuracy rows of an earlier run in `path` ([] if there is none); a file that cannot be read stops the
-    bench, so that it is never overwritten."""
+def earlier_results(path: Path) -> tuple[list[dict], list[dict]]:
+    """The accuracy and timing rows of an earlier run in `path` (empty if there is none); a file that cannot be
+    read stops the bench, so that it is never overwritten."""
     if not path.exists():
-        return []
+        return [], []
     try:
-        rows = json.loads(path.read_text())["accuracy"]
+        results = json.loads(path.read_text())
+        rows = results["accuracy"]
         required = {"dataset", "ratio", "seed", "method", "finish", "error"}
         if not all(required <= set(row) for row in rows):
             raise ValueError("a row lacks one of " + ", ".join(sorted(required)))
-        return rows
+        return rows, results.get("timing", [])
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not an earlier bench's results ({error}); move it away or pass --fresh") from None
 
@@ -378,11 +379,11 @@ def main(args: list[str]) -> int:
     options.out.mkdir(parents=True, exist_ok=True)
     finishes = list(dict.fromkeys(options.finish))
     saved = options.out / "results.json"
-    previous = [] if options.fresh else earlier_rows(saved)
+    previous, earlier_timing = ([], []) if options.fresh else earlier_results(saved)
     if previous:
         print(f"Keeping the {len(previous)} accuracy rows already in {saved} (--fresh recomputes them)")
-
-    earlier_timing = [] if options.fresh or not previous else json.loads(saved.read_text()).get("timing", [])
+    else:  # timing rows are kept beside accuracy rows: a file without the latter is started afresh
+        earlier_timing = []
 
     def save(rows: list[dict]) -> None:  # after each case, so that an interrupted run keeps what it computed
         saved.write_text(json.dumps({"accuracy": with_earlier(rows, previous), "timing": earlier_timing},

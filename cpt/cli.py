@@ -89,6 +89,19 @@ PARSERS = {"bench": "cpt.bench.cli:build_parser", "bench fsdp-load": "cpt.bench.
            "smc bench": "cpt.smc.bench:build_parser", "smc complete": "cpt.smc.cli:complete_parser"}
 
 
+# The commands that take key=value arguments of their own (as fit takes the config's): their declared keys.
+KEY_VALUE_KEYS = {"eval": "cpt.commands.evaluate:KEYS", "generate": "cpt.commands.generate:KEYS"}
+
+
+def command_keys() -> dict[str, dict]:
+    """Every key=value command's declared keys, for the test that tries them: each has a type from `cpt.flags`."""
+    found = {}
+    for command, spec in KEY_VALUE_KEYS.items():
+        module, _, name = spec.partition(":")
+        found[command] = getattr(importlib.import_module(module), name)
+    return found
+
+
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command's parser, built, for the test that walks them: a flag is checked by being declared with a
     type from `cpt.flags`."""

@@ -851,10 +851,18 @@ def format_help() -> str:
         lines += [f"method={method} brings the {method.upper()} recipe: {values}",
                   "  wherever neither CONFIG (configs/default.yaml aside) nor an override sets them; the brackets "
                   "below show the schema's defaults.", ""]
-    lines.append("Keys (dotted; defaults in brackets):")
+    lines.append("Keys (dotted; defaults in brackets; what a value must be, as the config is checked):")
+    numbers = {spec.key: spec for spec in numeric_keys()}
     for key, default, help in field_docs():
         shown = f" [{default}]" if default else ""
         lines.append(f"  {key}{shown}\n      {help}")
+        if key in numbers:
+            spec = numbers[key]
+            each = "" if spec.shape == "value" else "each "
+            null = " (or null)" if spec.optional else ""
+            lines.append(f"      Must be: {each}{spec.interval.words()}{null}.")
+        elif key in CHOICES:
+            lines.append(f"      Must be: one of {', '.join(CHOICES[key])}.")
     return "\n".join(lines)
 
 

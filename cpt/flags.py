@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from cpt.bounds import Interval
+from cpt.errors import ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,6 +111,21 @@ class Text(FlagType):
 TEXT = Text()
 
 
+class Choice(FlagType):
+    """One of a fixed set of names."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+
+    def __call__(self, text: str) -> str:
+        if text not in self.names:
+            raise argparse.ArgumentTypeError(f"choose one of {', '.join(self.names)}, got {text!r}")
+        return text
+
+    def __repr__(self) -> str:
+        return "choice"
+
+
 class InputPath(FlagType):
     """A file or directory the command reads: it must exist."""
 
@@ -193,6 +209,11 @@ def unchecked(parser: argparse.ArgumentParser) -> list[str]:
     return found
 
 
+def unchecked_keys(declared: dict) -> list[str]:
+    """The keys of a key=value command (`key_values`) declared without a type from this module."""
+    return [key for key, kind in declared.items() if not isinstance(kind, FlagType)]
+
+
 def parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
     """parser.parse_args, then no output may name one of the inputs (parser.error, exit 2, otherwise)."""
     options = parser.parse_args(args)
@@ -213,3 +234,30 @@ def parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespac
                 parser.error(f"{name} {str(path)!r} is one of the inputs; writing it would overwrite what the "
                              "command reads: name another path")
     return options
+
+
+def key_values(args: list[str], declared: dict[str, FlagType], repeatable: tuple[str, ...] = (),
+               others: bool = False) -> tuple[dict, list[str]]:
+    """The `key=value` arguments of a command that takes them (eval, generate) as fit does: each declared key's
+    value checked by its type (`repeatable` keys gathered into lists), and the others returned for the config
+    (`others`) or refused. ConfigError (exit 2) names the first wrong one."""
+    found: dict = {key: [] for key in repeatable}
+    rest = []
+    for arg in args:
+        key, sep, text = arg.partition("=")
+        if key not in declared:
+            if others:
+                rest.append(arg)
+                continue
+            raise ConfigError(f"unknown argument {arg!r}; give key=value with key one of {', '.join(declared)}")
+        if not sep or not text:
+            raise ConfigError(f"{key}= needs a value")
+        try:
+            value = declared[key](text)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{key}={text}: {error}") from None
+        if key in repeatable:
+            found[key].append(value)
+        else:
+            found[key] = value
+    return found, rest

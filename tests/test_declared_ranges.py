@@ -51,6 +51,24 @@ def test_every_numeric_key_declares_its_range():
                                 "rft.reward.weights"} <= {spec.key for spec in KEYS}
 
 
+def test_fit_help_says_what_each_numeric_key_must_be(capsys):
+    assert main(["fit", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = {spec.key: spec for spec in KEYS}
+    seen = 0
+    for index, line in enumerate(lines):
+        key = line.strip().split(" [")[0]
+        if line.startswith("  ") and not line.startswith("      ") and key in shown:
+            spec = shown[key]
+            each = "" if spec.shape == "value" else "each "
+            assert lines[index + 2] == f"      Must be: {each}{spec.interval.words()}" + \
+                (" (or null)." if spec.optional else "."), key
+            seen += 1
+    # every key but those under a mapping of sections (local_tasks.*, eval.benchmarks.*), listed by their docs
+    assert seen == len([spec for spec in KEYS if ".*." not in spec.key])
+    assert "  optim.lr [0.0005]" in lines and "      Must be: a number > 0." in lines
+
+
 @pytest.mark.parametrize("spec", [pytest.param(spec, id=spec.key, marks=() if spec.key in FAST else pytest.mark.slow)
                                   for spec in KEYS])
 def test_every_numeric_key_refuses_what_its_range_excludes(spec, tmp_path, capsys):

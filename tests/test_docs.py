@@ -336,7 +336,9 @@ def full_problems(command_name: str, args: list[str], command: Command) -> list[
     if command_name == "fit":
         return config_problems([a for a in args if a != "--print-config"], command)
     if command_name == "eval":
-        own = {a.partition("=")[0]: a.partition("=")[2] for a in args if a.partition("=")[0] in ("checkpoint", "out")}
+        from cpt.commands.evaluate import KEYS
+
+        own = {a.partition("=")[0]: a.partition("=")[2] for a in args if a.partition("=")[0] in KEYS}
         rest = [a for a in args if a.partition("=")[0] not in own]
         problems = config_problems(rest, command)
         if "checkpoint" in own and (problem := input_problem(own["checkpoint"], command)):
@@ -348,10 +350,11 @@ def full_problems(command_name: str, args: list[str], command: Command) -> list[
         from cpt.commands.generate import parse
 
         try:
-            found = parse(args)
+            with paths_unchecked():  # checked below, placeholders known
+                found = parse(args)
         except ConfigError as error:
             return [f"generate: {error}"]
-        paths = [found["checkpoint"], *found["image"]]
+        paths = [found["checkpoint"], *map(str, found["image"])]
         return [p for p in (input_problem(path, command) for path in paths) if p]
     return argparse_problems(command_name, args, command)
 

@@ -2,12 +2,13 @@
 to one is tried with the wrong values for its type by being declared."""
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cpt import flags
-from cpt.cli import command_parsers, main
+from cpt.cli import command_keys, command_parsers, main
 
 PARSERS = command_parsers()
 ACTIONS = [(command, action) for name, parser in PARSERS.items()
@@ -120,19 +121,56 @@ def test_types_by_hand():
         with pytest.raises(argparse.ArgumentTypeError):
             kind(text)
     assert flags.Number("[32, inf)", multiple_of=32)("64") == 64
+    assert flags.Choice(("a", "b"))("b") == "b"
 
 
-def test_generate_checks_its_numbers_from_their_declaration(capsys):
-    from cpt.commands.generate import NUMBERS
+def test_an_output_where_nothing_can_be_written_is_refused(tmp_path, monkeypatch):
+    # os.access, as a user without write permission would see it (the tests may run as root, who may write anywhere)
+    monkeypatch.setattr(flags.os, "access", lambda path, mode: Path(path) != tmp_path)
+    for kind in (flags.OUTPUT_FILE, flags.OUTPUT_DIR):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{str(tmp_path)!r} is not writable"):
+            kind(str(tmp_path / "new" / "out"))
+    (tmp_path / "held.npy").write_text("x")
+    monkeypatch.setattr(flags.os, "access", lambda path, mode: Path(path).name != "held.npy")
+    with pytest.raises(argparse.ArgumentTypeError, match="held.npy' is not writable"):
+        flags.OUTPUT_FILE(str(tmp_path / "held.npy"))
 
-    assert set(NUMBERS) == {"temperature", "max_new_tokens", "seed"}
-    for key, kind in NUMBERS.items():
+
+KEYS = [(command, key, kind) for command, declared in command_keys().items() for key, kind in declared.items()]
+
+
+def wrong_values(kind, tmp_path) -> list[tuple[str, str]]:
+    """(value, what the message says) for each value the type refuses."""
+    (tmp_path / "file").write_text("x")
+    if isinstance(kind, flags.Number):
+        refused = []
         for value in WRONG:
             try:
                 kind(value)
-                continue
             except argparse.ArgumentTypeError:
-                pass
-            assert main(["generate", "checkpoint=nowhere", "question=why?", f"{key}={value}"]) == 2, (key, value)
-            err = capsys.readouterr().err
-            assert err.startswith(f"error: {key}={value}: must be ") and len(err.strip().splitlines()) == 1, err
+                refused.append((value, "must be "))
+        return refused
+    return {flags.InputPath: [(str(tmp_path / "missing"), "does not exist")],
+            flags.OutputDir: [(str(tmp_path / "file"), "is a file; name a directory")],
+            flags.Choice: [("bogus", "choose one of ")], flags.Text: []}[type(kind)]
+
+
+def test_every_key_value_command_declares_its_keys_types():
+    from cpt.cli import OWN_HELP
+
+    # with the parsers walked above, every command with arguments of its own is covered
+    assert {command.split()[0] for command in PARSERS} | set(command_keys()) == set(OWN_HELP)
+    for command, declared in command_keys().items():
+        assert flags.unchecked_keys(declared) == [], command
+    assert flags.unchecked_keys({"size": int, "ok": flags.COUNT, "name": str}) == ["size", "name"]  # planted
+
+
+@pytest.mark.parametrize(("command", "key", "kind"), KEYS, ids=[f"{c} {k}" for c, k, _ in KEYS])
+def test_every_key_of_a_key_value_command_refuses_what_its_type_excludes(command, key, kind, tmp_path, capsys):
+    for value, message in wrong_values(kind, tmp_path):
+        # the wrong key first: it is refused before anything else is read
+        assert main([command, f"{key}={value}", "checkpoint=nowhere", "question=why?"]) == 2, (command, key, value)
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {key}={value}: ") and message in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main([command, f"{key}="]) == 2 and f"{key}= needs a value" in capsys.readouterr().err

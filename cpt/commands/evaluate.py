@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from cpt import flags
 from cpt.atomic import write_json
 from cpt.commands.fit import general_benchmarks
 from cpt.commands.run_dir import held_run, versions
@@ -30,21 +31,9 @@ from cpt.model.backbone import load_for_inference, processor_source
 from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 
-OWN_KEYS = ("checkpoint", "out")
-
-
-def split_own(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """This command's own `key=value` arguments (OWN_KEYS), and the rest for the config."""
-    own, rest = {}, []
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key in OWN_KEYS and value:
-            own[key] = value
-        elif key in OWN_KEYS:
-            raise ConfigError(f"{key}= needs a value, e.g. {key}=runs/<run>/checkpoints/1-colour")
-        else:
-            rest.append(arg)
-    return own, rest
+# This command's own keys and their types (the rest are the config's); the checkpoint may be a preset's name, so
+# resolve_checkpoint checks it, with the run's own messages.
+KEYS = {"checkpoint": flags.TEXT, "out": flags.OUTPUT_DIR}
 
 
 def device_for(cfg: DictConfig) -> torch.device:
@@ -87,13 +76,13 @@ def main(args: list[str]) -> int:
     if "-h" in args or "--help" in args:
         print(__doc__ + "\nThe config keys are fit's: python -m cpt fit --help lists them.")
         return 0
-    own, rest = split_own(args)
+    own, rest = flags.key_values(args, KEYS, others=True)
     cfg = config_from_args(rest)
     if "checkpoint" in own:
         cfg.model.name_or_path = own["checkpoint"]
-    out = Path(own.get("out") or f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={str(out)!r} is a file; name a directory")
+    out = own.get("out") or Path(f"runs/eval-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and out.resolve() == Path(cfg.model.name_or_path).expanduser().resolve():
+        raise ConfigError(f"out={str(out)!r} is the checkpoint evaluated; name a new directory")
     if held_run(out):  # a run's results.json would be replaced by this one row
         raise ConfigError(f"out={str(out)!r} already holds results ({', '.join(held_run(out))}); name a new "
                           "directory")

@@ -7,7 +7,6 @@ Greedy by default; `temperature=T` (> 0) samples, `seed=S` fixes the draw, `max_
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -22,29 +21,15 @@ from cpt.data.prompts import TEMPLATES
 from cpt.errors import ConfigError
 from cpt.model.generation import Sampling, generate_ids
 
+# Every key and its type (cpt.flags), checked as it is parsed; the checkpoint may be a preset's name, so
+# resolve_checkpoint checks it, with the run's own messages.
+KEYS = {"image": flags.INPUT, "question": flags.TEXT, "checkpoint": flags.TEXT, "template": flags.Choice(TEMPLATES),
+        "temperature": flags.NON_NEGATIVE, "max_new_tokens": flags.COUNT, "seed": flags.SEED}
 REPEATABLE = ("image", "question")
-SINGLE = ("checkpoint", "template", "temperature", "max_new_tokens", "seed")
-# The numbers, checked from their declaration (cpt.flags) as they are parsed; the paths are checked where they are
-# opened, with the run's own messages.
-NUMBERS = {"temperature": flags.NON_NEGATIVE, "max_new_tokens": flags.COUNT, "seed": flags.SEED}
 
 
 def parse(args: list[str]) -> dict:
-    found: dict = {"image": [], "question": []}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in (*REPEATABLE, *SINGLE):
-            raise ConfigError(f"unknown argument {arg!r}; give key=value with key one of "
-                              f"{', '.join((*REPEATABLE, *SINGLE))}")
-        if key in REPEATABLE:
-            found[key].append(value)
-        elif key in NUMBERS:
-            try:
-                found[key] = NUMBERS[key](value)
-            except argparse.ArgumentTypeError as error:
-                raise ConfigError(f"{key}={value}: {error}") from None
-        else:
-            found[key] = value
+    found, _ = flags.key_values(args, KEYS, REPEATABLE)
     if not found["question"]:
         raise ConfigError('give at least one question="..." (and image=FILE for each image it is about)')
     if "checkpoint" not in found:
@@ -66,9 +51,7 @@ def answers(found: dict) -> list[tuple[str, str]]:
     temperature = found.get("temperature", 0.0)
     max_new_tokens = found.get("max_new_tokens", cfg.eval.max_new_tokens)
     seed = found.get("seed", cfg.seed)
-    if template not in TEMPLATES:
-        raise ConfigError(f"template={template!r}: choose one of {', '.join(TEMPLATES)}")
-    images = [open_image(path, Path.cwd(), f"image={path}") for path in found["image"]]
+    images = [open_image(str(path), Path.cwd(), f"image={path}") for path in found["image"]]
     _, model, processor, device = model_for_inference(cfg)
     examples = [Example(question=question, answer="", images=images) for question in found["question"]]
     dataset = EncodedDataset(examples, processor, template, with_response=False)

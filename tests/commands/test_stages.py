@@ -2,7 +2,6 @@
 weights, and a new sequence starts from one (LoRA or full) exactly where the earlier run left off."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -77,6 +76,10 @@ def test_eval_of_a_stage_reproduces_its_row_and_compare_puts_it_beside_runs(firs
     before = (run_dir / "results.json").read_bytes()
     assert main(["eval", *args, f"checkpoint={run_dir / 'checkpoints' / '1-colour'}", f"out={run_dir}"]) == 2
     assert "already holds results" in capsys.readouterr().err and (run_dir / "results.json").read_bytes() == before
+    stage = run_dir / "checkpoints" / "1-colour"
+    held = sorted(p.name for p in stage.iterdir())
+    assert main(["eval", *args, f"checkpoint={stage}", f"out={stage}"]) == 2
+    assert "is the checkpoint evaluated" in capsys.readouterr().err and sorted(p.name for p in stage.iterdir()) == held
 
 
 def test_export_loads_in_plain_transformers_with_the_answers_cpt_gives(first_run, tmp_path, quick_cfg, capsys):
@@ -132,8 +135,8 @@ def test_generate_answers_as_the_run_asks(first_run, tmp_path, quick_cfg, capsys
     assert main([*args, "temperature=1.0", "seed=3"]) == 0
     sampled = capsys.readouterr().out
     assert main([*args, "temperature=1.0", "seed=3"]) == 0 and capsys.readouterr().out == sampled  # seeded
-    assert main([*args[:2], "image=missing.png", "question=x"]) == 1
-    assert f"image=missing.png: image 'missing.png' not found under {str(Path.cwd())!r}" in capsys.readouterr().err
+    assert main([*args[:2], "image=missing.png", "question=x"]) == 2
+    assert "error: image=missing.png: 'missing.png' does not exist" in capsys.readouterr().err
     assert main([*args[:2], "colour=red"]) == 2
     assert main([*args, "template=bogus"]) == 2
-    assert "template='bogus': choose one of direct, cot" in capsys.readouterr().err
+    assert "template=bogus: choose one of direct, cot" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def checkpoint_for(shape: str, directory: Path, image: int) -> Path:
         raise SystemExit(f"--shapes: {shape!r} is not a preset; choose from {', '.join(preset_families())}")
     seed = load_config(None, []).foundation.seed
     target = directory / shape
-    architecture = family.tiny if shape == family.tiny_preset else family.shapes[shape]
+    architecture = family.toys[shape].shape if shape in family.toys else family.shapes[shape]
     return write_shape_preset(target, family, architecture, seed, 64, max_pixels=max(image * image, 128 * 128))
 
 

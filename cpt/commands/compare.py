@@ -57,7 +57,11 @@ from cpt.reporting.intervals import Difference
 from cpt.reporting.mechanism_figures import plot_fisher_update, plot_forgetting_against_kl, plot_update_sparsity
 from cpt.reporting.mechanisms import kl_relation, proposition, stage_points, write_points_csv
 from cpt.reporting.primary_figure import plot_primary
+from cpt.reporting.tradeoff import matched_plasticity
+from cpt.reporting.tradeoff_report import grid_cells, matched_cells, matched_notes, plot_tradeoff, write_matched_csv
 
+# What the trade-off curves put against plasticity (cpt.reporting.tradeoff).
+TRADEOFF_MEASURES = ("fm", "general_change")
 STABILITY_FIGURES = {"stability_plasticity.png": ("fm", "forgetting: FM (points; 0 = none, negative is worse)"),
                      "stability_plasticity_general.png": ("general_change",
                                                           "general set: final - base accuracy (points)")}
@@ -146,6 +150,22 @@ def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, s
         markdown += f"\n{section}\n\n{markdown_table(*cells)}\n\n{primary_note(tests)}\n"
         write_primary_csv(tests, out / "primary.csv")
         save_figures({"primary_comparisons.png": plot_primary(tests)}, out)
+    # Families that vary one key (a learning-rate grid): their curves, and forgetting at matched plasticity.
+    y_keys = {key: (margins or {}).get(key) for key in TRADEOFF_MEASURES}
+    found, matched = matched_plasticity(experiments, y_keys, list(primaries))
+    if found:
+        section = "Grids (experiments that differ in one key) and where each one's best AvgAcc lies"
+        tables = [(section, grid_cells(found))]
+        if any(c.rows for c in matched):
+            tables.append(("Forgetting at matched plasticity", matched_cells(matched)))
+            write_matched_csv(matched, out / "matched_plasticity.csv")
+        for title, cells in tables:
+            text += f"\n\n{title}\n{text_table(*cells)}"
+            markdown += f"\n{title}\n\n{markdown_table(*cells)}\n"
+        if matched:
+            text += f"\n{matched_notes(matched)}"
+            markdown += f"\n{matched_notes(matched)}\n"
+        save_figures({"tradeoff_curves.png": plot_tradeoff(found, matched, list(y_keys))}, out)
     compared = [(a, b, differences(a, b, benchmarks, tasks)) for a, b in pairs]
     for a, b, diff_rows in compared:
         section = (f"{a.name} - {b.name}: exploratory (95% interval, not corrected for the number of differences; "

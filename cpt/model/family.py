@@ -43,6 +43,38 @@ class Shape:
     tie_word_embeddings: bool = False
     patch_size: int = 14  # the image processor's
 
+    def scaled(self, width: int, layers: int, vision_depth: int) -> Shape:
+        """This shape `width` times as wide (hidden and MLP sizes, attention and key-value heads: the heads keep
+        their size, so the M-RoPE sections still fit) with `layers` decoder layers and `vision_depth` vision
+        blocks; the vision blocks a family singles out (full attention, DeepStack) spread over the new depth as
+        they were over the old one. How a toy of one family gets its larger sibling."""
+        depth = self.vision["depth"]
+
+        def spread(indexes: list[int]) -> list[int]:
+            return [round((i + 1) * vision_depth / depth) - 1 for i in indexes]
+
+        text = {**self.text, "hidden_size": width * self.text["hidden_size"],
+                "intermediate_size": width * self.text["intermediate_size"], "num_hidden_layers": layers,
+                "num_attention_heads": width * self.text["num_attention_heads"],
+                "num_key_value_heads": width * self.text["num_key_value_heads"]}
+        vision = {**self.vision, "depth": vision_depth, "hidden_size": width * self.vision["hidden_size"],
+                  "intermediate_size": width * self.vision["intermediate_size"],
+                  "num_heads": width * self.vision["num_heads"], "out_hidden_size": text["hidden_size"]}
+        for key in ("fullatt_block_indexes", "deepstack_visual_indexes"):
+            if key in vision:
+                vision[key] = spread(vision[key])
+        return Shape(text, vision, self.tie_word_embeddings, self.patch_size)
+
+
+@dataclass(frozen=True)
+class Toy:
+    """A toy foundation model the package pre-trains (cpt.model.foundation): its architecture (vocabulary: the toy
+    tokenizer's) and the directory in cpt/model of its shipped weights, or None where it is pre-trained on first
+    use and cached."""
+
+    shape: Shape
+    shipped: str | None = None
+
 
 @dataclass(frozen=True)
 class Family:
@@ -63,10 +95,18 @@ class Family:
     vision_lora_targets: str  # regex, after the vision tower's blocks: the linear layers LoRA may adapt
     attention_projections: str  # regex, within a decoder layer
     mlp_gate_up: str  # regex, within a decoder layer
-    tiny_preset: str  # `model.name_or_path` of the toy foundation model the package pre-trains
-    shipped_foundation: str  # the directory of its shipped weights, in cpt/model
-    tiny: Shape  # the toy foundation's architecture (its vocabulary: the tiny tokenizer's)
+    # The toy foundation models, by `model.name_or_path`; the first is the family's default (`tiny`). All share
+    # one pre-training recipe, tokenizer and image patch, so only the architecture tells them apart.
+    toys: dict[str, Toy]
     shapes: dict[str, Shape] = field(default_factory=dict)  # published shapes, by preset name
+
+    @property
+    def tiny_preset(self) -> str:
+        return next(iter(self.toys))
+
+    @property
+    def tiny(self) -> Shape:
+        return self.toys[self.tiny_preset].shape
 
     # --- configs -----------------------------------------------------------------------------------------------
 
@@ -85,9 +125,11 @@ class Family:
         return self.config_class(text_config={**ends, **text}, vision_config=vision,
                                  tie_word_embeddings=tie_word_embeddings, **self.marker_ids(tokenizer))
 
-    def tiny_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        return self.config({**self.tiny.text, "vocab_size": len(tokenizer)}, self.tiny.vision, tokenizer,
-                           self.tiny.tie_word_embeddings)
+    def toy_config(self, tokenizer: PreTrainedTokenizerBase, preset: str | None = None) -> PretrainedConfig:
+        """The config of toy `preset` (the default one if None) with the toy tokenizer's vocabulary."""
+        shape = self.toys[preset or self.tiny_preset].shape
+        return self.config({**shape.text, "vocab_size": len(tokenizer)}, shape.vision, tokenizer,
+                           shape.tie_word_embeddings)
 
     def image_processor(self, patch_size: int, min_pixels: int, max_pixels: int):
         return self.image_processor_class(patch_size=patch_size, merge_size=2, temporal_patch_size=2,

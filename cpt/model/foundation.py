@@ -1,4 +1,5 @@
-"""The toy foundation models behind the tiny presets (`tiny`: Qwen2.5-VL, `tiny-qwen3-vl`: Qwen3-VL).
+"""The toy foundation models behind the toy presets (`tiny`: Qwen2.5-VL, `tiny-qwen3-vl`: Qwen3-VL; `small` and
+`small-qwen3-vl`, about 5.5 times their size, for a second model size).
 
 The study starts from a model that already has general skills and some zero-shot ability on the new tasks
 (RFT needs a non-zero reward to learn from). A random network has neither, so the package pre-trains one:
@@ -7,9 +8,9 @@ downstream tasks' format. The result is cached under a key made from the whole r
 never reuses a stale model.
 
 Pre-training is seeded but not bit-reproducible across CPUs (their float kernels differ), so the package ships
-the default recipe's weights (`tiny_foundation/` and `tiny_foundation_qwen3_vl/`, 5 and 7 MB): every machine starts
-from the same base and sees the same base row. `foundation.use_shipped=false` rebuilds them from the recipe
-instead, into the cache.
+the default recipe's weights of the toys a study uses (cpt.model.family.Toy.shipped): every machine starts from the
+same base and sees the same base row. `foundation.use_shipped=false` rebuilds them from the recipe instead, into
+the cache; a toy without shipped weights is pre-trained on first use.
 """
 
 from __future__ import annotations
@@ -57,38 +58,47 @@ def cache_root(configured: str | None) -> Path:
     return Path(os.environ.get("CPT_CACHE_DIR", Path.home() / ".cache" / "cpt"))
 
 
-def recipe(cfg: DictConfig, image_size: int, family: Family) -> dict:
-    return {"family": family.name, "version": RECIPE_VERSION, "steps": cfg.steps, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "task_share": cfg.task_share, "seed": cfg.seed, "image_size": image_size}
+def recipe(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> dict:
+    """What makes a toy foundation model: its family and architecture (`preset`, the default toy if None) and the
+    pre-training recipe (`foundation.*`, the image size)."""
+    return {"family": family.name, "preset": preset or family.tiny_preset, "version": RECIPE_VERSION,
+            "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "task_share": cfg.task_share,
+            "seed": cfg.seed, "image_size": image_size}
 
 
-def foundation_dir(cfg: DictConfig, image_size: int, family: Family) -> Path:
-    key = hashlib.sha256(json.dumps(recipe(cfg, image_size, family), sort_keys=True).encode()).hexdigest()[:12]
+def foundation_dir(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> Path:
+    made_of = recipe(cfg, image_size, family, preset)
+    key = hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root(cfg.cache_dir) / "foundation" / key
 
 
-def shipped_foundation(cfg: DictConfig, image_size: int, family: Family) -> Path | None:
-    """The family's shipped weights' directory when the config asks for exactly their recipe, else None."""
-    shipped = SHIPPED_ROOT / family.shipped_foundation
-    if not cfg.use_shipped or not (shipped / "recipe.json").is_file() or not has_weights(shipped):
+def shipped_foundation(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> Path | None:
+    """The toy's shipped weights' directory when it has some and the config asks for exactly their recipe, else
+    None."""
+    toy = family.toys[preset or family.tiny_preset]
+    if toy.shipped is None or not cfg.use_shipped:
         return None
-    return shipped if json.loads((shipped / "recipe.json").read_text()) == recipe(cfg, image_size, family) else None
+    shipped = SHIPPED_ROOT / toy.shipped
+    if not (shipped / "recipe.json").is_file() or not has_weights(shipped):
+        return None
+    wanted = recipe(cfg, image_size, family, preset)
+    return shipped if json.loads((shipped / "recipe.json").read_text()) == wanted else None
 
 
-def ensure_foundation(cfg: DictConfig, image_size: int, family: Family) -> Path:
-    """The family's toy foundation model's directory: the shipped weights for their recipe, else the cached model
-    of the configured recipe, pre-training it first if it is not there."""
-    shipped = shipped_foundation(cfg, image_size, family)
+def ensure_foundation(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> Path:
+    """The toy foundation model's directory (`preset` of the family, its default toy if None): the shipped weights
+    for their recipe, else the cached model of the configured recipe, pre-training it first if it is not there."""
+    shipped = shipped_foundation(cfg, image_size, family, preset)
     if shipped is not None:
         return shipped
-    directory = foundation_dir(cfg, image_size, family)
+    directory = foundation_dir(cfg, image_size, family, preset)
     if (directory / "config.json").is_file() and has_weights(directory):
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the final place and rename: an interrupted run never leaves a half-written model behind.
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
-        pretrain(cfg, image_size, family, staging)
+        pretrain(cfg, image_size, family, staging, preset)
         try:
             staging.rename(directory)
         except OSError:  # another process finished first
@@ -135,10 +145,11 @@ def pretraining_stages(cfg: DictConfig, image_size: int) -> list[tuple[int, Mixe
     return [(steps, pool) for steps, pool in stages if steps > 0]
 
 
-def pretrain(cfg: DictConfig, image_size: int, family: Family, directory: Path) -> None:
+def pretrain(cfg: DictConfig, image_size: int, family: Family, directory: Path, preset: str | None = None) -> None:
+    preset = preset or family.tiny_preset
     torch.manual_seed(cfg.seed)
     processor = build_tiny_processor(cfg.seed, image_size, family)
-    model = family.model_class(family.tiny_config(processor.tokenizer))
+    model = family.model_class(family.toy_config(processor.tokenizer, preset))
     require_token_types(model)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -146,8 +157,9 @@ def pretrain(cfg: DictConfig, image_size: int, family: Family, directory: Path) 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
     )
-    progress = tqdm(desc=f"Pre-training the tiny {family.display_name} foundation model (cached afterwards)",
-                    total=cfg.steps)
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    progress = tqdm(desc=f"Pre-training the {preset} {family.display_name} foundation model ({size:.1f}M "
+                         "parameters; cached afterwards)", total=cfg.steps)
     for stage, (steps, pool) in enumerate(pretraining_stages(cfg, image_size)):
         # Both prompt templates, so the base can answer directly or reason first, whichever a run asks for.
         dataset = ConcatDataset([EncodedDataset(pool, processor, template) for template in TEMPLATES])
@@ -168,4 +180,4 @@ def pretrain(cfg: DictConfig, image_size: int, family: Family, directory: Path) 
     progress.close()
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    (directory / "recipe.json").write_text(json.dumps(recipe(cfg, image_size, family), indent=2))
+    (directory / "recipe.json").write_text(json.dumps(recipe(cfg, image_size, family, preset), indent=2))

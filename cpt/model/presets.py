@@ -1,9 +1,9 @@
 """The resolution of `model.name_or_path` to a checkpoint directory: a built-in preset or a local checkpoint.
 
 `tiny` (Qwen2.5-VL) and `tiny-qwen3-vl` are toy models pre-trained by the package (cpt.model.tiny,
-cpt.model.foundation). `qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b` and `qwen3-vl-8b` have the published shapes
-with random weights, for sizing and speed measurements without a download. Each family describes its own
-(cpt.model.families).
+cpt.model.foundation); `small` and `small-qwen3-vl` are the same recipe at about 5.5 times the parameters.
+`qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b` and `qwen3-vl-8b` have the published shapes with random weights, for
+sizing and speed measurements without a download. Each family describes its own (cpt.model.families).
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def resolve_checkpoint(cfg: DictConfig, build_weights: bool = True) -> Path:
     """
     name = cfg.model.name_or_path
     family = preset_families().get(name)
-    if family is not None and name == family.tiny_preset:
+    if family is not None and name in family.toys:
         if build_weights:
-            return ensure_foundation(cfg.foundation, cfg.data.image_size, family)
+            return ensure_foundation(cfg.foundation, cfg.data.image_size, family, name)
         processor = build_tiny_processor(cfg.foundation.seed, cfg.data.image_size, family)
         directory = cache_root(cfg.foundation.cache_dir) / "shapes" / name
         directory.mkdir(parents=True, exist_ok=True)
-        family.tiny_config(processor.tokenizer).save_pretrained(directory)
+        family.toy_config(processor.tokenizer, name).save_pretrained(directory)
         return directory
     if family is not None:
         return write_shape_preset(cache_root(cfg.foundation.cache_dir) / "shapes" / name, family,

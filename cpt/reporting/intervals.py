@@ -30,7 +30,7 @@ def _values(values: Iterable[float | None]) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(v)]
 
 
-def _quantile(level: float, df: float) -> float:
+def t_quantile(level: float, df: float) -> float:
     return float(student_t.ppf(0.5 + level / 2, df))
 
 
@@ -66,7 +66,7 @@ def estimate(values: Iterable[float | None]) -> Estimate | None:
     if n < 2:
         return Estimate(mean, None, n)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return Estimate(mean, _quantile(LEVEL, n - 1) * sd / math.sqrt(n), n)
+    return Estimate(mean, t_quantile(LEVEL, n - 1) * sd / math.sqrt(n), n)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Difference:
     def half_width(self, level: float = LEVEL) -> float | None:
         if self.se is None:
             return None
-        return 0.0 if self.se == 0 else _quantile(level, self.df) * self.se
+        return 0.0 if self.se == 0 else t_quantile(level, self.df) * self.se
 
     def interval(self, level: float = LEVEL) -> tuple[float, float] | None:
         hw = self.half_width(level)

@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from cpt import cli
@@ -13,23 +14,64 @@ from cpt.config import load_config
 from cpt.model.families import FAMILIES, QWEN2_5_VL, QWEN3_VL
 from cpt.model.foundation import SHIPPED_ROOT, recipe, shipped_foundation
 from cpt.model.presets import resolve_checkpoint
+from cpt.model.tiny import build_tiny_processor
 from tests.helpers import REPO
 
+SHIPPED = [(family, preset) for family in FAMILIES for preset, toy in family.toys.items()
+           if toy.shipped and (SHIPPED_ROOT / toy.shipped / "recipe.json").is_file()]
 
-@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
-def test_the_default_recipe_loads_the_shipped_weights(family):
-    cfg = load_config(None, [f"model.name_or_path={family.tiny_preset}"])
-    shipped = SHIPPED_ROOT / family.shipped_foundation
+
+@pytest.mark.parametrize(("family", "preset"), SHIPPED, ids=[preset for _, preset in SHIPPED])
+def test_the_default_recipe_loads_the_shipped_weights(family, preset):
+    cfg = load_config(None, [f"model.name_or_path={preset}"])
+    shipped = SHIPPED_ROOT / family.toys[preset].shipped
     # A changed recipe (foundation.*, RECIPE_VERSION, the image size) needs its weights rebuilt and shipped:
-    # python -m cpt fit model.name_or_path=<tiny preset> foundation.use_shipped=false, then copy the cached
-    # directory to cpt/model/<the family's shipped_foundation>.
-    assert json.loads((shipped / "recipe.json").read_text()) == recipe(cfg.foundation, cfg.data.image_size, family)
+    # python -m cpt fit model.name_or_path=<the toy> foundation.use_shipped=false, then copy the cached
+    # directory to cpt/model/<the toy's shipped directory>.
+    assert json.loads((shipped / "recipe.json").read_text()) == recipe(cfg.foundation, cfg.data.image_size, family,
+                                                                        preset)
     assert resolve_checkpoint(cfg) == shipped
-    assert resolve_checkpoint(load_config("configs/rft.yaml", [f"model.name_or_path={family.tiny_preset}"])) == shipped
+    assert resolve_checkpoint(load_config("configs/rft.yaml", [f"model.name_or_path={preset}"])) == shipped
     assert json.loads((shipped / "config.json").read_text())["model_type"] == family.model_type
     with safe_open(shipped / "model.safetensors", "pt") as weights:
         values = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
-    assert 1_000_000 < values < 2_000_000  # the 1.3M to 1.7M-parameter tiny models, in float32 (5 to 7 MB)
+    with torch.device("meta"):
+        model = family.model_class(family.toy_config(build_tiny_processor(0, 64, family).tokenizer, preset))
+    assert values == sum(p.numel() for p in model.parameters())  # the toy's architecture, every weight stored
+
+
+def test_the_default_toys_are_shipped_and_the_small_one_is_five_times_larger():
+    assert {preset for _, preset in SHIPPED} >= {"tiny", "tiny-qwen3-vl"}
+    for family in FAMILIES:
+        tokenizer = build_tiny_processor(0, 64, family).tokenizer
+        sizes = {}
+        for preset in family.toys:
+            with torch.device("meta"):
+                model = family.model_class(family.toy_config(tokenizer, preset))
+            sizes[preset] = sum(p.numel() for p in model.parameters())
+        tiny, small = sizes.values()
+        assert 4 < small / tiny < 8, sizes  # 5.5 and 5.0
+
+
+def test_a_toy_scaled_by_hand():
+    small = QWEN2_5_VL.toys["small"].shape
+    assert (small.text["hidden_size"], small.text["intermediate_size"], small.text["num_hidden_layers"],
+            small.text["num_attention_heads"], small.text["num_key_value_heads"]) == (256, 768, 6, 8, 4)
+    assert small.text["rope_parameters"]["mrope_section"] == [4, 6, 6]  # heads of 32 still: the sections fit
+    assert (small.vision["depth"], small.vision["hidden_size"], small.vision["num_heads"],
+            small.vision["out_hidden_size"], small.vision["fullatt_block_indexes"]) == (4, 192, 8, 256, [1, 3])
+    assert QWEN3_VL.toys["small-qwen3-vl"].shape.vision["deepstack_visual_indexes"] == [1, 3]
+    assert QWEN2_5_VL.tiny_preset == "tiny" and QWEN3_VL.tiny_preset == "tiny-qwen3-vl"
+    # the architecture is part of the recipe: a toy's cached weights never stand in for another's
+    cfg = load_config(None, [])
+    assert recipe(cfg.foundation, 64, QWEN2_5_VL, "small") != recipe(cfg.foundation, 64, QWEN2_5_VL)
+
+
+def test_a_small_toy_without_weights_sizes_as_its_architecture(tmp_path):
+    cfg = load_config(None, ["model.name_or_path=small-qwen3-vl", f"foundation.cache_dir={tmp_path}"])
+    directory = resolve_checkpoint(cfg, build_weights=False)
+    config = json.loads((directory / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 256 and config["vision_config"]["depth"] == 4
 
 
 def test_other_recipes_and_use_shipped_false_are_pre_trained():

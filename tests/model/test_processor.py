@@ -33,7 +33,7 @@ def test_prompts_take_the_tokenizers_chat_template(processor, tmp_path):
     # A checkpoint with another template gets its own framing, images expanded as before.
     processor.tokenizer.save_pretrained(tmp_path)
     processor.image_processor.save_pretrained(tmp_path)
-    QWEN2_5_VL.tiny_config(processor.tokenizer).save_pretrained(tmp_path)  # what names the checkpoint's family
+    QWEN2_5_VL.toy_config(processor.tokenizer).save_pretrained(tmp_path)  # what names the checkpoint's family
     other = VisionTextProcessor.from_pretrained(tmp_path)
     other.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{% for p in m['content'] %}"
                            "{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}"
@@ -49,7 +49,7 @@ def test_a_checkpoint_without_a_template_takes_qwens_and_passes_it_on(processor,
     plain = VisionTextProcessor(tokenizer, processor.image_processor, QWEN2_5_VL)
     assert plain.prompt_text("Q", 1) == QWEN_FRAMING.format(vision=VISION, text="Q")
     plain.save_pretrained(tmp_path)
-    QWEN2_5_VL.tiny_config(tokenizer).save_pretrained(tmp_path)  # the config names the family
+    QWEN2_5_VL.toy_config(tokenizer).save_pretrained(tmp_path)  # the config names the family
     assert VisionTextProcessor.from_pretrained(tmp_path).tokenizer.chat_template == QWEN2_5_VL.chat_template
 
 

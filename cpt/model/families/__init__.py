@@ -60,7 +60,7 @@ def family_of_checkpoint(path: str | Path) -> Family:
 
 def preset_families() -> dict[str, Family]:
     """Every built-in `model.name_or_path`: the toy foundations and the published shapes, with their family."""
-    presets = {family.tiny_preset: family for family in FAMILIES}
+    presets = {name: family for family in FAMILIES for name in family.toys}
     for family in FAMILIES:
         presets.update({name: family for name in family.shapes})
     return presets

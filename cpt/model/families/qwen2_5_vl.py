@@ -9,7 +9,7 @@ from __future__ import annotations
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from cpt.model.family import Family, Markers, Shape
+from cpt.model.family import Family, Markers, Shape, Toy
 
 # The chat and vision tokens of Qwen's tokenizers (Qwen2.5-VL and Qwen3-VL share them).
 QWEN_MARKERS = Markers(pad="<|endoftext|>", turn_start="<|im_start|>", end_of_turn="<|im_end|>",
@@ -41,6 +41,17 @@ VISION_7B = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=1
                  spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
 ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
 
+# The toy foundation: about 1.3M parameters, trains on two CPU cores in minutes.
+TINY = Shape(text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=1024,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
+             vision=dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=128,
+                         patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=64,
+                         fullatt_block_indexes=[0, 1]),
+             patch_size=8)
+# Its larger sibling, the study's second size: twice as wide, 6 decoder layers and 4 vision blocks (7.3M).
+SMALL = TINY.scaled(width=2, layers=6, vision_depth=4)
+
 QWEN2_5_VL = Family(
     name="qwen2.5-vl", display_name="Qwen2.5-VL", model_type="qwen2_5_vl",
     config_class=Qwen2_5_VLConfig, model_class=Qwen2_5_VLForConditionalGeneration,
@@ -51,15 +62,7 @@ QWEN2_5_VL = Family(
     fsdp_units=("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"),
     vision_lora_targets=r"(attn\.(qkv|proj)|mlp\.(gate_proj|up_proj|down_proj))",
     attention_projections=r"self_attn\.[qkvo]_proj", mlp_gate_up=r"mlp\.(gate|up)_proj",
-    tiny_preset="tiny", shipped_foundation="tiny_foundation",
-    # About 1.4M parameters: trains on two CPU cores in minutes.
-    tiny=Shape(text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=1024,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}),
-               vision=dict(depth=2, hidden_size=96, intermediate_size=192, num_heads=4, out_hidden_size=128,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=64,
-                           fullatt_block_indexes=[0, 1]),
-               patch_size=8),
+    toys={"tiny": Toy(TINY, shipped="tiny_foundation"), "small": Toy(SMALL, shipped="small_foundation")},
     shapes={
         # The published config.json files (text and vision parts).
         "qwen2.5-vl-3b": Shape(

@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:  # a dataset or a model file is unusable: the message names it
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the machine refused: a read-only or full disk, a permission
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"error: cannot write or read{where}: {error.strerror or error}; choose a place this user may write "
+              "(output_dir, --out, foundation.cache_dir or $CPT_CACHE_DIR)", file=sys.stderr)
+        return 1
     except SystemExit as stop:  # a command's parser refused a flag (its message is printed) or answered --help
         if isinstance(stop.code, str):  # SystemExit("message"): Python would print it and exit 1
             print(stop.code, file=sys.stderr)

@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from cpt.atomic import write_text
@@ -464,6 +465,8 @@ CHOICES = {
 }
 # Lightning's precision names that our stack runs (transformer-engine needs NVIDIA's library, not a dependency).
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed", "16-true", "16", "64-true", "64")
+# Those that run under autocast with Lightning's mixed-precision plugin ("16" and "bf16" are its aliases).
+MIXED_PRECISIONS = ("bf16-mixed", "bf16", "16-mixed", "16")
 def field_docs(schema: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """(dotted key, default, help) for every field of the schema, sections included."""
     rows = []
@@ -495,8 +498,10 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"override {item!r} is not key=value (e.g. steps_per_task=20)")
     try:
         return OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot parse overrides: {error}") from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise ConfigError(f"cannot parse the overrides {' '.join(overrides)!r}: {first} (a list is written "
+                          "key=[a,b], a text with spaces or brackets in quotes)") from None
 
 
 def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
@@ -521,6 +526,33 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dict
     return _load_yaml(path.parent / str(base), (*seen, path.resolve())) + [(path.resolve(), loaded)]
 
 
+def _wrong_shape(schema: DictConfig, given: Any, prefix: str = "") -> str | None:
+    """The first key given as a list, a mapping or a single value where the schema holds another of the three, in
+    words; None when every given key has the schema's shape."""
+    if not isinstance(given, dict):
+        return None
+    for name, value in given.items():
+        key = f"{prefix}{name}"
+        node = schema._get_node(name) if isinstance(schema, DictConfig) and name in schema else None
+        # an entry of a mapping of sections (local_tasks.<name>): a mapping of that section's keys
+        element = getattr(schema._metadata, "element_type", None) if isinstance(schema, DictConfig) else None
+        if node is None and not dataclasses.is_dataclass(element):
+            continue
+        wanted = ("mapping" if node is None or isinstance(node, DictConfig)
+                  else "list" if isinstance(node, ListConfig) else "value")
+        got = "mapping" if isinstance(value, dict) else "list" if isinstance(value, list) else "value"
+        if wanted != got and not (got == "value" and value is None):
+            example = {"list": f"{key}=[a,b]", "mapping": f"{key}.<name>=...",
+                       "value": f"{key}=<a single value>"}[wanted]
+            return f"bad value for {key!r}: give a {'single value' if wanted == 'value' else wanted} " \
+                   f"(e.g. {example}), not a {'single value' if got == 'value' else got}"
+        if wanted == "mapping" and node is not None:
+            found = _wrong_shape(node, value, key + ".")
+            if found:
+                return found
+    return None
+
+
 def _sets(layer: DictConfig, key: str) -> bool:
     """Whether a file or the overrides give the dotted key a value (interpolations left as written)."""
     node: Any = OmegaConf.to_container(layer, resolve=False)
@@ -541,10 +573,14 @@ def load_config_with_recipe(path: str | Path | None = None,
     for _, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as error:
-            key = getattr(error, "full_key", None) or "?"
+        except (OmegaConfBaseException, TypeError) as error:  # TypeError: a list where a mapping belongs, or back
             if isinstance(error, ConfigKeyError):
+                key = getattr(error, "full_key", None) or "?"
                 raise ConfigError(f"unknown key {key!r}; did you mean: {_suggest(key)}") from None
+            shape = _wrong_shape(merged, OmegaConf.to_container(layer, resolve=False))
+            if shape:
+                raise ConfigError(shape) from None
+            key = getattr(error, "full_key", None) or "?"
             message = str(error).splitlines()[0]
             raise ConfigError(f"bad value for {key!r}: {message}") from None
     settings = [layer for source, layer in layers if source != DEFAULT_CONFIG]
@@ -607,7 +643,13 @@ def config_path(name: str | Path) -> Path:
 
 def config_with_recipe_from_args(args: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """The config a command line names (see config_from_args) and the recipe defaults it applied."""
+    flag = next((arg for arg in args if arg.startswith("-") and "=" not in arg), None)
+    if flag:  # what the command took as its own flags is gone by now: this one is unknown
+        raise ConfigError(f"unknown flag {flag!r}: give [CONFIG.yaml] key=value ... (fit also takes --print-config, "
+                          "every command --log-level; --help lists them)")
     if args and "=" not in args[0]:
+        if Path(args[0]).is_dir():
+            raise ConfigError(f"{args[0]!r} is a directory; give a config file (a run's is <run>/config.yaml)")
         return load_config_with_recipe(config_path(args[0]), args[1:])
     return load_config_with_recipe(DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None, args)
 
@@ -737,6 +779,13 @@ def _validate(cfg: DictConfig) -> None:
                           "does not train on; use it with method=sft (or replay.fraction alone)")
     if cfg.der.label_weight > 0 and cfg.der.weight <= 0:
         raise ConfigError("der.label_weight is DER++'s term on top of DER: set der.weight too (e.g. 0.5)")
+    devices = cfg.trainer.devices
+    if not (devices == "auto" or devices == -1 or (isinstance(devices, int) and not isinstance(devices, bool)
+                                                   and devices >= 1)
+            or (OmegaConf.is_list(devices) and len(devices) > 0
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))):
+        raise ConfigError(f"bad value for 'trainer.devices': give a number of devices >= 1, -1 (all), auto, or a "
+                          f"list of device ids such as [0, 1]; got {devices!r}")
     if cfg.olora.enabled:
         if cfg.model.finetune not in ("lora", "qlora"):
             raise ConfigError(f"olora.enabled=true adds a LoRA adapter per stage: it needs model.finetune=lora or "

@@ -228,12 +228,24 @@ def parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespac
         elif isinstance(action.type, (OutputFile, OutputDir)):
             outputs += [(action, path) for path in paths]
     for action, path in outputs:
-        for source in inputs:
-            if path.exists() and source.exists() and path.resolve() == source.resolve():
-                name = action.option_strings[0] if action.option_strings else action.dest.upper()
-                parser.error(f"{name} {str(path)!r} is one of the inputs; writing it would overwrite what the "
-                             "command reads: name another path")
+        name = action.option_strings[0] if action.option_strings else action.dest.upper()
+        if problem := overlap(path, inputs):
+            parser.error(f"{name} {str(path)!r} {problem}: name another path")
     return options
+
+
+def overlap(output: Path, inputs: list[Path]) -> str | None:
+    """What is wrong with writing `output` given what the command reads: it is one of the inputs, or a directory
+    holding one (which replacing it would delete); None when neither."""
+    target = output.resolve()
+    for source in inputs:
+        if not source.exists():
+            continue
+        if target == source.resolve():
+            return "is one of the inputs; writing it would overwrite what the command reads"
+        if target in source.resolve().parents:
+            return f"holds the input {str(source)!r}; writing it could delete what the command reads"
+    return None
 
 
 def key_values(args: list[str], declared: dict[str, FlagType], repeatable: tuple[str, ...] = (),

@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
 from cpt.reporting.equivalence import is_margin
+from cpt.reporting.group_report import check_comparisons
 from cpt.run_files import read_yaml, saved_checkpoint
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
@@ -141,6 +142,10 @@ def load_study(path: str | Path) -> Study:
     if primary and not margins:
         raise ConfigError(f"{path}: compare.primary needs compare.margins, the equivalence margin of each metric "
                           "its comparisons are tested on (e.g. margins: {fm: 3})")
+    try:
+        check_comparisons(primary, diffs, margins)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: compare: {error}") from None
     return Study(path, raw.get("name") or path.stem, Path(raw["output_dir"]), seeds,
                  _strings(raw.get("overrides"), f"{path}: overrides"), experiments, diffs, primary,
                  {m: float(v) for m, v in margins.items()})
@@ -182,7 +187,22 @@ def plan(study: Study) -> list[PlannedRun]:
                 raise ConfigError(f"{study.path}: experiment {experiment.key!r}: {error}") from None
             runs.append(PlannedRun(experiment, seed, directory, args, config))
     check_compared_names(study, runs)  # a misspelt comparison fails here, --dry-run included
+    check_distinct(study, runs)
+    if study.output_dir.exists() and not study.output_dir.is_dir():
+        raise ConfigError(f"{study.path}: output_dir {str(study.output_dir)!r} is a file; name a directory")
     return runs
+
+
+def check_distinct(study: Study, runs: list[PlannedRun]) -> None:
+    """No two experiments are the same runs (one config, one name): their seeds would be counted twice as one
+    experiment's, with intervals that look tighter than they are."""
+    seen: dict[tuple, str] = {}
+    for run in runs:
+        same = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k != "output_dir"))
+        other = seen.setdefault(same, run.experiment.key)
+        if other != run.experiment.key:
+            raise ConfigError(f"{study.path}: experiments {other!r} and {run.experiment.key!r} are the same runs "
+                              "(one config, one name): remove one, or set them apart by an override or a name")
 
 
 def state(run: PlannedRun) -> str:

@@ -110,6 +110,17 @@ def test_no_command_writes_over_its_input(tmp_path, capsys):
     assert "is one of the inputs" in capsys.readouterr().err and stage.is_dir()
     assert main(["compare", str(stage), "--out", str(stage)]) == 2
     assert "--out" in capsys.readouterr().err
+    # a directory holding an input: replacing it would delete the input
+    (stage / "adapter_config.json").write_text("{}")
+    assert main(["export", str(stage), str(tmp_path), "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err and (stage / "adapter_config.json").is_file()
+    # data check's report over a dataset its config reads
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "q", "answer": "a"}\n')
+    before = rows.read_bytes()
+    assert main(["data", "check", "tasks=[mine]", f"local_tasks.mine.train={rows}", f"local_tasks.mine.eval={rows}",
+                 "--out", str(rows)]) == 2
+    assert "a dataset of the config" in capsys.readouterr().err and rows.read_bytes() == before
 
 
 def test_types_by_hand():
@@ -174,3 +185,31 @@ def test_every_key_of_a_key_value_command_refuses_what_its_type_excludes(command
         assert err.startswith(f"error: {key}={value}: ") and message in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main([command, f"{key}="]) == 2 and f"{key}= needs a value" in capsys.readouterr().err
+
+
+def test_a_place_the_machine_will_not_write_is_one_line(monkeypatch, capsys):
+    import cpt.commands.inspect as inspect
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/runs/x/results.json")
+
+    monkeypatch.setattr(inspect, "main", refused)
+    assert main(["inspect"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write or read '/runs/x/results.json': Permission denied")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_file_where_a_run_is_wanted_text_named_npy_and_a_stray_bench_flag(tmp_path, capsys):
+    results = tmp_path / "run" / "results.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+    assert main(["compare", str(results)]) == 2
+    assert f"is a file; give the run's directory (the output_dir of a `python -m cpt fit` run, " \
+           f"{str(results.parent)!r} here)" in capsys.readouterr().err
+    text = tmp_path / "S.npy"
+    text.write_text("1,2\n3,4\n")
+    assert main(["smc", "complete", str(text), str(tmp_path / "out.npy")]) == 2
+    assert "is not a .npy file (no numpy header)" in capsys.readouterr().err
+    assert main(["bench", "memory", "--foo"]) == 2
+    assert capsys.readouterr().err.startswith("error: bench memory takes no config overrides or other flags: --foo")

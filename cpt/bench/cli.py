@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 
 from cpt import flags
+from cpt.errors import ConfigError
 
 # The cases of `bench rft` (cpt.bench.rft.CASES, not imported here: `--help` does not load the training stack).
 RFT_CASES = ("current", "long")
@@ -105,7 +106,8 @@ def main(args: list[str]) -> int:
     known, overrides = build_parser().parse_known_args(args)
     if known.what == "gpu":
         if overrides:
-            raise SystemExit(f"bench gpu takes no config overrides: {' '.join(overrides)}")
+            raise ConfigError(f"bench gpu takes no config overrides or other flags: {' '.join(overrides)} "
+                              "(python -m cpt bench --help lists its flags)")
         from cpt.bench.gpu import bench_gpu
 
         bench_gpu(known)
@@ -117,7 +119,8 @@ def main(args: list[str]) -> int:
         return 0
     if known.what == "memory":
         if overrides:
-            raise SystemExit(f"bench memory takes no config overrides: {' '.join(overrides)}")
+            raise ConfigError(f"bench memory takes no config overrides or other flags: {' '.join(overrides)} "
+                              "(python -m cpt bench --help lists its flags)")
         from cpt.bench.memory import bench_memory
 
         bench_memory(known)

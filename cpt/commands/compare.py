@@ -38,6 +38,7 @@ from cpt.reporting.group_figures import (
     plot_stability_plasticity,
 )
 from cpt.reporting.group_report import (
+    check_comparisons,
     difference_cells,
     differences,
     find,
@@ -103,6 +104,7 @@ def proposition_cells(pairs: list[tuple[Experiment, Experiment]]) -> tuple[list[
 def report(run_dirs: list[str | Path], out: str | Path, diffs: list[tuple[str, str]] = (),
            primaries: list[tuple[str, str]] = (), margins: dict[str, float] | None = None) -> str:
     """Reads the runs, writes the tables and figures to `out` and returns the text to print."""
+    check_comparisons(list(primaries), list(diffs), dict(margins or {}))
     runs = load_runs(run_dirs)
     out = Path(out)
     rows, benchmarks, tasks = comparison_rows(runs), benchmark_names(runs), all_tasks(runs)

@@ -7,11 +7,13 @@ the same from Python.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import loggers
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -65,10 +67,14 @@ def load_callback(spec) -> Callback:
         path = arguments.pop("class", None)
         if not isinstance(path, str):
             raise ConfigError(f"callback {arguments!r} needs `class: package.module:Class`")
+    kind = load_object(path, "callback")
     try:
-        callback = load_object(path, "callback")(**arguments)
+        callback = kind(**arguments)
     except TypeError as error:
         raise ConfigError(f"callback {path!r} cannot be built with {arguments}: {error}") from None
+    except Exception as error:  # the callback's own refusal, in its words
+        raise ConfigError(f"callback {path!r} failed while being built with {arguments}: "
+                          f"{type(error).__name__}: {error}") from None
     if not isinstance(callback, Callback):
         raise ConfigError(f"callback {path!r} is a {type(callback).__name__}, not a lightning Callback")
     return callback
@@ -82,6 +88,23 @@ def build_strategy(cfg: DictConfig):
     # Every process is a data-parallel shard; there is no tensor parallelism. (Validated: a count or a list.)
     per_node = t.devices if isinstance(t.devices, int) else len(t.devices)
     return ModelParallelStrategy(data_parallel_size=per_node * t.num_nodes, tensor_parallel_size=1)
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    """Lightning's own check of trainer.accelerator, devices, num_nodes, strategy and precision (a GPU asked for
+    where there is none, an unknown strategy), made by building a Trainer of them and nothing else: ConfigError
+    with its message, before the run directory is written."""
+    t = cfg.trainer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                      strategy=build_strategy(cfg), precision=t.precision, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"trainer.accelerator={t.accelerator} devices={t.devices} strategy={t.strategy} "
+                          f"precision={t.precision}: Lightning cannot run these here: {message}") from None
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):
@@ -147,11 +170,14 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
+    benchmarks = general_benchmarks(cfg)
     try:
         resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
     except RunFinished as finished:
         print(finished)
         return finished.summary
+    check_trainer_settings(cfg)  # hardware and strategy Lightning cannot give, named before anything is written
+    own_callbacks = [load_callback(path) for path in cfg.callbacks]  # and a callback that cannot be built
     prepare_run_dir(cfg)  # a used output_dir refused before any time is spent
     checkpoint = resolve_checkpoint(cfg)  # and a damaged model directory named before the run directory is written
     save_config(cfg, run_dir / "config.yaml")
@@ -169,7 +195,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     filtering = next((c for c in experiments if isinstance(c, RolloutFiltering)), None)
     evaluation = AccuracyMatrix(
         tasks, run_dir, cfg.eval.batch_size, cfg.eval.max_new_tokens,
-        general=general_benchmarks(cfg), progress=cfg.trainer.enable_progress_bar,
+        general=benchmarks, progress=cfg.trainer.enable_progress_bar,
         stages=[[tasks[k].name for k in stage.tasks] for stage in stages], general_every=cfg.eval.general_every,
         info={"name": cfg.name or f"{cfg.method} {cfg.schedule}", "method": cfg.method, "schedule": cfg.schedule},
         extra=lambda: {"kept_fraction": filtering.kept_fraction if filtering else None},
@@ -187,7 +213,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
         callbacks.append(TaskProgressBar(names, label=f"{cfg.name} seed {cfg.seed}" if cfg.name else ""))
     if cfg.logger != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    callbacks += [load_callback(path) for path in cfg.callbacks] + list(extra_callbacks)
+    callbacks += own_callbacks + list(extra_callbacks)
     t = cfg.trainer
     trainer = L.Trainer(
         max_epochs=len(stages),  # one epoch per stage, each exactly steps_per_task steps per task long

@@ -12,13 +12,12 @@ continue any stopped run.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from cpt.commands.run_dir import RUN_ENTRIES, held_run
+from cpt.commands.run_dir import RUN_ENTRIES, delete_run_entries, held_run
 from cpt.config import differing_keys
 from cpt.data.tasks import build_stages
 from cpt.errors import ConfigError
@@ -103,9 +102,7 @@ def start_again(run_dir: Path) -> None:
     stale = [name for name in RUN_ENTRIES if name not in ("config.yaml", "logs") and (run_dir / name).exists()]
     print(f"resume=true: {run_dir} holds no finished stage; starting its first stage again"
           + (f" (deleting {', '.join(stale)})" if stale else ""))
-    for name in stale:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    delete_run_entries(run_dir, stale)
     keep_earlier_log(run_dir / "logs" / "metrics.csv")
 
 

@@ -5,6 +5,7 @@ it) or `overwrite=true` (replace it, saying what goes), and every run records th
 from __future__ import annotations
 
 import platform
+import re
 import shutil
 import subprocess
 from importlib import metadata
@@ -23,6 +24,9 @@ RUN_ENTRIES = ("config.yaml", "versions.json", "results.json", "accuracy_matrix.
 # A run has computed something once it holds either (a start that failed before its first evaluation holds only
 # its config, which the next start may replace).
 RUN_MARKERS = ("results.json", "checkpoints")
+# What `fit` puts in checkpoints/: a directory per stage (<k>-<task>) and the training state, each perhaps half
+# written (.saving) or replaced (.old). Anything else there is not the run's, and stays.
+CHECKPOINT_ENTRY = re.compile(r"^(\d+-.+|last\.ckpt)(\.saving|\.old)?$")
 PACKAGES = ("cpt", "torch", "transformers", "lightning", "peft", "bitsandbytes", "flash-attn")
 
 
@@ -31,6 +35,23 @@ def held_run(run_dir: Path) -> list[str]:
     if not any((run_dir / name).exists() for name in RUN_MARKERS):
         return []
     return [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+
+
+def delete_run_entries(run_dir: Path, names: list[str]) -> None:
+    """Deletes the run entries `names` of run_dir; of checkpoints/, only what fit writes there (a file of the user's
+    beside the stages stays, and so does the directory holding it)."""
+    for name in names:
+        path = run_dir / name
+        if name == "checkpoints" and path.is_dir():
+            for entry in path.iterdir():
+                if CHECKPOINT_ENTRY.match(entry.name):
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def prepare_run_dir(cfg: DictConfig) -> None:
@@ -48,10 +69,12 @@ def prepare_run_dir(cfg: DictConfig) -> None:
             f"output_dir={str(run_dir)!r} already holds a run ({', '.join(held)}). Continue it with `python -m cpt "
             f"fit {run_dir / 'config.yaml'} resume=true`, choose another output_dir, or add overwrite=true to "
             "replace it")
+    if not (run_dir / "config.yaml").is_file():  # fit writes its config first: this is not a cpt run
+        raise ConfigError(
+            f"output_dir={str(run_dir)!r} holds {', '.join(held)} but no config.yaml, so no cpt run wrote them; "
+            "overwrite=true replaces only a run: choose another output_dir")
     print(f"overwrite=true: replacing the run in {run_dir} (deleting {', '.join(held)})")
-    for name in held:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    delete_run_entries(run_dir, held)
 
 
 def versions() -> dict:

@@ -37,6 +37,7 @@ from cpt.data.examples import Example, choice_letter
 from cpt.data.files import find_sources, open_image, read_source
 from cpt.data.scoring import SCORERS, multiple_choice, numeric
 from cpt.data.tasks import Task
+from cpt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,16 @@ def load_benchmark(name: str, format: str, path: str | Path, image_dir: str | Pa
                    limit: int | None = None, seed: int = 0) -> Task:
     """The benchmark's questions as an evaluation-only task; `limit` keeps a random subset fixed by `seed`."""
     if format not in BENCHMARK_FORMATS:
-        raise ValueError(f"benchmark {name!r}: unknown format {format!r}; known: {', '.join(BENCHMARK_FORMATS)}")
+        raise ConfigError(f"benchmark {name!r}: unknown format {format!r}; known: {', '.join(BENCHMARK_FORMATS)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"benchmark {name!r}: limit must be a positive number of questions or null, not {limit}")
+        raise ConfigError(f"benchmark {name!r}: limit must be a positive number of questions or null, not {limit}")
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"benchmark {name!r}: {path} does not exist")
     split, to_question = EVAL_SPLIT[format], mmmu_question if format == "mmmu" else mmlu_pro_question
     sources = find_sources(path, split)
     if not sources:
-        raise ValueError(f"benchmark {name!r}: {path} holds no {split} data: no .parquet, .arrow, .json or .jsonl "
+        raise DataError(f"benchmark {name!r}: {path} holds no {split} data: no .parquet, .arrow, .json or .jsonl "
                          "file, nor a datasets directory (files named for another split, e.g. "
                          "dev-00000-of-00001.parquet, are skipped)")
     questions = []
@@ -99,7 +100,7 @@ def load_benchmark(name: str, format: str, path: str | Path, image_dir: str | Pa
             where = _where(source, number, row)
             questions.append(Question(*to_question(row, where), image_dir=rows_dir, where=where))
     if not questions:
-        raise ValueError(f"benchmark {name!r}: no questions in {path}")
+        raise DataError(f"benchmark {name!r}: no questions in {path}")
     if limit is not None and limit < len(questions):
         questions = [questions[i] for i in sorted(random.Random(seed).sample(range(len(questions)), limit))]
     open_count = sum(not q.example.choices for q in questions)
@@ -122,7 +123,7 @@ def _where(source: Path, number: int, row: dict) -> str:
 def _check_columns(row: dict, required: tuple[str, ...], where: str, schema: str) -> None:
     missing = [column for column in required if column not in row]
     if missing:
-        raise ValueError(f"{where}: row lacks {', '.join(missing)}; {schema} rows have {', '.join(required)}")
+        raise DataError(f"{where}: row lacks {', '.join(missing)}; {schema} rows have {', '.join(required)}")
 
 
 # --- MMMU -------------------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def mmmu_question(row: dict, where: str) -> tuple[Example, list, str]:
     _check_columns(row, MMMU_COLUMNS, where, "MMMU")
     subject = MMMU_ID.fullmatch(str(row["id"]))
     if subject is None:
-        raise ValueError(f"{where}: id is not MMMU's <split>_<Subject>_<number> (e.g. validation_Art_Theory_12), "
+        raise DataError(f"{where}: id is not MMMU's <split>_<Subject>_<number> (e.g. validation_Art_Theory_12), "
                          "which names the subject")
     question = IMAGE_PLACEHOLDER.sub(r"[image \1]", str(row["question"]))
     images = [row[column] for column in MMMU_IMAGES if row.get(column) is not None]
@@ -143,16 +144,16 @@ def mmmu_question(row: dict, where: str) -> tuple[Example, list, str]:
         choices = [IMAGE_PLACEHOLDER.sub(r"[image \1]", option) for option in _mmmu_options(row["options"], where)]
         letters = [choice_letter(i) for i in range(len(choices))]
         if answer not in letters:
-            raise ValueError(f"{where}: answer {answer!r} is not the letter of one of its {len(choices)} options "
+            raise DataError(f"{where}: answer {answer!r} is not the letter of one of its {len(choices)} options "
                              f"({', '.join(letters)}); MMMU's test split has no answers, evaluate its validation split")
         example = Example(question, answer, choices=choices)
     elif kind == "open":
         answers = _open_answers(answer)
         if not answers:
-            raise ValueError(f"{where}: open question without an answer")
+            raise DataError(f"{where}: open question without an answer")
         example = Example(question, answers[0], aliases=answers[1:])
     else:
-        raise ValueError(f"{where}: question_type {kind!r} is neither 'multiple-choice' nor 'open'")
+        raise DataError(f"{where}: question_type {kind!r} is neither 'multiple-choice' nor 'open'")
     return example, images, subject.group(1)
 
 
@@ -163,10 +164,10 @@ def _mmmu_options(value, where: str) -> list[str]:
         try:
             options = ast.literal_eval(value)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise ValueError(f"{where}: options {value[:80]!r} is not a Python list of strings, "
+            raise DataError(f"{where}: options {value[:80]!r} is not a Python list of strings, "
                              "like \"['A cat', 'B dog']\"") from None
     if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
-        raise ValueError(f"{where}: options {str(value)[:80]!r} is not a non-empty list of strings, "
+        raise DataError(f"{where}: options {str(value)[:80]!r} is not a non-empty list of strings, "
                          "as a multiple-choice question needs")
     return options
 
@@ -202,14 +203,14 @@ def mmlu_pro_question(row: dict, where: str) -> tuple[Example, list, str]:
     _check_columns(row, MMLU_PRO_COLUMNS, where, "MMLU-Pro")
     options, answer, index = row["options"], str(row["answer"]).strip(), row["answer_index"]
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-        raise ValueError(f"{where}: options must be a list of strings, not {str(options)[:80]!r}")
+        raise DataError(f"{where}: options must be a list of strings, not {str(options)[:80]!r}")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(options):
-        raise ValueError(f"{where}: answer_index {index!r} is not the index of one of its {len(options)} options")
+        raise DataError(f"{where}: answer_index {index!r} is not the index of one of its {len(options)} options")
     if answer != choice_letter(index):
-        raise ValueError(f"{where}: answer {answer!r} disagrees with answer_index {index} "
+        raise DataError(f"{where}: answer {answer!r} disagrees with answer_index {index} "
                          f"(option {choice_letter(index)}); fix one of them")
     if options[index].strip() == PADDING:
-        raise ValueError(f"{where}: the answer is a {PADDING!r} padding option")
+        raise DataError(f"{where}: the answer is a {PADDING!r} padding option")
     kept = [i for i, option in enumerate(options) if option.strip() != PADDING]
     example = Example(str(row["question"]), choice_letter(kept.index(index)), choices=[options[i] for i in kept])
     return example, [], str(row["category"])

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from cpt.config import MIXED_PRECISIONS
 from cpt.data.tasks import Task, build_stages
 from cpt.methods.loss_terms import LossTerm, TrainingStep
 from cpt.model.backbone import DTYPES, load_backbone, processor_source
@@ -143,8 +144,11 @@ class CPTModule(L.LightningModule):
         optim = self.cfg.optim
         params = [p for p in self.parameters() if p.requires_grad]
         # The fused kernel updates all parameters in one pass (about 4x faster than the per-tensor loop on CPU,
-        # and the fastest on CUDA); torch has it for floating-point parameters on these devices.
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        # and the fastest on CUDA); torch has it for floating-point parameters on these devices. Under a mixed
+        # precision Lightning clips the gradients itself, which it refuses to do for an optimizer that unscales
+        # them inside its step (a fused one): the loop then.
+        mixed = self.cfg.trainer.precision in MIXED_PRECISIONS
+        fused = not mixed and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused or None)
         schedule = per_task_schedule(self.optimizer_steps_per_stage(), optim.warmup_ratio, optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -165,7 +165,14 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int 
                              task_type="CAUSAL_LM")
     if experts is not None:
         peft_config = moe_lora_config(peft_config, experts)
-    model = get_peft_model(model, peft_config)
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as error:  # peft's NoMatchingPeftModuleError (a ValueError in older versions' own words)
+        if "target" not in str(error).lower():
+            raise
+        raise ConfigError(f"model.lora.target_modules={list(lora.target_modules)} names no linear layer of the "
+                          f"language model{' or the vision tower' if lora.vision else ''}; the decoder layers' "
+                          "are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj") from None
     if adapters > 1:
         add_stage_adapters(model, adapters)
     return model

@@ -68,6 +68,10 @@ def load_run(path: str | Path) -> dict:
     """One run directory's results, every optional field filled in: results.json's keys plus `dir`,
     `filtering` and `analysis` (the contents of filtering.json and analysis.json, or None)."""
     run_dir = Path(path).expanduser()
+    if run_dir.is_file():
+        hint = f", {str(run_dir.parent)!r} here" if run_dir.name == "results.json" else ""
+        raise ConfigError(f"{str(run_dir)!r} is a file; give the run's directory (the output_dir of a "
+                          f"`python -m cpt fit` run{hint})")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     if not (run_dir / "results.json").is_file():
@@ -90,6 +94,11 @@ def load_run(path: str | Path) -> dict:
     if run.get("stages") is None:  # an empty list is `cpt eval`'s row: a model evaluated, no stage trained
         run["stages"] = [list(tasks)] if run["schedule"] == "multitask" else [[t] for t in tasks]
     run.setdefault("complete", len(matrix) == len(run["stages"]) + 1)
+    if (run["complete"] and run["stages"] and len(matrix) != len(run["stages"]) + 1) or \
+            len(matrix) > len(run["stages"]) + 1:
+        results = run_dir / "results.json"
+        raise ConfigError(f"{results} has {len(matrix)} accuracy rows for {len(run['stages'])} stage(s) (a finished "
+                          f"run has one per stage and the base's): leave the run out, or {next_step(results)}")
     run.setdefault("chance", [None] * len(tasks))
     if "benchmarks" not in run:
         run["benchmarks"] = _benchmarks_from_general(run.get("general") or [])

@@ -34,6 +34,30 @@ def _duration(value: Estimate | None) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}{spread} min" if minutes >= 60 else f"{minutes}{spread} min"
 
 
+def is_metric(name: str) -> bool:
+    """Whether `name` is a number an experiment reports (what a margin or a comparison may name): the METRICS,
+    a benchmark's base, final or change, a task's final, forgetting or before-its-turn, or a mechanism's."""
+    return (name in dict(METRICS) or name in RUN_KEYS or name in ("kept_fraction", "wall_time_s")
+            or name.endswith(("_base", "_final", "_change")) or name.startswith(("final_", "forget_", "before_")))
+
+
+def check_comparisons(primaries: list[tuple[str, str]], diffs: list[tuple[str, str]],
+                      margins: dict[str, float]) -> None:
+    """The comparisons asked for make sense before anything is read: none compares an experiment with itself,
+    every margin names a reported number, and margins have a comparison to apply to. ConfigError otherwise."""
+    for a, b in [*primaries, *diffs]:
+        if a.lower() == b.lower():
+            raise ConfigError(f"the comparison [{a}, {b}] compares an experiment with itself (always 0); name two "
+                              "experiments")
+    unknown = [name for name in margins if not is_metric(name)]
+    if unknown:
+        raise ConfigError(f"a margin names {', '.join(map(repr, unknown))}, which no experiment reports; margins "
+                          f"name a metric such as {', '.join(key for key, _ in METRICS)} or general_change")
+    if margins and not (primaries or diffs):
+        raise ConfigError("a margin applies to the primary (and exploratory) comparisons, and none is given: add "
+                          "--primary A B (or --diff A B), or leave the margin out")
+
+
 def keys(benchmarks: list[str], tasks: list[str]) -> list[str]:
     """Every number an experiment reports, in table order."""
     return [*(key for key, _ in METRICS), *(f"{b}_{part}" for b in benchmarks for part in ("base", "final", "change")),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from omegaconf import OmegaConf
 
 from cpt.config import REPORTING_KEYS, Config, flat
+from cpt.errors import ConfigError
 from cpt.eval.metrics import task_forgetting
 from cpt.reporting.intervals import Difference, Estimate, Ratio, difference, estimate, ratio
 from cpt.reporting.mechanisms import run_mechanisms
@@ -111,8 +112,24 @@ def group_runs(runs: list[dict], rows: list[dict], benchmarks: list[str]) -> lis
         group.values.append(run_values(run, row, benchmarks))
         group.seeds.append(None if config is None else config.get("seed"))
     experiments = list(groups.values())
+    for experiment in experiments:
+        _check_seeds_once(experiment)
     _tell_apart(experiments)
     return experiments
+
+
+def _check_seeds_once(experiment: Experiment) -> None:
+    """Each seed once per experiment: a run given twice, or a copy of one, is not a second draw, and counting it
+    would narrow the interval for nothing."""
+    first: dict = {}
+    for run, seed in zip(experiment.runs, experiment.seeds):
+        if seed is None:
+            continue
+        if seed in first:
+            raise ConfigError(f"{first[seed]['dir']} and {run['dir']} are both seed {seed} of {experiment.name!r} "
+                              "(the same run given twice, a copy of one, or two experiments with one config and "
+                              "name): give each seed once")
+        first[seed] = run
 
 
 def _tell_apart(experiments: list[Experiment]) -> None:

@@ -40,6 +40,9 @@ def read_matrix(path: Path) -> np.ndarray:
     except ValueError as error:
         if isinstance(error, SimilarityInputError):
             raise
+        if suffix == ".npy" and not path.read_bytes().startswith(b"\x93NUMPY"):  # not numpy's format at all
+            raise SimilarityInputError(f"input {str(path)!r} is not a .npy file (no numpy header): save the matrix "
+                                       "with numpy.save, or give it as a .csv") from None
         raise SimilarityInputError(f"input {str(path)!r} is not a numeric matrix: {error}") from None
     if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
         raise SimilarityInputError(f"input {str(path)!r} holds {matrix.dtype} values, not real numbers")

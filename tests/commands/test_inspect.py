@@ -29,3 +29,10 @@ def test_inspect_prints_the_sizes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "backbone            qwen2.5-vl-7b" in printed and "Qwen2_5_VLDecoderLayer" in printed
     assert "32 x Qwen2_5_VLVisionBlock" in printed
+
+
+def test_lora_targets_that_name_no_layer_are_a_config_error(capsys):
+    assert main(["inspect", "model.finetune=lora", "model.lora.target_modules=[nosuch_proj]"]) == 2
+    err = capsys.readouterr().err
+    assert "model.lora.target_modules=['nosuch_proj'] names no linear layer" in err
+    assert len(err.strip().splitlines()) == 1

@@ -39,6 +39,48 @@ def test_fit_refuses_a_used_output_dir_and_overwrite_replaces_it(tmp_path, quick
     assert (run_dir / "notes.txt").read_text() == "mine"  # only what a run writes is replaced
 
 
+def test_overwrite_deletes_only_what_a_run_wrote_and_never_a_directory_no_run_wrote(tmp_path, capsys):
+    from cpt.commands.run_dir import delete_run_entries
+
+    # a folder of the user's with logs/ and checkpoints/ but no config.yaml: refused, even with overwrite=true
+    user = tmp_path / "user"
+    (user / "logs").mkdir(parents=True)
+    (user / "checkpoints").mkdir()
+    (user / "logs" / "mine.txt").write_text("x")
+    (user / "checkpoints" / "model.bin").write_text("x")
+    assert main(["fit", f"output_dir={user}", "overwrite=true", "tasks=[colour]"]) == 2
+    assert "no config.yaml, so no cpt run wrote them" in capsys.readouterr().err
+    assert (user / "logs" / "mine.txt").is_file() and (user / "checkpoints" / "model.bin").is_file()
+    # in a run's checkpoints/, only the stages and the training state go
+    run = tmp_path / "run"
+    for name in ("1-colour", "2-shape.saving", "last.ckpt"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+    (run / "checkpoints" / "notes.md").write_text("mine")
+    (run / "results.json").write_text("{}")
+    delete_run_entries(run, ["results.json", "checkpoints"])
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "notes.md"]
+    (run / "checkpoints" / "notes.md").unlink()
+    (run / "checkpoints" / "1-colour").mkdir()
+    delete_run_entries(run, ["checkpoints"])
+    assert not (run / "checkpoints").exists()  # emptied: removed
+
+
+def test_what_lightning_cannot_run_is_named_before_the_run_directory_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "trainer.strategy=nosuch", "tasks=[colour]", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.accelerator=" in err and "strategy=nosuch" in err and "invalid strategy name" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_sft_under_mixed_precision_clips_its_gradients(tmp_path, quick_cfg, foundation_dir):
+    # Lightning clips under a mixed precision and refuses an optimizer that unscales inside its step (a fused one)
+    assert main(["fit", *quick_cfg, "tasks=[colour]", "steps_per_task=2", "data.eval_size=2", "eval.general=false",
+                 "trainer.precision=bf16-mixed", "logger=none", f"output_dir={tmp_path / 'run'}"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["complete"]
+
+
 def test_held_run_and_versions(tmp_path):
     assert held_run(tmp_path) == [] and held_run(tmp_path / "new") == []
     (tmp_path / "notes.txt").write_text("x")
@@ -85,6 +127,15 @@ def test_resume_takes_the_previous_checkpoint_when_a_save_stopped_between_its_re
     ("optim.lr=-1", "bad value for 'optim.lr': must be a number > 0, got -1.0"),
     ("optim.warmup_ratio=2", "bad value for 'optim.warmup_ratio': must be a number in [0, 1], got 2.0"),
     ("seed=-1", "bad value for 'seed': must be a whole number in [0, 4294967295], got -1"),
+    # a list, a mapping or a single value where the schema holds another of the three
+    ("tasks={a: 1}", "bad value for 'tasks': give a list (e.g. tasks=[a,b]), not a mapping"),
+    ("tasks=colour", "bad value for 'tasks': give a list (e.g. tasks=[a,b]), not a single value"),
+    ("rft.reward.weights=[1,2]", "bad value for 'rft.reward.weights': give a mapping"),
+    ("model=tiny", "bad value for 'model': give a mapping (e.g. model.<name>=...), not a single value"),
+    ("local_tasks.mine=/data", "bad value for 'local_tasks.mine': give a mapping"),
+    ("tasks=[colour", "cannot parse the overrides 'tasks=[colour'"),
+    ("trainer.devices=0", "bad value for 'trainer.devices': give a number of devices >= 1, -1 (all), auto"),
+    ("trainer.devices=[0,-1]", "bad value for 'trainer.devices'"),
 ])
 def test_bad_values_are_messages_with_exit_code_2(override, message, capsys):
     assert main(["fit", override]) == 2
@@ -116,3 +167,30 @@ def test_an_output_dir_that_is_a_file_and_a_corrupt_model_directory(tmp_path, ca
     assert (f"error: {model} holds a config.json but lacks weights (*.safetensors), a tokenizer "
             "(tokenizer_config.json) and an image processor (preprocessor_config.json)") in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "eval").exists()
+
+
+class RefusesToBuild:  # a user callback whose constructor raises (loaded as tests.commands.test_run_dir:...)
+    def __init__(self):
+        raise RuntimeError("no GPU telemetry here")
+
+
+def test_a_callback_that_cannot_be_built_and_an_unknown_flag_write_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "callbacks=[tests.commands.test_run_dir:RefusesToBuild]", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "failed while being built with {}: RuntimeError: no GPU telemetry here" in err and not out.exists()
+    assert main(["fit", "--print-confg"]) == 2
+    assert "unknown flag '--print-confg'" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path)]) == 2
+    assert "is a directory; give a config file" in capsys.readouterr().err
+
+
+def test_a_benchmark_whose_rows_lack_its_columns_is_named_before_the_run_directory(tmp_path, capsys):
+    rows = tmp_path / "bench.jsonl"
+    rows.write_text('{"question": "q", "answer": "A"}\n')
+    out = tmp_path / "run"
+    assert main(["fit", "eval.benchmarks.mine.format=mmmu", f"eval.benchmarks.mine.path={rows}",
+                 "tasks=[colour]", f"output_dir={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "row 0: row lacks id, options, question_type; MMMU rows have" in err and "Traceback" not in err
+    assert not out.exists()

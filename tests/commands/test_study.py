@@ -137,6 +137,12 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
         ({"compare": {"margins": {"fm": -1}}}, "compare.margins must map a metric to a number > 0"),
         ({"compare": {"diff": [["SFT lr 1e-3", "SFT sequentiel"]]}}, "compare names 'SFT sequentiel', which no"),
         ({"compare": {"primaries": []}}, "compare must be a mapping with diff, margins, primary"),
+        ({"compare": {"diff": [["SFT lr 1e-3", "SFT lr 1e-3"]]}}, "compares an experiment with itself"),
+        ({"compare": {"margins": {"nosuch": 3}, "primary": [["SFT lr 1e-3", "SFT sequential"]]}},
+         "a margin names 'nosuch', which no experiment reports"),
+        ({"experiments": {"a": {"config": "configs/experiments/sft_sequential.yaml"},
+                          "b": {"config": "configs/experiments/sft_sequential.yaml"}}, "compare": {}},
+         "experiments 'a' and 'b' are the same runs (one config, one name)"),
     ]:
         write_study(study_file, quick_cfg, out, **changes)
         assert cli.main(["study", str(study_file)]) == 2, changes
@@ -155,6 +161,10 @@ def test_study_files_are_checked_before_anything_runs(tmp_path, quick_cfg, capsy
     assert cli.main(["study", str(study_file), "--dry-run"]) == 2
     assert "compare names 'SFT sequentiel', which no experiment is called" in capsys.readouterr().err
     assert not out.exists()
+    out.write_text("a file")
+    write_study(study_file, quick_cfg, out)
+    assert cli.main(["study", str(study_file), "--dry-run"]) == 2
+    assert f"output_dir {str(out)!r} is a file; name a directory" in capsys.readouterr().err
 
 
 def test_an_experiment_may_take_more_seeds(tmp_path, quick_cfg, capsys):

@@ -177,3 +177,23 @@ def test_primary_comparisons_from_the_command_line(study, tmp_path, capsys):
     assert "argument --margin: 'fm=-3' is not NAME=N with N a number > 0" in capsys.readouterr().err
     assert cli.main(["compare", *map(str, study), "--out", str(out), "--primary", "RFT sequential", sft_name]) == 2
     assert "primary comparisons need a margin per metric" in capsys.readouterr().err
+
+
+def test_a_seed_given_twice_a_self_comparison_and_a_stray_margin_are_refused(study, tmp_path, capsys):
+    dirs, out = study, str(tmp_path / "cmp")
+    copy = write_seed(tmp_path / "copy/seed0", "SFT sequential", "sft", 0,
+                      [[50.0, 40.0], [90.0, 30.0], [50.0, 50.0]], [40.0, 30.0, 20.0], 5e-4)
+    for args, message in (([str(dirs[0]), str(dirs[0])], "are both seed 0 of 'SFT sequential"),
+                          ([str(dirs[0]), str(copy)], "(the same run given twice, a copy of one"),
+                          ([str(dirs[0]), "--diff", "SFT sequential", "sft sequential"],
+                           "compares an experiment with itself"),
+                          ([str(dirs[0]), "--margin", "fm=3"], "a margin applies to the primary"),
+                          ([str(dirs[0]), "--diff", "A", "B", "--margin", "fmm=3"], "a margin names 'fmm'")):
+        assert cli.main(["compare", *args, "--out", out]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    # a results file with more accuracy rows than its stages allow
+    results = json.loads((dirs[0] / "results.json").read_text())
+    (dirs[0] / "results.json").write_text(json.dumps({**results, "accuracy_matrix": results["accuracy_matrix"][:1]}))
+    assert cli.main(["compare", str(dirs[0]), "--out", out]) == 2
+    assert "has 1 accuracy rows for 2 stage(s)" in capsys.readouterr().err

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     if command not in OWN_HELP and ("-h" in args or "--help" in args):
-        print(format_help())
+        print(format_help(command))
         return 0
     os.environ.setdefault(RUN_TIME_ENV, datetime.now().isoformat(timespec="seconds"))
     console.configure(level)

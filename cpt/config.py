@@ -516,8 +516,12 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dict
     else:
         try:
             loaded = OmegaConf.load(path)
+            plain = yaml.safe_load(path.read_text())  # OmegaConf reads a lone text as a key with no value
         except Exception as error:  # yaml.YAMLError and friends
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if plain is not None and not isinstance(plain, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a "
+                              f"{type(plain).__name__}")
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a list")
     base = loaded.pop("base", None)
@@ -570,19 +574,20 @@ def load_config_with_recipe(path: str | Path | None = None,
     returns the recipe values it applied, so that the run can say which defaults it used."""
     merged = OmegaConf.structured(Config)
     layers = (_load_yaml(Path(path)) if path is not None else []) + [(None, _parse_overrides(list(overrides)))]
-    for _, layer in layers:
+    for source, layer in layers:
+        where = f"{source}: " if source else ""  # a file's problem names the file
         try:
             merged = OmegaConf.merge(merged, layer)
         except (OmegaConfBaseException, TypeError) as error:  # TypeError: a list where a mapping belongs, or back
             if isinstance(error, ConfigKeyError):
                 key = getattr(error, "full_key", None) or "?"
-                raise ConfigError(f"unknown key {key!r}; did you mean: {_suggest(key)}") from None
+                raise ConfigError(f"{where}unknown key {key!r}; did you mean: {_suggest(key)}") from None
             shape = _wrong_shape(merged, OmegaConf.to_container(layer, resolve=False))
             if shape:
-                raise ConfigError(shape) from None
+                raise ConfigError(where + shape) from None
             key = getattr(error, "full_key", None) or "?"
             message = str(error).splitlines()[0]
-            raise ConfigError(f"bad value for {key!r}: {message}") from None
+            raise ConfigError(f"{where}bad value for {key!r}: {message}") from None
     settings = [layer for source, layer in layers if source != DEFAULT_CONFIG]
     recipe = RECIPES.get(OmegaConf.select(merged, "method", throw_on_resolution_failure=False), {})
     applied = {key: value for key, value in recipe.items() if not any(_sets(layer, key) for layer in settings)}
@@ -891,10 +896,15 @@ def kl_values(cfg: DictConfig) -> list[float]:
     return [kl.coef, kl.final_coef] if kl.schedule == "linear" else [kl.coef]
 
 
-def format_help() -> str:
-    lines = ["usage: python -m cpt fit [CONFIG.yaml] [key=value ...] [--print-config] [--log-level LEVEL]", "",
-             "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml. --print-config "
-             "prints the resolved config and exits.", ""]
+def format_help(command: str = "fit") -> str:
+    """`python -m cpt <command> --help` for the commands that take the config's keys (fit, inspect)."""
+    if command == "fit":
+        lines = ["usage: python -m cpt fit [CONFIG.yaml] [key=value ...] [--print-config] [--log-level LEVEL]", "",
+                 "Continual post-training over a task sequence. With no CONFIG, configs/default.yaml. "
+                 "--print-config prints the resolved config and exits.", ""]
+    else:
+        lines = [f"usage: python -m cpt {command} [CONFIG.yaml] [key=value ...] [--log-level LEVEL]", "",
+                 "The config's keys, as fit takes them (with no CONFIG, configs/default.yaml).", ""]
     for method, recipe in RECIPES.items():
         values = " ".join(f"{key}={value}" for key, value in recipe.items())
         lines += [f"method={method} brings the {method.upper()} recipe: {values}",

@@ -213,3 +213,13 @@ def test_a_file_where_a_run_is_wanted_text_named_npy_and_a_stray_bench_flag(tmp_
     assert "is not a .npy file (no numpy header)" in capsys.readouterr().err
     assert main(["bench", "memory", "--foo"]) == 2
     assert capsys.readouterr().err.startswith("error: bench memory takes no config overrides or other flags: --foo")
+
+
+def test_eval_names_its_own_keys_and_inspect_its_own_usage(capsys):
+    assert main(["eval", "checkpoint=nowhere/stage"]) == 2
+    assert "checkpoint='nowhere/stage' does not exist; give a stage directory" in capsys.readouterr().err
+    assert main(["eval", "chekpoint=x"]) == 2
+    assert "unknown key 'chekpoint'; did you mean checkpoint=?" in capsys.readouterr().err
+    assert main(["inspect", "--help"]) == 0
+    usage = capsys.readouterr().out.splitlines()[0]
+    assert usage == "usage: python -m cpt inspect [CONFIG.yaml] [key=value ...] [--log-level LEVEL]"

@@ -10,6 +10,7 @@ beside runs.
 
 from __future__ import annotations
 
+import difflib
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from cpt.errors import ConfigError
 from cpt.eval.evaluate import evaluate_by_category
 from cpt.eval.results import format_table, summarize, write_results
 from cpt.model.backbone import load_for_inference, processor_source
+from cpt.model.families import preset_families
 from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 
@@ -77,6 +79,16 @@ def main(args: list[str]) -> int:
         print(__doc__ + "\nThe config keys are fit's: python -m cpt fit --help lists them.")
         return 0
     own, rest = flags.key_values(args, KEYS, others=True)
+    for arg in rest:  # a misspelt key of this command, which the config would take for a misspelt config key
+        key = arg.partition("=")[0]
+        close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.8)
+        if close and "." not in key:
+            raise ConfigError(f"unknown key {key!r}; did you mean {close[0]}=?")
+    checkpoint = own.get("checkpoint")
+    if checkpoint and checkpoint not in preset_families() and not Path(checkpoint).expanduser().exists():
+        raise ConfigError(f"checkpoint={checkpoint!r} does not exist; give a stage directory "
+                          f"(<run>/checkpoints/<k>-<task>), an exported model, a local checkpoint, or a preset "
+                          f"({', '.join(preset_families())})")
     cfg = config_from_args(rest)
     if "checkpoint" in own:
         cfg.model.name_or_path = own["checkpoint"]

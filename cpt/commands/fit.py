@@ -39,7 +39,7 @@ from cpt.callbacks import (
     TaskSwitching,
 )
 from cpt.commands.resume import RunFinished, resume_checkpoint
-from cpt.commands.run_dir import prepare_run_dir, versions
+from cpt.commands.run_dir import held_run, prepare_run_dir, versions
 from cpt.config import ROLLOUT_METHODS, config_with_recipe_from_args, recipe_note, save_config
 from cpt.data.check import leave_out_bad_rows
 from cpt.data.datamodule import TaskSequenceData
@@ -234,6 +234,24 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     return evaluation.summary
 
 
+def check_run_config_points_home(cfg: DictConfig, args: list[str]) -> None:
+    """A run's own config.yaml, resumed or overwritten, must name that run as its output_dir: a saved output_dir is
+    relative to where the run was started, so from a copy of the run, or from another directory, it names another
+    run, which resume would continue and overwrite would delete."""
+    if not args or "=" in args[0] or not (cfg.resume or cfg.overwrite):
+        return
+    config = Path(args[0]).resolve()
+    home = config.parent
+    if config.name != "config.yaml" or not held_run(home) or any(a.startswith("output_dir=") for a in args[1:]):
+        return
+    if Path(cfg.output_dir).resolve() != home:
+        action = "resume=true would continue" if cfg.resume else "overwrite=true would replace"
+        raise ConfigError(f"{args[0]} is the config of the run in {str(home)!r}, but its output_dir "
+                          f"{cfg.output_dir!r} names {str(Path(cfg.output_dir).resolve())!r} from here, which "
+                          f"{action}: add output_dir={args[0].rsplit('/', 1)[0] if '/' in args[0] else '.'} for this "
+                          f"run, or output_dir={cfg.output_dir} for that one")
+
+
 def main(args: list[str]) -> int:
     show = "--print-config" in args
     cfg, applied = config_with_recipe_from_args([arg for arg in args if arg != "--print-config"])
@@ -242,6 +260,7 @@ def main(args: list[str]) -> int:
         return 0
     if applied and rank_zero_only.rank == 0:  # the processes Lightning launches for other ranks re-read the config
         print(recipe_note(cfg.method, applied))
+    check_run_config_points_home(cfg, [arg for arg in args if arg != "--print-config"])
     try:
         run(cfg)
     except FloatingPointError as error:

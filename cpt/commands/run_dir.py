@@ -64,15 +64,15 @@ def prepare_run_dir(cfg: DictConfig) -> None:
     held = held_run(run_dir)
     if not held:
         return
+    if not (run_dir / "config.yaml").is_file():  # fit writes its config first: this is not a cpt run
+        raise ConfigError(
+            f"output_dir={str(run_dir)!r} holds {', '.join(held)} but no config.yaml, so no cpt run wrote them; "
+            "choose another output_dir")
     if not cfg.overwrite:
         raise ConfigError(
             f"output_dir={str(run_dir)!r} already holds a run ({', '.join(held)}). Continue it with `python -m cpt "
             f"fit {run_dir / 'config.yaml'} resume=true`, choose another output_dir, or add overwrite=true to "
             "replace it")
-    if not (run_dir / "config.yaml").is_file():  # fit writes its config first: this is not a cpt run
-        raise ConfigError(
-            f"output_dir={str(run_dir)!r} holds {', '.join(held)} but no config.yaml, so no cpt run wrote them; "
-            "overwrite=true replaces only a run: choose another output_dir")
     print(f"overwrite=true: replacing the run in {run_dir} (deleting {', '.join(held)})")
     delete_run_entries(run_dir, held)
 

@@ -1,6 +1,7 @@
 """Run directories keep what they hold, files appear whole, runs record their versions, bad values are messages."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -194,3 +195,15 @@ def test_a_benchmark_whose_rows_lack_its_columns_is_named_before_the_run_directo
     err = capsys.readouterr().err
     assert "row 0: row lacks id, options, question_type; MMMU rows have" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_copied_runs_config_never_resumes_or_replaces_the_run_it_was_copied_from(tmp_path, capsys):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    save_config(load_config(None, ["tasks=[colour]", f"output_dir={original}"]), original / "config.yaml")
+    (original / "results.json").write_text('{"accuracy_matrix": [[1.0]]}')
+    shutil.copytree(original, copy)
+    for flag, action in (("overwrite=true", "overwrite=true would replace"), ("resume=true", "resume=true would")):
+        assert main(["fit", str(copy / "config.yaml"), flag]) == 2
+        err = capsys.readouterr().err
+        assert f"is the config of the run in {str(copy)!r}, but its output_dir {str(original)!r}" in err
+        assert action in err and (original / "results.json").read_text() == '{"accuracy_matrix": [[1.0]]}'

@@ -8,6 +8,7 @@ data and training stack.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -32,6 +33,9 @@ commands:
   smc       smc complete INPUT OUTPUT | smc bench: similarity matrix completion (SMCNN, SMCNmF)
   data      data check [CONFIG.yaml] [key=value ...]: load every task and benchmark, report counts and bad rows
 """
+
+# The errors of a place the user may not write (permission, read-only or full disk, quota).
+REFUSED_BY_THE_MACHINE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 # Each module has main(args) -> exit code.
 COMMANDS = {"fit": "cpt.commands.fit", "eval": "cpt.commands.evaluate", "inspect": "cpt.commands.inspect",
@@ -75,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:  # a dataset or a model file is unusable: the message names it
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except OSError as error:  # the machine refused: a read-only or full disk, a permission
+    except OSError as error:  # the machine refused: a read-only or full disk, a permission; or another file error
         where = f" {error.filename!r}" if error.filename else ""
-        print(f"error: cannot write or read{where}: {error.strerror or error}; choose a place this user may write "
-              "(output_dir, --out, foundation.cache_dir or $CPT_CACHE_DIR)", file=sys.stderr)
+        if error.errno in REFUSED_BY_THE_MACHINE:
+            print(f"error: cannot write or read{where}: {error.strerror}; choose a place this user may write "
+                  "(output_dir, --out, foundation.cache_dir or $CPT_CACHE_DIR)", file=sys.stderr)
+        else:
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
     except SystemExit as stop:  # a command's parser refused a flag (its message is printed) or answered --help
         if isinstance(stop.code, str):  # SystemExit("message"): Python would print it and exit 1

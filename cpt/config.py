@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -785,10 +786,14 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.der.label_weight > 0 and cfg.der.weight <= 0:
         raise ConfigError("der.label_weight is DER++'s term on top of DER: set der.weight too (e.g. 0.5)")
     devices = cfg.trainer.devices
-    if not (devices == "auto" or devices == -1 or (isinstance(devices, int) and not isinstance(devices, bool)
-                                                   and devices >= 1)
-            or (OmegaConf.is_list(devices) and len(devices) > 0
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))):
+    # Lightning's forms: a count (-1: all), auto, a list of ids, or the same as text ("2", "0,1"); what the machine
+    # has is checked by fit against Lightning itself.
+    text = isinstance(devices, str) and (devices == "auto" or re.fullmatch(r"\s*(-1|\d+(\s*,\s*\d+)*\s*,?)\s*",
+                                                                           devices) and devices.strip() != "0")
+    count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+    ids = OmegaConf.is_list(devices) and len(devices) > 0 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    if not (text or count or ids):
         raise ConfigError(f"bad value for 'trainer.devices': give a number of devices >= 1, -1 (all), auto, or a "
                           f"list of device ids such as [0, 1]; got {devices!r}")
     if cfg.olora.enabled:

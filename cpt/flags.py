@@ -170,7 +170,11 @@ class OutputFile(FlagType):
 
 
 class OutputDir(FlagType):
-    """A directory the command writes into (created if missing): not a file, and creatable where it points."""
+    """A directory the command writes into (created if missing): not a file, and creatable where it points.
+    `replaced`: the command replaces it whole (export), so it may not hold one of the inputs either."""
+
+    def __init__(self, replaced: bool = False):
+        self.replaced = replaced
 
     def __call__(self, text: str) -> Path:
         path = Path(text)
@@ -186,7 +190,7 @@ class OutputDir(FlagType):
         return "output directory"
 
 
-INPUT, OUTPUT_FILE, OUTPUT_DIR = InputPath(), OutputFile(), OutputDir()
+INPUT, OUTPUT_FILE, OUTPUT_DIR, REPLACED_DIR = InputPath(), OutputFile(), OutputDir(), OutputDir(replaced=True)
 
 
 def walk(parser: argparse.ArgumentParser, prefix: str = ""):
@@ -229,22 +233,22 @@ def parse(parser: argparse.ArgumentParser, args: list[str]) -> argparse.Namespac
             outputs += [(action, path) for path in paths]
     for action, path in outputs:
         name = action.option_strings[0] if action.option_strings else action.dest.upper()
-        if problem := overlap(path, inputs):
+        if problem := overlap(path, inputs, replaced=getattr(action.type, "replaced", False)):
             parser.error(f"{name} {str(path)!r} {problem}: name another path")
     return options
 
 
-def overlap(output: Path, inputs: list[Path]) -> str | None:
-    """What is wrong with writing `output` given what the command reads: it is one of the inputs, or a directory
-    holding one (which replacing it would delete); None when neither."""
+def overlap(output: Path, inputs: list[Path], replaced: bool = False) -> str | None:
+    """What is wrong with writing `output` given what the command reads: it is one of the inputs, or (`replaced`:
+    the command replaces it whole) a directory holding one; None when neither."""
     target = output.resolve()
     for source in inputs:
         if not source.exists():
             continue
         if target == source.resolve():
             return "is one of the inputs; writing it would overwrite what the command reads"
-        if target in source.resolve().parents:
-            return f"holds the input {str(source)!r}; writing it could delete what the command reads"
+        if replaced and target in source.resolve().parents:
+            return f"holds the input {str(source)!r}; replacing it would delete what the command reads"
     return None
 
 

@@ -36,6 +36,7 @@ from cpt.config import config_from_args, config_path, differing_keys, flat
 from cpt.errors import ConfigError
 from cpt.reporting.equivalence import is_margin
 from cpt.reporting.group_report import check_comparisons
+from cpt.reporting.groups import SEED_KEYS
 from cpt.run_files import read_yaml, saved_checkpoint
 
 STUDY_KEYS = {"name", "output_dir", "seeds", "overrides", "experiments", "compare"}
@@ -197,8 +198,8 @@ def check_distinct(study: Study, runs: list[PlannedRun]) -> None:
     """No two experiments are the same runs (one config, one name): their seeds would be counted twice as one
     experiment's, with intervals that look tighter than they are."""
     seen: dict[tuple, str] = {}
-    for run in runs:
-        same = tuple(sorted((k, repr(v)) for k, v in run.config.items() if k != "output_dir"))
+    for run in runs:  # grouped as cpt compare groups them: one seed of one experiment each
+        same = (run.seed, tuple(sorted((k, repr(v)) for k, v in run.config.items() if k not in SEED_KEYS)))
         other = seen.setdefault(same, run.experiment.key)
         if other != run.experiment.key:
             raise ConfigError(f"{study.path}: experiments {other!r} and {run.experiment.key!r} are the same runs "

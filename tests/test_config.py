@@ -292,3 +292,11 @@ def test_a_key_added_after_a_run_was_saved_counts_as_its_default():
     assert differing_keys(saved, current) == []
     assert differing_keys(saved, load_config(None, ["lwf.weight=1"])) == ["lwf.weight"]
     assert differing_keys(current, load_config(None, ["optim.lr=1e-3"])) == ["optim.lr"]
+
+
+def test_trainer_devices_in_every_form_lightning_takes():
+    for value in ("auto", "2", "-1", "0,1", "[0,1]", "'3'"):
+        load_config(None, [f"trainer.devices={value}"])
+    for value in ("0", "-3", "[]", "[0,-1]", "gpu"):
+        with pytest.raises(ConfigError, match="bad value for 'trainer.devices'"):
+            load_config(None, [f"trainer.devices={value}"])

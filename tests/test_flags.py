@@ -114,6 +114,8 @@ def test_no_command_writes_over_its_input(tmp_path, capsys):
     (stage / "adapter_config.json").write_text("{}")
     assert main(["export", str(stage), str(tmp_path), "--overwrite"]) == 2
     assert "holds the input" in capsys.readouterr().err and (stage / "adapter_config.json").is_file()
+    main(["compare", str(stage), "--out", str(tmp_path)])  # compare only adds files to its --out: no refusal there
+    assert "holds the input" not in capsys.readouterr().err
     # data check's report over a dataset its config reads
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"question": "q", "answer": "a"}\n')

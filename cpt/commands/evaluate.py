@@ -34,7 +34,7 @@ from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 
 # This command's own keys and their types (the rest are the config's); the checkpoint may be a preset's name, so
-# resolve_checkpoint checks it, with the run's own messages.
+# main checks that it names one or an existing path, and resolve_checkpoint what the path holds.
 KEYS = {"checkpoint": flags.TEXT, "out": flags.OUTPUT_DIR}
 
 

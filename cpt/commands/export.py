@@ -39,7 +39,7 @@ def export(stage: Path, out: Path, dtype: str = "float32") -> None:
 def build_parser() -> flags.Parser:
     parser = flags.Parser(prog="python -m cpt export", description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", type=flags.INPUT, help="a stage directory or a checkpoint directory")
-    parser.add_argument("out", type=flags.OUTPUT_DIR,
+    parser.add_argument("out", type=flags.REPLACED_DIR,
                         help="the directory to write (must not exist, unless --overwrite)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="weight dtype of the export")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

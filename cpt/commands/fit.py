@@ -170,12 +170,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict:
     """Train the sequence; returns the results summary (also written to the run directory)."""
     run_dir = Path(cfg.output_dir)
     tasks = build_tasks(cfg)  # data problems surface before anything is written, built or pre-trained
-    benchmarks = general_benchmarks(cfg)
     try:
         resume_from = resume_checkpoint(cfg)  # checked against the stopped run's config before it is overwritten
     except RunFinished as finished:
         print(finished)
         return finished.summary
+    benchmarks = general_benchmarks(cfg)
     check_trainer_settings(cfg)  # hardware and strategy Lightning cannot give, named before anything is written
     own_callbacks = [load_callback(path) for path in cfg.callbacks]  # and a callback that cannot be built
     prepare_run_dir(cfg)  # a used output_dir refused before any time is spent

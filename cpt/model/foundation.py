@@ -61,9 +61,11 @@ def cache_root(configured: str | None) -> Path:
 def recipe(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> dict:
     """What makes a toy foundation model: its family and architecture (`preset`, the default toy if None) and the
     pre-training recipe (`foundation.*`, the image size)."""
-    return {"family": family.name, "preset": preset or family.tiny_preset, "version": RECIPE_VERSION,
-            "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "task_share": cfg.task_share,
-            "seed": cfg.seed, "image_size": image_size}
+    preset = preset or family.tiny_preset
+    shape = family.toys[preset].shape
+    return {"family": family.name, "preset": preset, "version": RECIPE_VERSION, "steps": cfg.steps,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "task_share": cfg.task_share, "seed": cfg.seed,
+            "image_size": image_size, "architecture": {"text": shape.text, "vision": shape.vision}}
 
 
 def foundation_dir(cfg: DictConfig, image_size: int, family: Family, preset: str | None = None) -> Path:

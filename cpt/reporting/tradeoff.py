@@ -9,22 +9,26 @@ are compared at common values of x inside both curves' ranges (a quarter, half a
 through their overlap), y interpolated linearly between the neighbouring points of each curve.
 
 Which points make a curve: those run on the seeds most of the two families' points share (a point with fewer seeds
-is drawn, not interpolated: its seeds would not pair), in the key's order, up to the one that learns most. Past it
-a run that collapses learns less again, and the curve would fold back on itself (the rising branch).
+is drawn, not interpolated: its seeds would not pair), in the key's order, rising without a break in learning up to
+the one that learns most. Past it a run that collapses learns less again, and before a dip the curve would cover
+the same gains twice: either would fold the curve back on itself.
 
 The interval is a seed bootstrap, paired: one resample of the seeds is applied to every point of both curves (two
 runs with one seed share their training prompts and evaluation questions), the curves are rebuilt from the
 resampled means, and y is interpolated at the same x. With up to 6 seeds every resample is enumerated (5 seeds:
 3125), so the result is exact and repeatable; with more, 4000 drawn from a fixed seed. The bootstrap's standard
-error is scaled by sqrt(n / (n - 1)) and taken with Student's t on n - 1 degrees of freedom: for a point that the
-x value falls on, with x the same in every resample, this is exactly the paired t interval, where the plain
-percentile bootstrap of 5 seeds would be about 0.6 of its width. The difference of the two families then gets
+error is scaled by sqrt(n / (n - 1)) and taken with Student's t on n - 1 degrees of freedom. Where every seed of a
+point learns the same (x the same in every resample), y at a fixed x is a fixed mix of the points' y, and this is
+exactly the paired t interval of that mix, where the plain percentile bootstrap of 5 seeds would be about 0.6 of
+its width; where x varies by seed, as in real runs, the curve moves with each resample too, and the interval is the
+same construction, no longer exactly t. The difference of the two families then gets
 the verdicts of the primary comparisons against the same margins (cpt.reporting.equivalence), uncorrected: a
 matched gain is read off curves, not declared before the runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import Counter
@@ -51,6 +55,7 @@ class Family:
 
     key: str
     points: tuple[Experiment, ...]
+    detail: str = ""  # what sets it apart from a family of the same method and key (the keys their configs differ in)
 
     @property
     def method(self) -> str:
@@ -62,7 +67,8 @@ class Family:
     @property
     def label(self) -> str:
         values = [self.value(p) for p in self.points]
-        return f"{method_label(self.method)}, {self.key} {min(values):g} to {max(values):g}"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{method_label(self.method)}, {self.key} {min(values):g} to {max(values):g}{detail}"
 
     def best(self, metric: str = "avg_acc") -> tuple[Experiment, bool] | None:
         """The point with the highest mean `metric`, and whether it lies strictly inside the key's range (not at
@@ -94,7 +100,25 @@ def families(experiments: list[Experiment], min_points: int = 3) -> list[Family]
             if len({m.config[key] for m in members}) == len(members) >= min_points:
                 found.append(Family(key, tuple(sorted(members, key=lambda m: m.config[key]))))
     order = {id(e): i for i, e in enumerate(experiments)}
-    return sorted(found, key=lambda f: min(order[id(p)] for p in f.points))
+    return _tell_apart(sorted(found, key=lambda f: min(order[id(p)] for p in f.points)))
+
+
+def _tell_apart(found: list[Family]) -> list[Family]:
+    """Families whose labels would be the same get the config keys they differ in."""
+    same: dict[str, list[Family]] = {}
+    for family in found:
+        same.setdefault(family.label, []).append(family)
+    result = []
+    for family in found:
+        others = same[family.label]
+        if len(others) > 1:
+            configs = [f.points[0].config for f in others]
+            keys = sorted({k for c in configs for k in c if k not in (family.key, "name")
+                           and any(c.get(k) != other.get(k) for other in configs)})
+            family = dataclasses.replace(family, detail=", ".join(f"{k}={family.points[0].config.get(k)}"
+                                                                   for k in keys))
+        result.append(family)
+    return result
 
 
 def interpolate(xs: np.ndarray, ys: np.ndarray, x: float) -> np.ndarray:
@@ -146,15 +170,17 @@ class Matched:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two families compared at matched plasticity: the seeds and points used, and every matched value."""
+    """Two families compared at matched plasticity: the seeds and points used, every matched value, and for each
+    plasticity measure with none, why."""
 
     a: Family
     b: Family
     seeds: tuple
-    curves: dict  # family label -> the experiments of its rising branch, in order
+    curves: dict  # Family -> the experiments of its rising branch, in order (for gain over base)
     left_out: tuple[Experiment, ...]  # points without every one of the seeds
     rows: tuple[Matched, ...]
-    ranges: dict  # (plasticity key, family label) -> (lowest, highest) mean x along its rising branch
+    ranges: dict  # (plasticity key, Family) -> (lowest, highest) mean x along its rising branch
+    reasons: dict  # plasticity key -> why nothing is matched on it
 
 
 def _seed_values(experiment: Experiment, key: str, seeds: tuple) -> list[float]:
@@ -168,13 +194,17 @@ def _has(experiment: Experiment, key: str, seeds: tuple) -> bool:
 
 
 def rising_branch(family: Family, x_key: str, seeds: tuple) -> list[Experiment]:
-    """The family's points with every one of the seeds, in the key's order, up to the one whose mean x is the
-    highest."""
+    """The family's points with every one of the seeds, in the key's order: the run of points whose mean x rises
+    without a break up to the highest one (points before a dip, or past the top, are drawn but not on it)."""
     points = [p for p in family.points if _has(p, x_key, seeds)]
     if not points:
         return []
     means = [float(np.mean(_seed_values(p, x_key, seeds))) for p in points]
-    return points[: int(np.argmax(means)) + 1]
+    top = int(np.argmax(means))
+    start = top
+    while start > 0 and means[start - 1] < means[start]:  # back down the rise: a dip before it would fold the curve
+        start -= 1
+    return points[start: top + 1]
 
 
 def shared_seeds(a: Family, b: Family) -> tuple:
@@ -184,53 +214,64 @@ def shared_seeds(a: Family, b: Family) -> tuple:
     return tuple(sorted(best))
 
 
-def compare(a: Family, b: Family, y_keys: dict[str, float | None]) -> Comparison | None:
-    """a - b at matched plasticity, for each plasticity measure and each y (with its margin, or None); None when
-    the two share fewer than two seeds."""
+def matched_points(low: float, high: float) -> list[float]:
+    """A quarter, half and three quarters of the way from low to high, at one decimal where that keeps them
+    distinct and strictly inside (values a reader can quote)."""
+    exact = [low + quarter * (high - low) for quarter in QUARTERS]
+    rounded = [round(x, 1) for x in exact]
+    if len(set(rounded)) == len(rounded) and all(low < x < high for x in rounded):
+        return rounded
+    return exact
+
+
+def compare(a: Family, b: Family, y_keys: dict[str, float | None]) -> Comparison:
+    """a - b at matched plasticity, for each plasticity measure and each y (with its margin, or None)."""
     seeds = shared_seeds(a, b)
     n = len(seeds)
+    rows, curves, left_out, ranges, reasons = [], {}, [], {}, {}
     if n < 2:
-        return None
+        reason = f"the two share {n} seed(s) on most points; a matched value needs two or more"
+        return Comparison(a, b, seeds, {a: [], b: []}, (), (), {}, {key: reason for key, _ in PLASTICITY})
     weights = resample_weights(n)
     scale = math.sqrt(n / (n - 1))
-    rows, curves, left_out, ranges = [], {}, [], {}
+    t = t_quantile(0.95, n - 1)
     for x_key, _ in PLASTICITY:
         branches = {f: rising_branch(f, x_key, seeds) for f in (a, b)}
-        curves.setdefault(a.label, branches[a])
-        curves.setdefault(b.label, branches[b])
+        for f in (a, b):
+            curves.setdefault(f, branches[f])
         left_out += [p for f in (a, b) for p in f.points if not _has(p, x_key, seeds) and p not in left_out]
-        if any(len(branch) < 2 for branch in branches.values()):
+        short = [f.label for f in (a, b) if len(branches[f]) < 2]
+        if short:
+            reasons[x_key] = (f"{' and '.join(short)}: fewer than two points rise in learning along the key, so "
+                              "there is no curve to read")
             continue
         x_values = {f: np.array([_seed_values(p, x_key, seeds) for p in branches[f]]) for f in (a, b)}
-        ranges.update({(x_key, f.label): (float(v.mean(axis=1).min()), float(v.mean(axis=1).max()))
+        ranges.update({(x_key, f): (float(v.mean(axis=1).min()), float(v.mean(axis=1).max()))
                        for f, v in x_values.items()})
         low = max(values.mean(axis=1).min() for values in x_values.values())
         high = min(values.mean(axis=1).max() for values in x_values.values())
         if low >= high:
+            reasons[x_key] = "the curves do not overlap: " + "; ".join(
+                f"{f.label} {ranges[(x_key, f)][0]:.1f} to {ranges[(x_key, f)][1]:.1f}" for f in (a, b))
             continue
         for y_key, margin in y_keys.items():
             if not all(_has(p, y_key, seeds) for f in (a, b) for p in branches[f]):
+                reasons.setdefault(x_key, f"a point on a curve lacks {y_key} on some seed")
                 continue
             y_values = {f: np.array([_seed_values(p, y_key, seeds) for p in branches[f]]) for f in (a, b)}
-            for quarter in QUARTERS:
-                x = low + quarter * (high - low)
-                x = round(x, 1) if low <= round(x, 1) <= high else x  # a value a reader can quote, if inside
+            for x in matched_points(low, high):
                 point = {f: float(interpolate(x_values[f].mean(axis=1), y_values[f].mean(axis=1), x)[0])
                          for f in (a, b)}
                 boot = {f: interpolate(weights @ x_values[f].T, weights @ y_values[f].T, x) for f in (a, b)}
                 reached = ~np.isnan(boot[a]) & ~np.isnan(boot[b])
                 share = float(reached.mean())
-                estimates, se_diff = {}, None
+                estimates, se_diff = {f: Estimate(point[f], None, n) for f in (a, b)}, None
                 if share >= MIN_REACHED:
-                    t = t_quantile(0.95, n - 1)
-                    for f in (a, b):
-                        estimates[f] = Estimate(point[f], t * scale * float(boot[f][reached].std()), n)
+                    estimates = {f: Estimate(point[f], t * scale * float(boot[f][reached].std()), n) for f in (a, b)}
                     se_diff = scale * float((boot[a] - boot[b])[reached].std())
-                else:
-                    estimates = {f: Estimate(point[f], None, n) for f in (a, b)}
                 difference = Difference(point[a] - point[b], se_diff, None if se_diff is None else n - 1, True, n)
                 rows.append(Matched(x_key, x, y_key, estimates[a], estimates[b], difference, share, margin))
-    return Comparison(a, b, seeds, curves, tuple(left_out), tuple(rows), ranges)
+    return Comparison(a, b, seeds, curves, tuple(left_out), tuple(rows), ranges, reasons)
 
 
 def pairs(found: list[Family], primaries: list[tuple[str, str]] = ()) -> list[tuple[Family, Family]]:
@@ -252,5 +293,4 @@ def matched_plasticity(experiments: list[Experiment], y_keys: dict[str, float | 
                        primaries: list[tuple[str, str]] = ()) -> tuple[list[Family], list[Comparison]]:
     """The families of the experiments and every pair's comparison at matched plasticity."""
     found = families(experiments)
-    compared = [compare(a, b, y_keys) for a, b in pairs(found, primaries)]
-    return found, [c for c in compared if c is not None]
+    return found, [compare(a, b, y_keys) for a, b in pairs(found, primaries)]

@@ -51,26 +51,23 @@ def matched_cells(comparisons: list[Comparison]) -> tuple[list[str], list[list[s
 
 
 def matched_notes(comparisons: list[Comparison]) -> str:
-    """What each comparison rests on: its seeds, its curves' points, the points left out, and the plasticity
-    measures whose curves do not overlap."""
-    lines = ["At matched plasticity: each curve is a family's points on the seeds shown, in the key's order up to "
-             "the one that learns most; y is interpolated at a quarter, half and three quarters of the way through "
-             "the two curves' common range of x; intervals from every resample of the seeds, paired across both "
-             "curves (Student's t on the bootstrap's standard error, scaled by sqrt(n/(n-1))); verdicts as the "
-             "primary comparisons', against the same margins, not corrected"]
+    """What each comparison rests on: its seeds, its curves' points, the points left out, and, for a plasticity
+    measure with nothing matched, why."""
+    lines = ["At matched plasticity: each curve is a family's points on the seeds shown, in the key's order, rising "
+             "without a break in learning up to the one that learns most; y is interpolated at a quarter, half and "
+             "three quarters of the way through the two curves' common range of x; intervals from the resamples of "
+             "the seeds, paired across both curves (Student's t on the bootstrap's standard error, scaled by "
+             "sqrt(n/(n-1))); verdicts as the primary comparisons', against the same margins, not corrected"]
     for c in comparisons:
-        curves = "; ".join(f"{label}: {', '.join(p.name for p in points)}" for label, points in c.curves.items())
+        curves = "; ".join(f"{family.label}: {', '.join(p.name for p in points) or 'none'}"
+                           for family, points in c.curves.items())
         lines.append(f"{c.a.label} - {c.b.label}: seeds {', '.join(map(str, c.seeds))}; curves {curves}")
         if c.left_out:
             lines.append("  drawn but not on a curve (not run on all of these seeds): "
                          + ", ".join(p.name for p in c.left_out))
         for x_key, label in PLASTICITY:
-            if any(row.x_key == x_key for row in c.rows):
-                continue
-            spans = [c.ranges.get((x_key, f.label)) for f in (c.a, c.b)]
-            shown = "; ".join(f"{f.label} {lo:.1f} to {hi:.1f}" for f, span in zip((c.a, c.b), spans) if span
-                              for lo, hi in [span])
-            lines.append(f"  {label}: the curves do not overlap, nothing is matched ({shown or 'too few points'})")
+            if x_key in c.reasons:
+                lines.append(f"  {label}: nothing matched: {c.reasons[x_key]}")
     return "\n".join(lines)
 
 

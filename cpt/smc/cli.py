@@ -40,7 +40,9 @@ def read_matrix(path: Path) -> np.ndarray:
     except ValueError as error:
         if isinstance(error, SimilarityInputError):
             raise
-        if suffix == ".npy" and not path.read_bytes().startswith(b"\x93NUMPY"):  # not numpy's format at all
+        with open(path, "rb") as head:
+            numpy_file = head.read(6) == b"\x93NUMPY"
+        if suffix == ".npy" and not numpy_file:  # not numpy's format at all
             raise SimilarityInputError(f"input {str(path)!r} is not a .npy file (no numpy header): save the matrix "
                                        "with numpy.save, or give it as a .csv") from None
         raise SimilarityInputError(f"input {str(path)!r} is not a numeric matrix: {error}") from None

@@ -102,7 +102,7 @@ def test_a_point_with_fewer_seeds_is_off_the_curve_and_a_collapse_ends_it():
     few = experiment("sft", 8e-5, 9.0, (-20.0, -25.0), seeds=(0, 1))
     found = families([*rft, collapsed, *grid("sft"), few])
     result = compare(found[0], found[1], {"fm": None})
-    assert [p.name for p in result.curves[found[0].label]] == ["RFT lr 1e-05", "RFT lr 2e-05", "RFT lr 4e-05"]
+    assert [p.name for p in result.curves[found[0]]] == ["RFT lr 1e-05", "RFT lr 2e-05", "RFT lr 4e-05"]
     assert [p.name for p in result.left_out] == ["SFT lr 8e-05"]
     assert {row.verdict for row in result.rows} == {"-"}  # no margin, no verdict
 
@@ -111,7 +111,53 @@ def test_curves_that_do_not_overlap_match_nothing():
     high = [experiment("sft", lr, gain + 20.0, fms) for lr, gain, fms in zip(LRS, GAINS, FM["sft"])]
     found = families([*grid("rft"), *high])
     result = compare(found[0], found[1], {"fm": 3.0})
-    assert result.rows == () and result.ranges[("gain_over_base", found[1].label)] == (20.0, 28.0)
+    assert result.rows == () and result.ranges[("gain_over_base", found[1])] == (20.0, 28.0)
+    assert result.reasons["gain_over_base"].startswith("the curves do not overlap: RFT, optim.lr 1e-05 to 4e-05 0.0 "
+                                                       "to 8.0; SFT, optim.lr 1e-05 to 4e-05 20.0 to 28.0")
+
+
+def test_a_dip_before_the_top_is_off_the_curve_and_one_seed_matches_nothing():
+    # gains 5, 2, 6, 8: the rise without a break up to the top starts at the dip (2)
+    dipped = [experiment("rft", lr, gain, FM["rft"][0]) for lr, gain in zip((1e-5, 2e-5, 3e-5, 4e-5),
+                                                                              (5.0, 2.0, 6.0, 8.0))]
+    found = families([*dipped, *grid("sft")])
+    result = compare(found[0], found[1], {"fm": None})
+    assert [p.name for p in result.curves[found[0]]] == ["RFT lr 2e-05", "RFT lr 3e-05", "RFT lr 4e-05"]
+    single = [experiment(m, lr, gain, fms[:1], seeds=(0,)) for m in ("rft", "sft")
+              for lr, gain, fms in zip(LRS, GAINS, FM[m])]
+    found = families(single)
+    result = compare(found[0], found[1], {"fm": None})
+    assert result.rows == () and "share 1 seed(s)" in result.reasons["gain_over_base"]
+
+
+def test_families_of_one_method_and_key_are_told_apart():
+    low_kl = grid("rft")
+    high_kl = [experiment("rft", lr, gain, fms, extra={"rft.kl.coef": 0.1})
+               for lr, gain, fms in zip(LRS, GAINS, FM["rft"])]
+    found = families([*low_kl, *high_kl])
+    assert [f.label for f in found] == ["RFT, optim.lr 1e-05 to 4e-05 (rft.kl.coef=0.01)",
+                                        "RFT, optim.lr 1e-05 to 4e-05 (rft.kl.coef=0.1)"]
+    result = compare(*found, {"fm": None})
+    assert set(result.curves) == set(found) and result.rows  # each its own curve (the same numbers here)
+
+
+def test_where_learning_varies_by_seed_the_curve_moves_with_each_resample():
+    # the same construction, no longer exactly t: finite, around the point, narrower than nothing
+    rng = np.random.default_rng(0)
+    runs = []
+    for method in ("rft", "sft"):
+        for lr, gain, fms in zip(LRS, GAINS, FM[method]):
+            gains = [gain + d for d in rng.normal(0, 0.5, len(SEEDS))]
+            values = [{"gain": g, "gain_over_base": g, "diagonal": 50.0 + g, "fm": fm, "avg_acc": 60.0}
+                      for g, fm in zip(gains, fms)]
+            e = experiment(method, lr, gain, fms)
+            runs.append(Experiment(e.name, e.runs, values, e.config, list(SEEDS)))
+    found = families(runs)
+    rows = [row for row in compare(found[0], found[1], {"fm": 3.0}).rows if row.x_key == "gain_over_base"]
+    assert len(rows) == 3
+    for row in rows:
+        low, high = row.difference.interval()
+        assert low < row.difference.mean < high and row.reached >= 0.9
 
 
 def test_compare_writes_the_grids_the_matched_values_and_the_figure(tmp_path, capsys):

@@ -526,6 +526,9 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, Dict
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys, not a list")
     base = loaded.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config file {str(path)!r}: base must name one config file (a path relative to this "
+                          f"one), got {OmegaConf.to_container(base) if OmegaConf.is_config(base) else base!r}")
     if base is None:
         return [(path.resolve(), loaded)]
     return _load_yaml(path.parent / str(base), (*seen, path.resolve())) + [(path.resolve(), loaded)]

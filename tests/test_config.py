@@ -75,6 +75,9 @@ def test_bad_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="scalar.yaml' is not valid YAML"):
         load_config(scalar)
+    scalar.write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="base must name one config file"):
+        load_config(scalar)
     scalar.write_text("just a string\n")  # which OmegaConf alone would read as a key without a value
     with pytest.raises(ConfigError, match="scalar.yaml' must hold a mapping of keys, not a str"):
         load_config(scalar)

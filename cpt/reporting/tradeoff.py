@@ -15,7 +15,9 @@ the same gains twice: either would fold the curve back on itself.
 
 The interval is a seed bootstrap, paired: one resample of the seeds is applied to every point of both curves (two
 runs with one seed share their training prompts and evaluation questions), the curves are rebuilt from the
-resampled means, and y is interpolated at the same x. With up to 6 seeds every resample is enumerated (5 seeds:
+resampled means, and y is interpolated at the same x (extrapolated along the end segment where a resampled curve
+stops short of it; the share that reach it is reported, and below half there is no interval). With up to 6 seeds
+every resample is enumerated (5 seeds:
 3125), so the result is exact and repeatable; with more, 4000 drawn from a fixed seed. The bootstrap's standard
 error is scaled by sqrt(n / (n - 1)) and taken with Student's t on n - 1 degrees of freedom. Where every seed of a
 point learns the same (x the same in every resample), y at a fixed x is a fixed mix of the points' y, and this is
@@ -45,8 +47,9 @@ PLASTICITY = (("gain_over_base", "gain over base"), ("diagonal", "P[t][t]"))
 QUARTERS = (0.25, 0.5, 0.75)
 ENUMERATE_UP_TO = 6  # seeds: n^n resamples (6: 46656)
 DRAWS = 4000
-# Below this share of resamples in which both curves reach the matched x, the value has no interval.
-MIN_REACHED = 0.9
+# Below this share of resamples in which both curves reach the matched x (the rest extrapolated from their end
+# segments), the value has no interval: it would rest more on the extrapolation than on the curves.
+MIN_REACHED = 0.5
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: a family is a key of the comparison's tables
@@ -121,18 +124,22 @@ def _tell_apart(found: list[Family]) -> list[Family]:
     return result
 
 
-def interpolate(xs: np.ndarray, ys: np.ndarray, x: float) -> np.ndarray:
-    """y at x along each row's curve (points in order), linear on the first segment that spans x; NaN where none
-    does. xs, ys: (rows, points)."""
+def interpolate(xs: np.ndarray, ys: np.ndarray, x: float, extrapolate: bool = False) -> np.ndarray:
+    """y at x along each row's curve (points in order), linear on the first segment that spans x. Where none does:
+    NaN, or with `extrapolate` the line of the end segment nearer x (a resampled curve stopping just short of a
+    matched x). xs, ys: (rows, points)."""
     xs, ys = np.atleast_2d(xs), np.atleast_2d(ys)
     lo, hi = xs[:, :-1], xs[:, 1:]
     inside = (np.minimum(lo, hi) <= x) & (x <= np.maximum(lo, hi))
-    first = inside.argmax(axis=1)
     rows = np.arange(len(xs))
-    x0, x1, y0, y1 = lo[rows, first], hi[rows, first], ys[rows, first], ys[rows, first + 1]
+    segment = inside.argmax(axis=1)
+    if extrapolate:  # below the first point: the first segment; above the last: the last
+        nearer_start = np.abs(x - xs[:, 0]) <= np.abs(x - xs[:, -1])
+        segment = np.where(inside.any(axis=1), segment, np.where(nearer_start, 0, lo.shape[1] - 1))
+    x0, x1, y0, y1 = lo[rows, segment], hi[rows, segment], ys[rows, segment], ys[rows, segment + 1]
     span = np.where(x1 == x0, 1.0, x1 - x0)
     values = y0 + (x - x0) / span * (y1 - y0)
-    return np.where(inside.any(axis=1), values, np.nan)
+    return values if extrapolate else np.where(inside.any(axis=1), values, np.nan)
 
 
 def resample_weights(n: int, seed: int = 0) -> np.ndarray:
@@ -262,13 +269,16 @@ def compare(a: Family, b: Family, y_keys: dict[str, float | None]) -> Comparison
             for x in matched_points(low, high):
                 point = {f: float(interpolate(x_values[f].mean(axis=1), y_values[f].mean(axis=1), x)[0])
                          for f in (a, b)}
-                boot = {f: interpolate(weights @ x_values[f].T, weights @ y_values[f].T, x) for f in (a, b)}
-                reached = ~np.isnan(boot[a]) & ~np.isnan(boot[b])
+                curves_x = {f: weights @ x_values[f].T for f in (a, b)}
+                boot = {f: interpolate(curves_x[f], weights @ y_values[f].T, x, extrapolate=True) for f in (a, b)}
+                reached = np.ones(len(weights), dtype=bool)
+                for f in (a, b):
+                    reached &= (curves_x[f].min(axis=1) <= x) & (x <= curves_x[f].max(axis=1))
                 share = float(reached.mean())
                 estimates, se_diff = {f: Estimate(point[f], None, n) for f in (a, b)}, None
                 if share >= MIN_REACHED:
-                    estimates = {f: Estimate(point[f], t * scale * float(boot[f][reached].std()), n) for f in (a, b)}
-                    se_diff = scale * float((boot[a] - boot[b])[reached].std())
+                    estimates = {f: Estimate(point[f], t * scale * float(boot[f].std()), n) for f in (a, b)}
+                    se_diff = scale * float((boot[a] - boot[b]).std())
                 difference = Difference(point[a] - point[b], se_diff, None if se_diff is None else n - 1, True, n)
                 rows.append(Matched(x_key, x, y_key, estimates[a], estimates[b], difference, share, margin))
     return Comparison(a, b, seeds, curves, tuple(left_out), tuple(rows), ranges, reasons)

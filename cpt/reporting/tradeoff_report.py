@@ -40,7 +40,7 @@ def grid_cells(found: list[Family]) -> tuple[list[str], list[list[str]]]:
 
 def matched_cells(comparisons: list[Comparison]) -> tuple[list[str], list[list[str]]]:
     header = ["A - B", "plasticity", "at", "measure", "A", "B", "A - B", "95% interval", "90% interval",
-              "resamples reaching it", "verdict (uncorrected)"]
+              "resamples reaching it (rest extrapolated)", "verdict (uncorrected)"]
     body = []
     for c in comparisons:
         for row in c.rows:

@@ -40,6 +40,9 @@ def test_interpolation_by_hand():
     assert interpolate(xs, ys, 15.0)[0] == pytest.approx(-12.5)
     assert interpolate(xs, ys, 10.0)[0] == pytest.approx(-5.0)
     assert math.isnan(interpolate(xs, ys, 25.0)[0])
+    # a resampled curve stopping short: the end segment's line
+    assert interpolate(xs, ys, 25.0, extrapolate=True)[0] == pytest.approx(-27.5)
+    assert interpolate(xs, ys, -5.0, extrapolate=True)[0] == pytest.approx(2.5)
     # a curve that folds back: the first segment spanning x is taken
     assert interpolate(np.array([[0.0, 10.0, 5.0]]), np.array([[0.0, -10.0, -30.0]]), 7.0)[0] == pytest.approx(-7.0)
 

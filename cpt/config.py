@@ -541,7 +541,8 @@ def _wrong_shape(schema: DictConfig, given: Any, prefix: str = "") -> str | None
         return None
     for name, value in given.items():
         key = f"{prefix}{name}"
-        node = schema._get_node(name) if isinstance(schema, DictConfig) and name in schema else None
+        held = isinstance(schema, DictConfig) and not schema._is_none()  # an Optional mapping left null holds none
+        node = schema._get_node(name) if held and name in schema else None
         # an entry of a mapping of sections (local_tasks.<name>): a mapping of that section's keys
         element = getattr(schema._metadata, "element_type", None) if isinstance(schema, DictConfig) else None
         if node is None and not dataclasses.is_dataclass(element):

@@ -6,6 +6,7 @@ the same from Python.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -98,6 +99,7 @@ def check_trainer_settings(cfg: DictConfig) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            logging.disable(logging.INFO)  # Lightning says which devices it uses when the run's Trainer is built
             L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
                       strategy=build_strategy(cfg), precision=t.precision, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False)
@@ -105,6 +107,8 @@ def check_trainer_settings(cfg: DictConfig) -> None:
         message = " ".join(str(error).split())
         raise ConfigError(f"trainer.accelerator={t.accelerator} devices={t.devices} strategy={t.strategy} "
                           f"precision={t.precision}: Lightning cannot run these here: {message}") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def build_logger(cfg: DictConfig, run_dir: Path):

@@ -108,3 +108,16 @@ def test_readmes_qwen3_vl_base_row_is_what_its_shipped_model_scores(tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     row = ", ".join(f"{task} {value:.1f}" for task, value in zip(results["tasks"], results["accuracy_matrix"][0]))
     assert stated.group(1) == row and stated.group(2) == f"{results['general'][0]:.1f}"
+
+
+@pytest.mark.slow
+def test_the_small_toys_base_row_in_the_docs_is_what_its_shipped_model_scores(tmp_path):
+    """The base row docs/study.md states for the second size is its shipped model's evaluation here."""
+    page = " ".join((REPO / "docs" / "study.md").read_text().split())
+    stated = re.search(r"the small base is no stronger than the tiny one: its base row is (.*?) \(mean [\d.]+\) and "
+                       r"general ([\d.]+)", page)
+    assert cli.main(["eval", "model.name_or_path=small", f"out={tmp_path / 'eval'}",
+                     "trainer.enable_progress_bar=false"]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    row = ", ".join(f"{task} {value:.1f}" for task, value in zip(results["tasks"], results["accuracy_matrix"][0]))
+    assert stated.group(1) == row and stated.group(2) == f"{results['general'][0]:.1f}"

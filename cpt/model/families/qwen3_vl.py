@@ -31,7 +31,7 @@ TINY = Shape(text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers
                          patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
                          deepstack_visual_indexes=[0, 1]),
              patch_size=8)
-# Its larger sibling, as Qwen2.5-VL's (no shipped weights: pre-trained on first use).
+# Its larger sibling, as Qwen2.5-VL's; not shipped (pre-trained on first use and cached).
 SMALL = TINY.scaled(width=2, layers=6, vision_depth=4)
 
 QWEN3_VL = Family(

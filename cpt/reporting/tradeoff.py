@@ -246,7 +246,8 @@ def compare(a: Family, b: Family, y_keys: dict[str, float | None]) -> Comparison
         branches = {f: rising_branch(f, x_key, seeds) for f in (a, b)}
         for f in (a, b):
             curves.setdefault(f, branches[f])
-        left_out += [p for f in (a, b) for p in f.points if not _has(p, x_key, seeds) and p not in left_out]
+        left_out += [p for f in (a, b) for p in f.points
+                     if not _has(p, x_key, seeds) and not any(p is q for q in left_out)]  # by identity, not content
         short = [f.label for f in (a, b) if len(branches[f]) < 2]
         if short:
             reasons[x_key] = (f"{' and '.join(short)}: fewer than two points rise in learning along the key, so "

@@ -28,7 +28,8 @@ from cpt.data.schemas import SCHEMAS
 from cpt.data.scoring import SCORERS
 from cpt.data.synthetic import TASKS
 from cpt.errors import ConfigError
-from cpt.rl.advantages import ESTIMATORS
+from cpt.rl.advantages import ESTIMATORS, SCALES
+from cpt.rl.objectives import OBJECTIVES
 from cpt.rl.policy_loss import AGGREGATIONS, KL_ESTIMATORS, REFERENCES
 from cpt.run_files import read_yaml, run_of
 
@@ -216,10 +217,52 @@ class KLConfig:
                          "completion's summed KL is subtracted from its reward before advantages).", "loss")
     reference: str = doc("base (the model before the first task) | task_start (the model as the current task "
                          "began).", "base")
+    importance_weighted: bool = doc("placement=loss: multiply each token's KL by the objective's importance ratio "
+                                    "(per token, or per completion for gspo and luspo), so that its gradient is the "
+                                    "unbiased reverse-KL gradient (DeepSeek-V3.2; TRL's use_bias_correction_kl, on "
+                                    "there by default). Off: the study's plain estimate.", False)
     schedule: str = doc("constant (coef throughout) | per_task (per_task[k] during stage k) | linear (from coef "
                         "to final_coef over each stage's steps). Applied by callbacks/kl_schedule.py.", "constant")
     per_task: Optional[list[float]] = number("[0, inf)", "One beta per stage, for schedule=per_task.", None)
     final_coef: float = number("[0, inf)", "beta at the end of each stage, for schedule=linear.", 0.0)
+
+
+@dataclass
+class SAPOConfig:
+    tau_pos: float = number("(0, inf)", "objective=sapo: the gate's temperature where the advantage is positive (TRL's "
+                                        "sapo_temperature_pos).", 1.0)
+    tau_neg: float = number("(0, inf)", "objective=sapo: the gate's temperature where it is not (sapo_temperature_neg; "
+                                        "higher: negative updates fade faster off-policy).", 1.05)
+
+
+@dataclass
+class VESPOConfig:
+    k_pos: float = number("[0, inf)", "objective=vespo: the power k of the gamma weight for A >= 0 (how fast a "
+                                      "completion with ratio below 1 is down-weighted).", 2.0)
+    lambda_pos: float = number("(0, inf)", "objective=vespo: the decay lambda for A >= 0 (how fast a ratio above 1 is "
+                                           "down-weighted).", 3.0)
+    k_neg: float = number("[0, inf)", "objective=vespo: k for A < 0.", 3.0)
+    lambda_neg: float = number("(0, inf)", "objective=vespo: lambda for A < 0.", 2.0)
+
+
+@dataclass
+class EntropyConfig:
+    coef: float = number("[0, inf)", "Entropy bonus: the loss less coef x the mean entropy of the next-token "
+                                     "distribution over the tokens the policy loss counts (TRL's entropy_coef); 0 "
+                                     "turns it off. With adaptive, the starting coefficient.", 0.0)
+    adaptive: bool = doc("Adaptive entropy control (Skywork-OR1): after every optimizer step the coefficient rises "
+                         "by `step` when the step's entropy was at or below `target`, else falls by it (within "
+                         "[min, max]), and the bonus applies only while the last step's entropy was at or below "
+                         "`target`.", False)
+    target: float = number("(0, inf)", "adaptive: the entropy (nats per token) the control keeps the policy above.",
+                                       0.2)
+    step: float = number("(0, inf)", "adaptive: how much the coefficient moves per optimizer step.", 0.005)
+    min: float = number("[0, inf)", "adaptive: the lowest coefficient.", 0.0)
+    max: float = number("[0, inf)", "adaptive: the highest coefficient.", 1.0)
+    top_quantile: float = number("[0, 1]", "The share of counted tokens, highest entropy first, kept in the policy "
+                                           "loss and the bonus (\"Beyond the 80/20 rule\": 0.2); the KL term keeps "
+                                           "every token. 1 keeps all; 0 only the highest. Token-level objectives "
+                                           "only.", 1.0)
 
 
 @dataclass
@@ -264,13 +307,29 @@ class RFTConfig:
     advantage: str = doc("grpo (group mean and std) | drgrpo (mean only, no std division; pair with "
                          "loss_aggregation=seq_mean or token_mean as you prefer) | rloo (leave-one-out mean) | "
                          "remax (greedy completion's reward as baseline).", "grpo")
+    advantage_scale: str = doc("What the centred advantage is divided by: estimator (the estimator's own: grpo "
+                               "the group's reward std, the others nothing) | group (the group's std) | batch (the std "
+                               "of every reward of the step, all ranks: PPO-Lite) | none.", "estimator")
+    objective: str = doc("The policy loss (cpt/rl/objectives.py; docs/rft.md): clip (PPO's clipped surrogate per "
+                         "token) | gspo (one length-normalised ratio per completion, clipped whole; "
+                         "loss_aggregation=seq_mean) | luspo (gspo summed over each completion's tokens; "
+                         "loss_aggregation=seq_sum) | cispo (clipped importance weight without gradient, times log p) "
+                         "| sapo (a soft sigmoid gate, rft.sapo) | vespo (a gamma weight of the completion's ratio, "
+                         "rft.vespo). With rft.epochs=1 the ratio is 1 and all give the same gradient up to their "
+                         "aggregation.", "clip")
     clip_low: float = number("[0, 1)", "Lower clip of the probability ratio: 1 - clip_low.", 0.2)
-    clip_high: float = number("[0, inf)", "Upper clip of the probability ratio: 1 + clip_high (DAPO's clip-higher).",
+    clip_high: float = number("[0, inf)", "Upper clip of the probability ratio: 1 + clip_high (DAPO's clip-higher); "
+                                          "cispo's cap on its weight (TRL's epsilon_high is 1 + clip_high there).",
                                           0.28)
+    clip_delta: Optional[float] = number("(1, inf)", "Two-sided clipping (INTELLECT-2): where A < 0 the ratio is "
+                                                     "also capped at delta (above 1 + clip_high); clip, gspo and "
+                                                     "luspo only. null = no cap.", None)
     epochs: int = number("(0, inf)", "Policy epochs (mu) over each rollout batch: optimizer steps per batch of "
                                      "rollouts.", 1)
     loss_aggregation: str = doc("token_mean (every completion token of a rank's rollouts weighs the same) | "
-                                "seq_mean (every completion weighs the same).", "token_mean")
+                                "seq_mean (every completion weighs the same) | seq_sum (a completion weighs by its "
+                                "length; luspo) | max_length (tokens summed over rollouts x max_new_tokens: Dr. "
+                                "GRPO's constant).", "token_mean")
     mask_truncated: bool = doc("Leave completions cut off at max_new_tokens out of the loss.", False)
     micro_batch_size: Optional[int] = number("(0, inf)", "Rollouts per forward/backward pass (gradients accumulate "
                                                          "over the rollout batch); null = all at once.", None)
@@ -281,6 +340,10 @@ class RFTConfig:
                                                        "when log-probabilities and entropy are computed (recomputed in "
                                                        "the backward pass); null = all of a micro-batch's at once.",
                                                        1024)
+    sapo: SAPOConfig = doc("objective=sapo's temperatures.", factory=SAPOConfig)
+    vespo: VESPOConfig = doc("objective=vespo's gamma weights.", factory=VESPOConfig)
+    entropy: EntropyConfig = doc("An entropy bonus, its adaptive control, and high-entropy token selection.",
+                                 factory=EntropyConfig)
     kl: KLConfig = doc("KL regularisation towards a reference policy.", factory=KLConfig)
     reward: RewardConfig = doc("The reward function and its weights.", factory=RewardConfig)
     filter: FilterConfig = doc("Rollout-based instance filtering, before each task and/or online.",
@@ -457,6 +520,8 @@ CHOICES = {
     "data.template": tuple(TEMPLATES),
     "rft.advantage": ESTIMATORS,
     "rft.loss_aggregation": AGGREGATIONS,
+    "rft.objective": OBJECTIVES,
+    "rft.advantage_scale": ("estimator", *SCALES),
     "rft.kl.estimator": KL_ESTIMATORS,
     "rft.kl.placement": ("loss", "reward"),
     "rft.kl.reference": REFERENCES,
@@ -889,12 +954,49 @@ def _validate_rft(cfg: DictConfig) -> None:
         raise ConfigError(f"rft.filter.online drops groups with equal rewards, but {rft.advantage}'s baseline is the "
                           f"greedy reward, not the group's: use {', '.join(group_baselines[:-1])} or "
                           f"{group_baselines[-1]}")
+    _validate_objective(cfg)
     if cfg.trainer.precision in ("16-mixed", "16"):
         raise ConfigError("method=rft clips gradients itself, before the float16 loss scale is removed: use "
                           "trainer.precision=bf16-mixed or 32-true")
     if cfg.trainer.accumulate_grad_batches != 1:
         raise ConfigError("method=rft steps the optimizer itself: keep trainer.accumulate_grad_batches=1 and set "
                           "rft.micro_batch_size to split a rollout batch into smaller passes")
+
+
+def _validate_objective(cfg: DictConfig) -> None:
+    """The objective's options that mean something together (TRL warns about most of these; here they stop)."""
+    rft = cfg.rft
+    objective = OBJECTIVES[rft.objective]
+    if rft.loss_aggregation not in objective.aggregations:
+        raise ConfigError(f"rft.objective={rft.objective} is defined with rft.loss_aggregation="
+                          f"{' or '.join(objective.aggregations)}, not {rft.loss_aggregation}: set it"
+                          + (" (gspo averages each completion's loss once; luspo sums it over its tokens)"
+                             if objective.sequence_level and rft.objective != "vespo" else ""))
+    if rft.clip_delta is not None:
+        hard_clipped = [name for name, other in OBJECTIVES.items() if other.hard_clip]
+        if not objective.hard_clip:
+            raise ConfigError(f"rft.clip_delta caps a hard-clipped ratio; rft.objective={rft.objective} has none: "
+                              f"leave clip_delta null, or use {', '.join(hard_clipped)}")
+        if rft.clip_delta <= 1 + rft.clip_high:
+            raise ConfigError(f"rft.clip_delta={rft.clip_delta} would cap the ratio below the clip it extends "
+                              f"(1 + clip_high = {1 + rft.clip_high}): set it above")
+    if rft.kl.importance_weighted and rft.kl.placement != "loss":
+        raise ConfigError("rft.kl.importance_weighted weights the KL term of the loss by the importance ratio; with "
+                          "rft.kl.placement=reward the KL is taken from the sampling policy, whose ratio is 1: set "
+                          "placement=loss or importance_weighted=false")
+    if rft.entropy.top_quantile < 1 and objective.sequence_level:
+        raise ConfigError(f"rft.entropy.top_quantile keeps single tokens in the loss, but rft.objective="
+                          f"{rft.objective} weighs whole completions: use a token-level objective or top_quantile=1")
+    entropy = rft.entropy
+    if entropy.adaptive and not entropy.min <= entropy.coef <= entropy.max:
+        raise ConfigError(f"rft.entropy.adaptive moves the coefficient within [min, max] = [{entropy.min}, "
+                          f"{entropy.max}], and starts at coef={entropy.coef}: set min <= coef <= max")
+    if rft.advantage_scale in ("group", "batch") and rft.advantage == "drgrpo":
+        raise ConfigError(f"rft.advantage=drgrpo is grpo without the division by a std: for "
+                          f"rft.advantage_scale={rft.advantage_scale} use rft.advantage=grpo")
+    if rft.advantage_scale == "group" and rft.group_size < 2 and cfg.method == "rft":
+        raise ConfigError("rft.advantage_scale=group divides by the std of each group's rewards: set "
+                          "rft.group_size >= 2, or advantage_scale=batch or none")
 
 
 def kl_values(cfg: DictConfig) -> list[float]:

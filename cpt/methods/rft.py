@@ -8,8 +8,10 @@ One training step follows a batch of prompts through five steps, one method each
   2. filter:      the rollout filters (`add_rollout_filter`, e.g. callbacks/online_filter.py) may swap groups;
   3. log_probs:   the old and the reference policy's log-probabilities, without gradient, where the loss needs them;
   4. advantages:  per group of G (cpt.rl.advantages), after subtracting beta * KL when the KL sits in the reward;
-  5. update:      `rft.epochs` optimizer steps on the clipped surrogate (cpt.rl.policy_loss), plus beta * KL per
-                  token when the KL sits in the loss, in micro-batches that add up to the whole batch's loss.
+  5. update:      `rft.epochs` optimizer steps on the policy loss `rft.objective` (cpt.rl.objectives; PPO's
+                  clipped surrogate by default), aggregated as cpt.rl.policy_loss says, plus beta * KL per token
+                  when the KL sits in the loss and the entropy bonus (cpt.rl.entropy), in micro-batches that add
+                  up to the whole batch's loss.
 Steps 3 and 5 run each group's prompt once and its G completions on top of it (rft.shared_prefix), and compute
 the vocabulary-wide logits rft.log_prob_chunk tokens at a time (cpt.rl.log_probs).
 Rollouts travel between the steps, and to the callbacks, as one `Rollouts` (cpt.rl.rollouts). Nothing here knows
@@ -37,8 +39,9 @@ from cpt.data.tasks import Task
 from cpt.methods.loss_terms import micro_batch_shares
 from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.advantages import ESTIMATORS, group_advantages
+from cpt.rl.entropy import EntropyControl
 from cpt.rl.log_probs import takes_block_masks
-from cpt.rl.policy_loss import aggregate, clipped_surrogate, kl_estimate, loss_denominator
+from cpt.rl.policy_loss import kl_estimate, loss_denominator, rft_loss
 from cpt.rl.reference import Reference
 from cpt.rl.rollouts import Rollouts
 
@@ -50,6 +53,15 @@ class RFTModule(RolloutModule):
         super().__init__(cfg, checkpoint, tasks)
         self.kl_coef = kl_values(cfg)[0]  # beta; callbacks/kl_schedule.py sets it per stage or step
         self.reference: Reference | None = None
+        self.entropy_control = EntropyControl(cfg.rft.entropy)  # its adaptive state travels in checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["entropy_control"] = self.entropy_control.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "entropy_control" in checkpoint:
+            self.entropy_control.load_state_dict(checkpoint["entropy_control"])
 
     def set_kl_coef(self, beta: float) -> None:
         """The weight of the KL term from the next step on (no effect where no reference is loaded)."""
@@ -111,59 +123,73 @@ class RFTModule(RolloutModule):
 
     def advantages(self, rollouts: Rollouts, counted: torch.Tensor, old_logp: torch.Tensor | None,
                    ref_logp: torch.Tensor | None, greedy: Rollouts | None) -> torch.Tensor:
-        """4. (rollouts,) advantages over each group, from rewards less beta * KL when the KL sits in the reward."""
+        """4. (rollouts,) advantages over each group, from rewards less beta * KL when the KL sits in the reward,
+        scaled as rft.advantage_scale says (a batch's std over every rank's rewards)."""
         rft = self.cfg.rft
         reward = rollouts.rewards.to(self.device)
         if self.beta > 0 and rft.kl.placement == "reward":
             reward = reward - self.beta * (kl_estimate(old_logp, ref_logp, rft.kl.estimator) * counted).sum(1)
         baseline = None if greedy is None else greedy.rewards.to(self.device)
-        return group_advantages(reward.view(-1, rollouts.group_size), rft.advantage, baseline).flatten()
+        scale = None if rft.advantage_scale == "estimator" else rft.advantage_scale
+        batch = self.all_gather(reward).flatten() if scale == "batch" and self.trainer.world_size > 1 else None
+        return group_advantages(reward.view(-1, rollouts.group_size), rft.advantage, baseline, scale=scale,
+                                batch_rewards=batch).flatten()
 
     def update(self, rollouts: Rollouts, counted: torch.Tensor, advantages: torch.Tensor,
                old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None) -> dict[str, float]:
         """5. `rft.epochs` optimizer steps over the rollouts; returns token-weighted health statistics."""
-        rft, beta = self.cfg.rft, self.beta
+        rft, beta, control = self.cfg.rft, self.beta, self.entropy_control
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         ids = rollouts.completion_ids
         size = rft.micro_batch_size or len(ids)
-        denominator = loss_denominator(counted, rft.loss_aggregation)
+        denominator = loss_denominator(counted, rft.loss_aggregation, rft.max_new_tokens)
         tokens = max(float(counted.sum()), 1.0)
         # Accumulated on the device and read once at the end: a float() per micro-batch would wait for the GPU.
-        sums = {name: torch.zeros((), device=counted.device)
-                for name in ("loss", "kl", "entropy", "clip_low", "clip_high")}
+        zero = torch.zeros((), device=counted.device)
+        sums: dict[str, torch.Tensor] = {"loss": zero, "kl": zero, "entropy": zero}
+        shared: dict[str, torch.Tensor] = {}
         terms: dict[str, torch.Tensor | float] = {}
         shares = micro_batch_shares(counted, size)
+        applied = control.applied()
         for epoch in range(rft.epochs):
+            coef = control.applied()  # the bonus of this optimizer step, set by the steps before it
+            acted_on = torch.zeros(2, device=counted.device)  # entropy summed over the bonus's tokens, their count
             for i in range(0, len(ids), size):
                 rows = slice(i, i + size)
                 m = counted[rows]
                 logp, entropy, step = self.update_log_probs(rollouts, m, i, shares[i // size],
-                                                            with_entropy=epoch == 0)
+                                                            with_entropy=epoch == 0 or control.enabled
+                                                            or rft.entropy.top_quantile < 1,
+                                                            entropy_grad=control.enabled)
                 # With one epoch the rollouts come from the current policy: the ratio is 1 and its gradient is
                 # the policy gradient, so no extra forward pass is needed for the old log-probs.
                 old = old_logp[rows] if old_logp is not None else logp.detach()
-                per_token, low, high = clipped_surrogate(logp, old, advantages[rows], rft.clip_low, rft.clip_high)
-                if beta > 0:
-                    in_loss = rft.kl.placement == "loss"
-                    kl = kl_estimate(logp if in_loss else logp.detach(), ref_logp[rows], rft.kl.estimator)
-                    if in_loss:
-                        per_token = per_token + beta * kl
-                    if epoch == 0:
-                        sums["kl"] += (kl.detach() * m).sum()
-                loss = aggregate(per_token, m, rft.loss_aggregation, denominator)
+                parts = rft_loss(rft, logp, old, advantages[rows], m, denominator, entropy=entropy,
+                                 ref_logp=None if ref_logp is None else ref_logp[rows], beta=beta,
+                                 entropy_coef=coef if control.enabled else None, share=shares[i // size])
+                loss = parts.loss
+                if parts.kl is not None and epoch == 0:
+                    sums["kl"] = sums["kl"] + (parts.kl * m).sum()
+                if control.enabled:
+                    acted_on = acted_on + torch.stack([(entropy.detach() * parts.acting).sum(), parts.acting.sum()])
                 extra = self.add_terms(step, terms, rft.epochs)
                 self.check_finite_loss(loss if extra is None else loss + extra, "RFT")
                 self.manual_backward(loss if extra is None else loss + extra)
-                sums["loss"] += loss.detach() / rft.epochs
-                sums["clip_low"] += (low * m).sum() / rft.epochs
-                sums["clip_high"] += (high * m).sum() / rft.epochs
-                if entropy is not None:
-                    sums["entropy"] += (entropy * m).sum()
+                sums["loss"] = sums["loss"] + loss.detach() / rft.epochs
+                for name, where in parts.stats.items():  # shares of tokens, e.g. on the clipped branch
+                    shared[name] = shared.get(name, zero) + (where * m).sum() / rft.epochs
+                if epoch == 0:
+                    sums["entropy"] = sums["entropy"] + (entropy.detach() * m).sum()
             self.step_optimizer(optimizer, scheduler)
-        stats = {"train/loss": sums["loss"], "policy/entropy": sums["entropy"] / tokens,
-                 "policy/clip_low": sums["clip_low"] / tokens, "policy/clip_high": sums["clip_high"] / tokens}
+            if rft.entropy.adaptive:  # measured over every process's tokens, as the coefficient is one for all
+                total = self.trainer.strategy.reduce(acted_on, reduce_op="sum")
+                control.observe(float(total[0] / total[1].clamp(min=1)))
+        stats = {"train/loss": sums["loss"], "policy/entropy": sums["entropy"] / tokens}
+        stats.update({f"policy/{name}": value / tokens for name, value in shared.items()})
         if beta > 0:
             stats["policy/kl"] = sums["kl"] / tokens
+        if control.enabled:
+            stats["policy/entropy_coef"] = applied
         return {name: float(value) for name, value in {**stats, **terms}.items()}
 
     # --- helpers ----------------------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ class RolloutModule(CPTModule):
         return mask.float()
 
     def rollout_log_probs(self, model: nn.Module, rollouts: Rollouts, start: int, stop: int,
-                          with_entropy: bool = False, temperature: float | None = None
+                          with_entropy: bool = False, temperature: float | None = None, entropy_grad: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probabilities (and entropies) of rollouts start..stop-1 under `model` at `temperature` (the
         rollouts', rft.temperature, by default), as rft.shared_prefix and rft.log_prob_chunk ask, of the
@@ -142,10 +142,11 @@ class RolloutModule(CPTModule):
         groups = torch.arange(start, stop) // rollouts.group_size if rft.shared_prefix else None
         return token_log_probs(model, rollouts.prompts.rows(start, stop), rollouts.completion_ids[start:stop],
                                rollouts.mask[start:stop], rft.temperature if temperature is None else temperature,
-                               with_entropy, groups, rft.log_prob_chunk, self.processor.placeholder_ids)
+                               with_entropy, groups, rft.log_prob_chunk, self.processor.placeholder_ids,
+                               entropy_grad)
 
     def update_log_probs(self, rollouts: Rollouts, counted: torch.Tensor, start: int, share: float,
-                         with_entropy: bool = False, temperature: float | None = None
+                         with_entropy: bool = False, temperature: float | None = None, entropy_grad: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor | None, TrainingStep]:
         """`rollout_log_probs` of the policy with gradient for an update, of the micro-batch of rollouts from
         `start` whose counted tokens are `counted`, and the `TrainingStep` its loss terms see (with its `share` of
@@ -159,9 +160,11 @@ class RolloutModule(CPTModule):
         if self.terms_need_logits():
             step.logits = target_logits(self.backbone, sequences, ids.shape[1])
             logp, entropy = logits_log_probs(step.logits, ids, self.cfg.rft.temperature if temperature is None
-                                             else temperature, with_entropy, self.processor.placeholder_ids)
+                                             else temperature, with_entropy, self.processor.placeholder_ids,
+                                             entropy_grad)
         else:
-            logp, entropy = self.rollout_log_probs(self.backbone, rollouts, start, stop, with_entropy, temperature)
+            logp, entropy = self.rollout_log_probs(self.backbone, rollouts, start, stop, with_entropy, temperature,
+                                                   entropy_grad)
         return logp, entropy, step
 
     def add_terms(self, step: TrainingStep, metrics: dict[str, torch.Tensor | float],

@@ -13,48 +13,50 @@ from dataclasses import dataclass
 
 import torch
 
+SCALES = ("group", "batch", "none")  # what a centred advantage is divided by (rft.advantage_scale)
+
 
 @dataclass(frozen=True)
 class Estimator:
-    advantages: Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]  # (rewards, greedy, eps)
+    centre: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (rewards, greedy) -> r - baseline
+    scale: str = "none"  # its own scale, where rft.advantage_scale leaves it (null)
     min_group_size: int = 2  # it compares rollouts within a group
     greedy_baseline: bool = False  # its baseline is the reward of a greedy completion of the same prompt
 
 
-def _grpo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
-    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
-
-
-def _drgrpo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _group_mean(rewards: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
     return rewards - rewards.mean(1, keepdim=True)
 
 
-def _rloo(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _rloo(rewards: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
     others = (rewards.sum(1, keepdim=True) - rewards) / (rewards.shape[1] - 1)
     return rewards - others
 
 
-def _remax(rewards: torch.Tensor, greedy: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _remax(rewards: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
     return rewards - greedy.reshape(-1, 1)
 
 
 ESTIMATORS = {
-    "grpo": Estimator(_grpo),
-    "drgrpo": Estimator(_drgrpo),
+    "grpo": Estimator(_group_mean, scale="group"),
+    "drgrpo": Estimator(_group_mean),
     "rloo": Estimator(_rloo),
     "remax": Estimator(_remax, min_group_size=1, greedy_baseline=True),
 }
 
 
 def group_advantages(rewards: torch.Tensor, estimator: str, greedy_rewards: torch.Tensor | None = None,
-                     eps: float = 1e-6) -> torch.Tensor:
-    """(groups, G) advantages.
+                     eps: float = 1e-6, scale: str | None = None,
+                     batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """(groups, G) advantages: the estimator's centred reward, divided as `scale` says (None: the estimator's own).
 
-    grpo:   (r - mean) / (std + eps), std the sample standard deviation (n - 1) of the group
+    grpo:   r - mean, over the group's std: (r - mean) / (std + eps), std the sample standard deviation (n - 1)
     drgrpo: r - mean (Dr. GRPO's advantage: no division by the std, which over-weights near-unanimous groups;
-            its other change, the loss normalisation, is `rft.loss_aggregation`)
+            its other change, the loss normalisation, is rft.loss_aggregation=max_length)
     rloo:   r - mean of the other G - 1 rollouts
     remax:  r - reward of the greedy completion of the same prompt (`greedy_rewards`, (groups,))
+    scale:  group (the group's reward std), batch (the sample std of `batch_rewards`, every rollout of the step on
+            every rank; `rewards` itself by default: PPO-Lite's) or none.
     """
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be a (groups, group_size) table, got shape {tuple(rewards.shape)}")
@@ -66,4 +68,12 @@ def group_advantages(rewards: torch.Tensor, estimator: str, greedy_rewards: torc
                          f"(rft.group_size >= {traits.min_group_size})")
     if traits.greedy_baseline and greedy_rewards is None:
         raise ValueError(f"{estimator} needs the rewards of the greedy completions")
-    return traits.advantages(rewards, greedy_rewards, eps)
+    centred = traits.centre(rewards, greedy_rewards)
+    scale = scale or traits.scale
+    if scale == "group":
+        return centred / (rewards.std(1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / ((rewards if batch_rewards is None else batch_rewards).std() + eps)
+    if scale == "none":
+        return centred
+    raise ValueError(f"unknown advantage scale {scale!r}; choose one of {', '.join(SCALES)}")

@@ -28,10 +28,11 @@ from cpt.model.positions import rope_positions
 
 def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tensor, mask: torch.Tensor,
                     temperature: float, with_entropy: bool = False, groups: torch.Tensor | None = None,
-                    chunk: int | None = None, suppressed: Sequence[int] = ()
+                    chunk: int | None = None, suppressed: Sequence[int] = (), entropy_grad: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rows, tokens) log pi(token | prefix) of every completion token under the sampling temperature, and the
-    entropy of the next-token distribution (a health metric, without gradient) or None. pi is the distribution
+    entropy of the next-token distribution (a health metric without gradient; with `entropy_grad`, a loss term's)
+    or None. pi is the distribution
     sampling draws from: softmax(logits / temperature) without the `suppressed` tokens (generation never writes
     the image and vision markers: cpt.model.generation), so that the rollouts are the policy's own samples.
 
@@ -46,19 +47,13 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
     if groups is None:
         sequences = prompts.with_completions(completion_ids, mask)
         if chunk is None:
-            return _full_vocabulary(model, sequences, completion_ids, temperature, with_entropy, suppressed)
+            return logits_log_probs(target_logits(model, sequences, completion_ids.shape[1]), completion_ids,
+                                    temperature, with_entropy, suppressed, entropy_grad)
         hidden = _final_hidden(model, sequences.model_inputs())[:, -completion_ids.shape[1] - 1:-1]
     else:
         hidden = _shared_prefix_hidden(model, prompts, completion_ids, mask, groups)
     return head_log_probs(base_model(model).lm_head, hidden, completion_ids, temperature, with_entropy, chunk,
-                          suppressed)
-
-
-def _full_vocabulary(model: nn.Module, sequences: Batch, ids: torch.Tensor, temperature: float,
-                     with_entropy: bool, suppressed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The plain path: the model's logits for every completion token at once."""
-    return logits_log_probs(target_logits(model, sequences, ids.shape[1]), ids, temperature, with_entropy,
-                            suppressed)
+                          suppressed, entropy_grad)
 
 
 def target_logits(model: nn.Module, sequences: Batch, n: int) -> torch.Tensor:
@@ -68,13 +63,14 @@ def target_logits(model: nn.Module, sequences: Batch, n: int) -> torch.Tensor:
 
 
 def logits_log_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, with_entropy: bool = False,
-                     suppressed: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     suppressed: Sequence[int] = (), entropy_grad: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`token_log_probs` from the logits predicting `ids` (rows, tokens, vocab), which are left as they are."""
     log_probs = _suppress(logits / temperature, suppressed).log_softmax(-1)
     chosen = log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(log_probs.exp() * log_probs).sum(-1)
     return chosen, entropy
 
@@ -167,8 +163,8 @@ def _attention_mask(model: nn.Module, attend: torch.Tensor) -> torch.Tensor:
 
 
 def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
-                   with_entropy: bool = False, chunk: int | None = None, suppressed: Sequence[int] = ()
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, chunk: int | None = None, suppressed: Sequence[int] = (),
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities of `ids` (rows, tokens) from the hidden states that predict them (rows, tokens, hidden),
     the output head run on `chunk` tokens at a time (None: all at once), the `suppressed` tokens taken out of the
     distribution. With gradient, each chunk's logits are recomputed in the backward pass rather than kept, so only
@@ -182,9 +178,9 @@ def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, tem
         part = (flat_hidden[start:start + size], flat_ids[start:start + size])
         if recompute:
             logp, ent = checkpoint(_chunk_log_probs, head, *part, temperature, with_entropy, suppressed,
-                                   use_reentrant=False)
+                                   entropy_grad, use_reentrant=False)
         else:
-            logp, ent = _chunk_log_probs(head, *part, temperature, with_entropy, suppressed)
+            logp, ent = _chunk_log_probs(head, *part, temperature, with_entropy, suppressed, entropy_grad)
         chosen.append(logp)
         entropy.append(ent)
     chosen = torch.cat(chosen).view(rows, tokens)
@@ -192,7 +188,8 @@ def head_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, tem
 
 
 def _chunk_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float,
-                     with_entropy: bool, suppressed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                     with_entropy: bool, suppressed: Sequence[int], entropy_grad: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = head(hidden).float()
     if temperature != 1.0:
         logits = logits.div_(temperature)  # in place: the head's backward keeps its input, not its output
@@ -200,8 +197,8 @@ def _chunk_log_probs(head: nn.Module, hidden: torch.Tensor, ids: torch.Tensor, t
     normaliser = logits.logsumexp(-1)
     chosen = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - normaliser
     entropy = torch.empty(0, device=ids.device)
-    if with_entropy:
-        with torch.no_grad():  # H = logsumexp - sum p * logits, the sum as a product: no second (tokens, vocab)
+    if with_entropy:  # H = logsumexp - sum p * logits, the sum as a product: no second (tokens, vocab)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = normaliser - logits.softmax(-1).unsqueeze(1).bmm(logits.unsqueeze(2)).view(-1)
     return chosen, entropy
 

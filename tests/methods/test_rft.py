@@ -128,6 +128,35 @@ def test_rft_variants_run(short_rft, overrides):
         assert all(r["reward/greedy"] != "" for r in rows)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["rft.objective=gspo", "rft.loss_aggregation=seq_mean", "rft.clip_delta=1.5"],
+    ["rft.objective=luspo", "rft.loss_aggregation=seq_sum"],
+    ["rft.objective=cispo", "rft.clip_high=4", "rft.entropy.top_quantile=0.5", "rft.advantage_scale=batch"],
+    ["rft.objective=sapo", "rft.loss_aggregation=seq_mean", "rft.entropy.coef=0.01",
+     "rft.kl.importance_weighted=true"],
+    ["rft.objective=vespo", "rft.entropy.adaptive=true", "rft.entropy.target=100", "rft.entropy.step=0.01"],
+    ["rft.loss_aggregation=max_length", "rft.advantage_scale=none"],
+])
+def test_every_objective_runs_off_policy(short_rft, overrides):
+    # Two policy epochs in micro-batches of three rollouts: the second epoch's ratios move away from 1, where
+    # the objectives differ.
+    run_dir, summary = short_rft("rft.epochs=2", "rft.micro_batch_size=3", "tasks=[colour]", *overrides)
+    rows = rollout_rows(run_dir)
+    assert len(rows) == 2 and len(summary["accuracy_matrix"]) == 2
+    clips = not any(o in overrides for o in ("rft.objective=sapo", "rft.objective=vespo"))
+    assert all((r.get("policy/clip_high", "") != "") == clips for r in rows)
+    if "rft.clip_delta=1.5" in overrides:
+        assert all(r["policy/clip_delta"] != "" for r in rows)
+    bonus = any(o.startswith("rft.entropy.coef") or o == "rft.entropy.adaptive=true" for o in overrides)
+    coefs = [r.get("policy/entropy_coef", "") for r in rows]
+    assert all(c != "" for c in coefs) == bonus
+    if "rft.entropy.adaptive=true" in overrides:
+        # Nothing measured before the first step, so no bonus there; the entropy is below the target of 100 nats,
+        # so from then on the coefficient applied rises by 0.01 per optimizer step (two per batch).
+        assert [float(c) for c in coefs] == pytest.approx([0.0, 0.02])
+
+
 def test_rft_config_errors():
     with pytest.raises(ConfigError, match="set rft.group_size >= 2"):
         load_config(None, ["method=rft", "rft.group_size=1"])

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from cpt.rl.policy_loss import aggregate, clipped_surrogate, kl_estimate, loss_denominator
+from cpt.rl.objectives import clipped_surrogate
+from cpt.rl.policy_loss import aggregate, kl_estimate, loss_denominator
 from cpt.rl.rollouts import completion_mask
 
 
@@ -35,7 +36,8 @@ def fixed_batch():
 
 def test_clipped_loss_both_branches_and_aggregations():
     logp, old, advantages, mask = fixed_batch()
-    per_token, low, high = clipped_surrogate(logp, old, advantages, clip_low=0.2, clip_high=0.28)
+    result = clipped_surrogate(logp, old, advantages, clip_low=0.2, clip_high=0.28)
+    per_token, low, high = result.per_token, result.stats["clip_low"], result.stats["clip_high"]
     # Row 0 (A=+1): -min(1, 1) = -1; 1.5 is clipped to 1.28 -> -1.28; 0.5 < 0.8 but A > 0 keeps -0.5.
     # Row 1 (A=-2): 0.5 is clipped to 0.8 -> -min(-1, -1.6) = 1.6; 1.5 keeps -min(-3, -2.56) = 3.
     torch.testing.assert_close(per_token[:, :2], torch.tensor([[-1.0, -1.28], [1.6, 3.0]]))
@@ -61,7 +63,7 @@ def test_truncated_completions_can_be_left_out():
     ended, truncated = completion_mask(ids, eos_id=9)
     assert ended.tolist() == [[True, True, False], [True, True, True]] and truncated.tolist() == [False, True]
     counted = (ended & ~truncated.unsqueeze(1)).float()
-    per_token, _, _ = clipped_surrogate(logp, old, advantages, 0.2, 0.28)
+    per_token = clipped_surrogate(logp, old, advantages, 0.2, 0.28).per_token
     loss = aggregate(per_token, counted, "token_mean", loss_denominator(counted, "token_mean"))
     assert loss.item() == pytest.approx((-1 - 1.28) / 2)
     nothing = torch.zeros(2, 3)
@@ -70,9 +72,9 @@ def test_truncated_completions_can_be_left_out():
 
 def test_micro_batches_add_up_to_the_whole_batch():
     logp, old, advantages, mask = fixed_batch()
-    per_token, _, _ = clipped_surrogate(logp, old, advantages, 0.2, 0.28)
-    for mode in ("token_mean", "seq_mean"):
-        whole = aggregate(per_token, mask, mode, loss_denominator(mask, mode))
-        denominator = loss_denominator(mask, mode)
+    per_token = clipped_surrogate(logp, old, advantages, 0.2, 0.28).per_token
+    for mode in ("token_mean", "seq_mean", "seq_sum", "max_length"):
+        denominator = loss_denominator(mask, mode, max_tokens=4)
+        whole = aggregate(per_token, mask, mode, denominator)
         parts = sum(aggregate(per_token[i:i + 1], mask[i:i + 1], mode, denominator) for i in range(2))
         assert parts.item() == pytest.approx(whole.item())

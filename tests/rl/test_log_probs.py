@@ -113,6 +113,23 @@ def test_chunked_head_matches_log_softmax_by_hand():
         torch.testing.assert_close(grad, expected_grad)
 
 
+def test_entropy_carries_its_gradient_when_a_loss_asks():
+    """The entropy bonus (rft.entropy.coef) differentiates the entropy: chunked and recomputed in the backward,
+    its gradient is that of the whole-vocabulary formula; without the request it has none."""
+    torch.manual_seed(1)
+    head = torch.nn.Linear(4, 11, bias=False)
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    ids = torch.tensor([[1, 5, 10], [0, 2, 7]])
+    probs = (head(hidden) / 0.7).softmax(-1)
+    (expected,) = torch.autograd.grad(-(probs * probs.log()).sum(), hidden)
+    for chunk in (1, 4, None):
+        _, entropy = head_log_probs(head, hidden, ids, 0.7, with_entropy=True, chunk=chunk, entropy_grad=True)
+        (grad,) = torch.autograd.grad(entropy.sum(), hidden)
+        torch.testing.assert_close(grad, expected)
+        _, plain = head_log_probs(head, hidden, ids, 0.7, with_entropy=True, chunk=chunk)
+        assert not plain.requires_grad
+
+
 def _sharded_worker(rank: int, world: int, port: int, foundation_dir, processor, out_dir) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh

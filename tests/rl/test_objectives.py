@@ -14,7 +14,7 @@ from cpt.config import RFTConfig
 from cpt.rl.advantages import group_advantages
 from cpt.rl.entropy import EntropyControl, high_entropy_mask
 from cpt.rl.objectives import policy_loss, vespo_weights
-from cpt.rl.policy_loss import loss_denominator, rft_loss
+from cpt.rl.policy_loss import aggregate, loss_denominator, rft_loss
 
 
 def settings(**values):
@@ -328,3 +328,17 @@ def test_every_objective_and_option_is_in_fit_help():
     for key in ("rft.clip_delta", "rft.advantage_scale", "rft.sapo.tau_pos", "rft.vespo.lambda_neg",
                 "rft.entropy.coef", "rft.entropy.adaptive", "rft.entropy.top_quantile", "rft.kl.importance_weighted"):
         assert f"\n  {key} " in text or f"\n  {key}\n" in text
+
+
+@pytest.mark.parametrize("objective, aggregation", [("clip", "token_mean"), ("gspo", "seq_mean"),
+                                                    ("luspo", "seq_sum"), ("cispo", "token_mean"),
+                                                    ("sapo", "seq_mean"), ("vespo", "token_mean")])
+def test_on_policy_every_objective_is_the_policy_gradient(objective, aggregation):
+    """One policy epoch (old = the current policy): every objective's gradient is A grad log p, weighed as its
+    aggregation weighs tokens, which is why the objectives study runs two epochs."""
+    logp, _, _, advantages, mask, _ = random_batch(3)
+    rft = settings(objective=objective, loss_aggregation=aggregation, max_new_tokens=6)
+    _, (grad,) = loss_and_grad(rft, logp, logp.detach(), advantages, mask)
+    denominator = loss_denominator(mask, aggregation, max_tokens=6)
+    expected, = torch.autograd.grad(aggregate(-advantages.unsqueeze(1) * logp, mask, aggregation, denominator), logp)
+    torch.testing.assert_close(grad, expected)

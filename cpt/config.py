@@ -967,11 +967,20 @@ def _validate_objective(cfg: DictConfig) -> None:
     """The objective's options that mean something together (TRL warns about most of these; here they stop)."""
     rft = cfg.rft
     objective = OBJECTIVES[rft.objective]
+    if cfg.method == "onpolicy_sft":
+        defaults = OmegaConf.structured(RFTConfig)
+        policy_keys = ("objective", "clip_delta", "advantage_scale", "entropy", "sapo", "vespo")
+        changed = [f"rft.{key}" for key in policy_keys if rft[key] != defaults[key]]
+        if rft.kl.importance_weighted:
+            changed.append("rft.kl.importance_weighted")
+        if changed:
+            raise ConfigError(f"method=onpolicy_sft trains on its right rollouts with the SFT loss: "
+                              f"{', '.join(changed)} shape the RFT policy loss and would do nothing here; leave them "
+                              "out, or use method=rft")
+        return
     if rft.loss_aggregation not in objective.aggregations:
         raise ConfigError(f"rft.objective={rft.objective} is defined with rft.loss_aggregation="
-                          f"{' or '.join(objective.aggregations)}, not {rft.loss_aggregation}: set it"
-                          + (" (gspo averages each completion's loss once; luspo sums it over its tokens)"
-                             if objective.sequence_level and rft.objective != "vespo" else ""))
+                          f"{' or '.join(objective.aggregations)}, not {rft.loss_aggregation}: set it")
     if rft.clip_delta is not None:
         hard_clipped = [name for name, other in OBJECTIVES.items() if other.hard_clip]
         if not objective.hard_clip:
@@ -991,9 +1000,10 @@ def _validate_objective(cfg: DictConfig) -> None:
     if entropy.adaptive and not entropy.min <= entropy.coef <= entropy.max:
         raise ConfigError(f"rft.entropy.adaptive moves the coefficient within [min, max] = [{entropy.min}, "
                           f"{entropy.max}], and starts at coef={entropy.coef}: set min <= coef <= max")
-    if rft.advantage_scale in ("group", "batch") and rft.advantage == "drgrpo":
-        raise ConfigError(f"rft.advantage=drgrpo is grpo without the division by a std: for "
-                          f"rft.advantage_scale={rft.advantage_scale} use rft.advantage=grpo")
+    if rft.advantage_scale in ("group", "batch") and not ESTIMATORS[rft.advantage].rescalable:
+        scaled = [name for name, other in ESTIMATORS.items() if other.rescalable]
+        raise ConfigError(f"rft.advantage={rft.advantage} is defined without a division by a std: for "
+                          f"rft.advantage_scale={rft.advantage_scale} use {' or '.join(scaled)}")
     if rft.advantage_scale == "group" and rft.group_size < 2 and cfg.method == "rft":
         raise ConfigError("rft.advantage_scale=group divides by the std of each group's rewards: set "
                           "rft.group_size >= 2, or advantage_scale=batch or none")

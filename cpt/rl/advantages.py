@@ -22,6 +22,7 @@ class Estimator:
     scale: str = "none"  # its own scale, where rft.advantage_scale leaves it (null)
     min_group_size: int = 2  # it compares rollouts within a group
     greedy_baseline: bool = False  # its baseline is the reward of a greedy completion of the same prompt
+    rescalable: bool = True  # False: it is defined by not dividing (a scale would make it another estimator)
 
 
 def _group_mean(rewards: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
@@ -39,7 +40,7 @@ def _remax(rewards: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
 
 ESTIMATORS = {
     "grpo": Estimator(_group_mean, scale="group"),
-    "drgrpo": Estimator(_group_mean),
+    "drgrpo": Estimator(_group_mean, rescalable=False),
     "rloo": Estimator(_rloo),
     "remax": Estimator(_remax, min_group_size=1, greedy_baseline=True),
 }

@@ -19,7 +19,7 @@ SCALES = ("group", "batch", "none")  # what a centred advantage is divided by (r
 @dataclass(frozen=True)
 class Estimator:
     centre: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (rewards, greedy) -> r - baseline
-    scale: str = "none"  # its own scale, where rft.advantage_scale leaves it (null)
+    scale: str = "none"  # its own scale, taken where rft.advantage_scale=estimator
     min_group_size: int = 2  # it compares rollouts within a group
     greedy_baseline: bool = False  # its baseline is the reward of a greedy completion of the same prompt
     rescalable: bool = True  # False: it is defined by not dividing (a scale would make it another estimator)

@@ -31,10 +31,10 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
                     chunk: int | None = None, suppressed: Sequence[int] = (), entropy_grad: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rows, tokens) log pi(token | prefix) of every completion token under the sampling temperature, and the
-    entropy of the next-token distribution (a health metric without gradient; with `entropy_grad`, a loss term's)
-    or None. pi is the distribution
-    sampling draws from: softmax(logits / temperature) without the `suppressed` tokens (generation never writes
-    the image and vision markers: cpt.model.generation), so that the rollouts are the policy's own samples.
+    entropy of the next-token distribution (a health metric without gradient; with `entropy_grad`, a loss term
+    with it) or None. pi is the distribution sampling draws from: softmax(logits / temperature) without the
+    `suppressed` tokens (generation never writes the image and vision markers: cpt.model.generation), so that the
+    rollouts are the policy's own samples.
 
     Row i is `prompts` row i followed by `completion_ids` row i, attending to the completion where `mask` is set.
     `groups` (rows,): rows with the same id in a run share one prompt forward (they must hold the same prompt);

@@ -1,3 +1,3 @@
-"""cpt: continual post-training of Qwen2.5-VL and Qwen3-VL with SFT or RFT, and what it forgets."""
+"""cpt: continual post-training of Qwen2.5-VL, Qwen3-VL and Qwen3.5 with SFT or RFT, and what it forgets."""
 
 __version__ = "0.1.0"

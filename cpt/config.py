@@ -93,10 +93,12 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = doc("`tiny` (built-in toy Qwen2.5-VL), `tiny-qwen3-vl` (built-in toy Qwen3-VL), `small` and "
-                            "`small-qwen3-vl` (the same toys about 5.5 times larger), a published shape with random "
-                            "weights for sizing and speed (`qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b`, "
-                            "`qwen3-vl-8b`), or a local Qwen2.5-VL or Qwen3-VL checkpoint directory.", "tiny")
+    name_or_path: str = doc("`tiny` (built-in toy Qwen2.5-VL), `tiny-qwen3-vl` (built-in toy Qwen3-VL), "
+                            "`tiny-qwen3.5` (built-in toy Qwen3.5), `small`, `small-qwen3-vl` and `small-qwen3.5` "
+                            "(the same toys 5 to 7 times larger), a published shape with random weights for sizing "
+                            "and speed (`qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b`, `qwen3-vl-8b`, "
+                            "`qwen3.5-0.8b`, `qwen3.5-2b`, `qwen3.5-4b`, `qwen3.5-9b`, `qwen3.5-27b`), or a local "
+                            "Qwen2.5-VL, Qwen3-VL or Qwen3.5 checkpoint directory.", "tiny")
     finetune: str = doc("lora | qlora (4-bit NF4 base + LoRA) | full.", "full")
     dtype: str = doc("Weight dtype: float32 | bfloat16 | float16.", "float32")
     attn_implementation: str = doc("auto (flash_attention_2 when installed, on CUDA and with half-precision "

@@ -1,5 +1,6 @@
 """`python -m cpt inspect [CONFIG.yaml] [key=value ...]`: the configured backbone sized without memory. Built on the
-meta device, it reports parameter counts, what LoRA trains, and the FSDP units it would be sharded into."""
+meta device, it reports parameter counts, what LoRA trains, the FSDP units it would be sharded into, what its cache
+holds and whether RFT can pack a group's completions behind one prompt."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def describe_backbone(cfg: DictConfig) -> dict:
         "fsdp_unit_params_max": max(unit_params, default=0),
         "fsdp_root_params": total - sharded,
         "bytes_per_param": torch.finfo(DTYPES[cfg.model.dtype]).bits // 8,
+        "cached_state": list(family.cached_state),
+        "packable": family.packable,
     }
 
 
@@ -54,6 +57,9 @@ def format_description(name: str, d: dict) -> str:
         f"  largest unit      {d['fsdp_unit_params_max']:,} parameters",
         f"  root              {d['fsdp_root_params']:,} parameters: embeddings, head, final norm, vision patch "
         "embedding and merger",
+        f"cache               {'; '.join(d['cached_state'])}",
+        "RFT shared prompt   " + ("one prompt forward per group (rft.shared_prefix; SDPA or eager attention)" if d["packable"] else
+                                  "repeated on every rollout (a recurrent state cannot be packed)"),
     ])
 
 

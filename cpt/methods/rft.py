@@ -40,7 +40,7 @@ from cpt.methods.loss_terms import micro_batch_shares
 from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.advantages import ESTIMATORS, group_advantages
 from cpt.rl.entropy import EntropyControl
-from cpt.rl.log_probs import takes_block_masks
+from cpt.rl.log_probs import why_not_packed
 from cpt.rl.policy_loss import kl_estimate, loss_denominator, rft_loss
 from cpt.rl.reference import Reference
 from cpt.rl.rollouts import Rollouts
@@ -76,10 +76,10 @@ class RFTModule(RolloutModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.cfg.rft.shared_prefix and not takes_block_masks(self.backbone):
-            log.warning("rft.shared_prefix: flash-attention takes no block mask, so the log-probability passes "
-                        "repeat each prompt on its G rows (rollouts still prefill it once); attn_implementation=sdpa "
-                        "shares it there too")
+        unpackable = why_not_packed(self.backbone) if self.cfg.rft.shared_prefix else None
+        if unpackable:
+            log.warning(f"rft.shared_prefix: {unpackable}, so the log-probability passes repeat each prompt on its G "
+                        "rows (rollouts still prefill it once)")
         if max(kl_values(self.cfg)) > 0 and self.reference is None:
             self.reference = Reference(self.backbone, self.cfg.rft.kl.reference,
                                        build_copy=lambda: self.build_backbone(self.cfg.model))

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
+from cpt.config import LORA_TARGETS
 from cpt.errors import ConfigError
 from cpt.model.families import family_of_checkpoint, family_of_model
 from cpt.model.moe_lora import experts_of, load_moe_lora, moe_lora_config, write_marker
@@ -172,7 +173,7 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int 
             raise
         raise ConfigError(f"model.lora.target_modules={list(lora.target_modules)} names no linear layer of the "
                           f"language model{' or the vision tower' if lora.vision else ''}; the decoder layers' "
-                          "are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj") from None
+                          f"are {', '.join(family.lora_targets(LORA_TARGETS))}") from None
     if adapters > 1:
         add_stage_adapters(model, adapters)
     return model

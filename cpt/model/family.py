@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+# The projections of a full-attention layer, in every family (LoRA's default targets include them).
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
 
 @dataclass(frozen=True)
 class Markers:
@@ -57,6 +60,9 @@ class Shape:
                 "intermediate_size": width * self.text["intermediate_size"], "num_hidden_layers": layers,
                 "num_attention_heads": width * self.text["num_attention_heads"],
                 "num_key_value_heads": width * self.text["num_key_value_heads"]}
+        for key in ("linear_num_key_heads", "linear_num_value_heads"):
+            if key in text:
+                text[key] = width * text[key]
         vision = {**self.vision, "depth": vision_depth, "hidden_size": width * self.vision["hidden_size"],
                   "intermediate_size": width * self.vision["intermediate_size"],
                   "num_heads": width * self.vision["num_heads"], "out_hidden_size": text["hidden_size"]}
@@ -99,6 +105,16 @@ class Family:
     # one pre-training recipe, tokenizer and image patch, so only the architecture tells them apart.
     toys: dict[str, Toy]
     shapes: dict[str, Shape] = field(default_factory=dict)  # published shapes, by preset name
+    # Layers that mix tokens by a recurrence (linear attention) rather than by attention: their projections' names,
+    # which LoRA and `model.trainable=attention` take wherever they take the attention projections.
+    linear_attention_projections: tuple[str, ...] = ()
+    # What the decoder layers carry from one token to the next, which a prompt cache holds and copies per rollout
+    # (for `inspect`; transformers' cache reorders them all alike).
+    cached_state: tuple[str, ...] = ("keys and values",)
+    # Whether several completions can be packed behind one prompt in one sequence, each seeing the prompt and itself
+    # through a block mask (cpt.rl.log_probs). Not where a layer carries a recurrent state: a mask does not stop a
+    # recurrence, so a completion would read its siblings.
+    packable: bool = True
 
     @property
     def tiny_preset(self) -> str:
@@ -157,16 +173,28 @@ class Family:
     def trainable(self) -> dict[str, re.Pattern]:
         """model.trainable: the parameters each subset trains under full fine-tuning (matched on their name)."""
         layers, vision = re.escape(self.language_layers), re.escape(self.vision_name())
+        mixing = self.attention_projections
+        if self.linear_attention_projections:
+            mixing = rf"(?:{mixing}|\w+\.(?:{'|'.join(self.linear_attention_projections)}))"
         return {
-            "attention": re.compile(rf"\b{layers}\.\d+\.{self.attention_projections}\."),
+            "attention": re.compile(rf"\b{layers}\.\d+\.{mixing}\."),
             "mlp_gate_up": re.compile(rf"\b{layers}\.\d+\.{self.mlp_gate_up}\."),
             "language": re.compile(rf"^(?!.*\b{vision}\b)"),
             "vision": re.compile(rf"\b{vision}\b"),
         }
 
+    def lora_targets(self, text_targets: list[str]) -> list[str]:
+        """The language model's module names LoRA adapts for `text_targets`: with any attention projection among
+        them (q, k, v, o), a linear-attention layer's projections too, since such a layer has none of those."""
+        if set(text_targets) & set(ATTENTION_PROJECTIONS):
+            return list(dict.fromkeys([*text_targets, *self.linear_attention_projections]))
+        return list(text_targets)
+
     def lora_pattern(self, text_targets: list[str], vision: bool) -> str:
-        """peft's target regex (matched on full module names): the language model's `text_targets`, and with
-        `vision` the vision blocks' linear layers (not its patch embedding, which may share their names)."""
+        """peft's target regex (matched on full module names): the language model's `text_targets` (and what
+        `lora_targets` adds), and with `vision` the vision blocks' linear layers (not its patch embedding, which may
+        share their names)."""
+        text_targets = self.lora_targets(text_targets)
         tower = re.escape(self.vision_name())
         pattern = rf"^(?!.*\b{tower}\b).*\.({'|'.join(text_targets)})$"
         if vision:

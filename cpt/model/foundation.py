@@ -1,5 +1,5 @@
-"""The toy foundation models behind the toy presets (`tiny`: Qwen2.5-VL, `tiny-qwen3-vl`: Qwen3-VL; `small` and
-`small-qwen3-vl`, about 5.5 times their size, for a second model size).
+"""The toy foundation models behind the toy presets (`tiny`: Qwen2.5-VL, `tiny-qwen3-vl`: Qwen3-VL, `tiny-qwen3.5`:
+Qwen3.5; `small`, `small-qwen3-vl` and `small-qwen3.5`, 5 to 7 times their size, for a second model size).
 
 The study starts from a model that already has general skills and some zero-shot ability on the new tasks
 (RFT needs a non-zero reward to learn from). A random network has neither, so the package pre-trains one:

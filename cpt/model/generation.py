@@ -34,9 +34,9 @@ class Sampling:
 
 @dataclass
 class PromptCache:
-    """The KV cache of a batch of prompts, every token but the last (generation needs one uncached token to start
-    from), computed once and copied for each use; and every prompt token's position, from which `generate`
-    continues each row."""
+    """The cache of a batch of prompts (keys and values; a linear-attention layer's convolution and recurrent
+    states) over every token but the last (generation needs one uncached token to start from), computed once and
+    copied for each use; and every prompt token's position, from which `generate` continues each row."""
 
     cache: Cache
     positions: torch.Tensor  # (3, rows, width): the model's M-RoPE positions of the prompts (cpt.model.positions)
@@ -55,7 +55,10 @@ class PromptCache:
         positions of those rows."""
         cache = copy.deepcopy(self.cache)
         if times > 1:
-            cache.batch_repeat_interleave(times)
+            # Every state the layers keep (keys and values; a linear-attention layer's convolution and recurrent
+            # states), each row `times` times: transformers' reordering covers all layer kinds, its batch repeat not.
+            rows = self.positions.shape[1]
+            cache.reorder_cache(torch.arange(rows, device=self.positions.device).repeat_interleave(times))
         return cache, self.positions.repeat_interleave(times, 1)
 
 

@@ -1,9 +1,10 @@
 """The resolution of `model.name_or_path` to a checkpoint directory: a built-in preset or a local checkpoint.
 
-`tiny` (Qwen2.5-VL) and `tiny-qwen3-vl` are toy models pre-trained by the package (cpt.model.tiny,
-cpt.model.foundation); `small` and `small-qwen3-vl` are the same recipe at about 5.5 times the parameters.
-`qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b` and `qwen3-vl-8b` have the published shapes with random weights, for
-sizing and speed measurements without a download. Each family describes its own (cpt.model.families).
+`tiny` (Qwen2.5-VL), `tiny-qwen3-vl` and `tiny-qwen3.5` are toy models pre-trained by the package (cpt.model.tiny,
+cpt.model.foundation); `small`, `small-qwen3-vl` and `small-qwen3.5` are the same recipe at 5 to 7 times the
+parameters. `qwen2.5-vl-3b`, `qwen2.5-vl-7b`, `qwen3-vl-4b`, `qwen3-vl-8b` and `qwen3.5-0.8b` to `qwen3.5-27b` have the
+published shapes with random weights, for sizing and speed measurements without a download. Each family describes
+its own (cpt.model.families).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Two costs dominate at the size users run (G rollouts per prompt, prompts of hund
 of 152k), and both are avoidable:
   - the prompt repeated on each of its G rows: with `groups`, each prompt (its image included) runs once and its
     G completions attend to it, gradients flowing back through the shared prompt (SDPA or eager attention; with
-    flash-attention, which takes no such mask, the prompt is repeated);
+    flash-attention, which takes no such mask, and in a family with linear-attention layers, whose recurrence a
+    mask does not cut, the prompt is repeated);
   - the float32 logits over the whole vocabulary for every completion token (64 rollouts x 256 tokens x 152k is
     10 GB, and log_softmax and the entropy make more of that size): with `chunk`, the head runs on at most `chunk`
     tokens at a time and is recomputed in the backward pass instead of kept.
@@ -41,7 +42,7 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
     None repeats the prompt on every row. `chunk`: completion tokens whose logits exist at once; None computes
     them all in the model's forward.
     """
-    if groups is not None and not (takes_block_masks(model) and packing_pays(
+    if groups is not None and not (why_not_packed(model) is None and packing_pays(
             prompts, completion_ids, groups, base_model(model).config.get_text_config().hidden_size)):
         groups = None
     if groups is None:
@@ -149,9 +150,17 @@ def packing_pays(prompts: Batch, completion_ids: torch.Tensor, groups: torch.Ten
     return packed <= repeated
 
 
-def takes_block_masks(model: nn.Module) -> bool:
-    """Whether the model's attention takes an arbitrary (batch, 1, queries, keys) mask (flash-attention does not)."""
-    return base_model(model).config._attn_implementation in ("sdpa", "eager")
+def why_not_packed(model: nn.Module) -> str | None:
+    """Why the model cannot run a prompt's completions packed behind it in one sequence, or None where it can: its
+    family keeps a recurrent state (cpt.model.family.Family.packable), or its attention takes no arbitrary
+    (batch, 1, queries, keys) mask (flash-attention)."""
+    family = family_of_model(base_model(model))
+    if not family.packable:
+        return (f"{family.display_name}'s linear-attention layers carry a recurrent state, which a block mask does "
+                "not stop")
+    if base_model(model).config._attn_implementation not in ("sdpa", "eager"):
+        return "flash-attention takes no block mask (attn_implementation=sdpa shares the prompt)"
+    return None
 
 
 def _attention_mask(model: nn.Module, attend: torch.Tensor) -> torch.Tensor:

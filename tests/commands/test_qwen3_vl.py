@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cpt.cli import main
-from cpt.model.families import QWEN3_VL
+from cpt.model.families import FAMILIES, QWEN3_VL
 from cpt.model.processor import VisionTextProcessor
 from tests.helpers.plain_transformers import PlainTransformers
 
@@ -69,8 +69,16 @@ def test_export_answers_in_plain_transformers_as_cpt_does(rft_run, tmp_path, cap
         assert plain.answer(example, max_new_tokens=8) == ours
 
 
-@pytest.mark.parametrize("preset", ["qwen2.5-vl-3b", "qwen2.5-vl-7b", "qwen3-vl-4b", "qwen3-vl-8b"])
-def test_inspect_prints_each_published_shape(preset, capsys):
+SHAPES = [(family, name) for family in FAMILIES for name in family.shapes]
+
+
+@pytest.mark.parametrize(("family", "preset"), SHAPES, ids=[name for _, name in SHAPES])
+def test_inspect_prints_each_published_shape(family, preset, capsys):
+    """Every published shape builds at its depth: its decoder layers and vision blocks are the FSDP units."""
     assert main(["inspect", f"model.name_or_path={preset}"]) == 0
     printed = capsys.readouterr().out
     assert preset in printed
+    shape = family.shapes[preset]
+    layer, block = family.fsdp_units
+    assert f"{shape.vision['depth']} x {block}, {shape.text['num_hidden_layers']} x {layer}" in printed
+    assert ("recurrent states" in printed) == ("repeated on every rollout" in printed) == (not family.packable)

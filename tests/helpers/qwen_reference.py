@@ -35,7 +35,7 @@ from cpt.data.batches import Batch, Collator, EncodedDataset
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt, render_response
 from cpt.model.backbone import load_backbone
-from cpt.model.families import QWEN2_5_VL, QWEN3_VL, family_of_checkpoint
+from cpt.model.families import QWEN2_5_VL, QWEN3_5, QWEN3_VL, family_of_checkpoint
 from cpt.model.family import Family
 from cpt.model.processor import VisionTextProcessor, images_only_stock_processor
 
@@ -64,6 +64,15 @@ LAYOUTS = {
         dict(depth=27, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=256, patch_size=16,
              spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
              deepstack_visual_indexes=[8, 16, 24]),
+        16),
+    QWEN3_5.name: (
+        dict(hidden_size=256, intermediate_size=320, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=256, linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+             linear_num_key_heads=1, linear_num_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+             rope_parameters={"rope_type": "default", "rope_theta": 10000000.0, "mrope_section": [11, 11, 10],
+                              "mrope_interleaved": True, "partial_rotary_factor": 0.25}),
+        dict(depth=27, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=256, patch_size=16,
+             spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304),
         16),
 }
 

@@ -8,7 +8,8 @@ from cpt.errors import ConfigError
 from cpt.model import backbone
 from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import attention_implementation, count_parameters, fsdp_units, load_backbone
-from cpt.model.families import FAMILIES
+from cpt.model.families import FAMILIES, QWEN3_5
+from cpt.model.presets import write_shape_preset
 
 
 def model_cfg(*overrides):
@@ -129,3 +130,35 @@ def test_gradient_checkpointing_gives_the_same_gradients(foundation_dir, process
         grads.append(model.model.language_model.embed_tokens.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_5(tmp_path_factory):
+    """The tiny Qwen3.5 architecture, random weights: three linear-attention layers, then a full-attention one."""
+    return write_shape_preset(tmp_path_factory.mktemp("tiny-qwen3.5"), QWEN3_5, QWEN3_5.tiny, seed=0, image_size=64)
+
+
+def test_lora_adapts_the_linear_attention_layers_of_qwen3_5(tiny_qwen3_5):
+    """A linear-attention layer has no q, k, v or o: LoRA's attention targets stand for its five projections there.
+    Counted by hand at r = 4 (widths: hidden 128, linear keys 2 x 32, values 4 x 32, gated queries 2 x 4 x 64)."""
+    from peft.tuners.lora import LoraLayer
+
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.r=4"), tiny_qwen3_5)
+    adapted = {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted == {"in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj", "q_proj", "k_proj", "v_proj",
+                       "o_proj", "gate_proj", "up_proj", "down_proj"}
+    linear = (128 + 256) + (128 + 128) + (128 + 4) + (128 + 4) + (128 + 128)  # qkv, z, b, a, out
+    full = (128 + 512) + (128 + 128) + (128 + 128) + (256 + 128)  # q (with its gate), k, v, o
+    mlp = 2 * (128 + 384) + (384 + 128)
+    assert count_parameters(model)[1] == 4 * (3 * linear + full + 4 * mlp)
+    model = load_backbone(model_cfg("model.finetune=lora", "model.lora.target_modules=[gate_proj]"), tiny_qwen3_5)
+    assert {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, LoraLayer)} == {"gate_proj"}
+
+
+def test_the_attention_subset_of_qwen3_5_holds_both_layer_kinds_projections(tiny_qwen3_5):
+    model = load_backbone(model_cfg("model.trainable=attention"), tiny_qwen3_5)
+    chosen = {n for n, p in model.named_parameters() if p.requires_grad}
+    linear = {f"model.language_model.layers.{i}.linear_attn.{p}.weight" for i in range(3)
+              for p in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")}
+    full = {f"model.language_model.layers.3.self_attn.{p}_proj.weight" for p in "qkvo"}
+    assert chosen == linear | full

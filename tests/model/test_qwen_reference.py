@@ -37,7 +37,7 @@ def ref(request, processor, tmp_path_factory):
 
 # Row 0's image (168 x 224) on each family's merged grid: 14-pixel patches give 12 x 16, merged 6 x 8; 16-pixel ones
 # resize it to 160 x 224 (multiples of 32), 10 x 14 patches, merged 5 x 7.
-ROW0_GRID = {"qwen2.5-vl": (6, 8), "qwen3-vl": (5, 7)}
+ROW0_GRID = {"qwen2.5-vl": (6, 8), "qwen3-vl": (5, 7), "qwen3.5": (5, 7)}
 
 
 # --- what the reference computes, from the stock processor's inputs ----------------------------------------------
@@ -153,6 +153,23 @@ def test_images_without_token_types_are_refused(ref):
         model.generate(**inputs, max_new_tokens=2)
     text_only = {name: inputs[name][2:] for name in ("input_ids", "attention_mask")}
     model(**text_only)  # text alone has 1D positions in every section: nothing to refuse
+
+
+def test_left_padding_reaches_no_row(ref):
+    """Each row of the left-padded batch gives the logits it gives alone, unpadded: padding is masked out of
+    attention and, in a linear-attention layer (Qwen3.5), out of the convolution and the recurrence, which would
+    otherwise carry it into every later token."""
+    model = ref.model()
+    batch = ref.batch(with_response=True)
+    texts = ref.texts(with_response=True)
+    assert (batch.attention_mask == 0).any(1).sum() == 2  # two rows padded, by different lengths
+    with torch.no_grad():
+        padded = model(**batch.model_inputs()).logits
+        for row, (text, example) in enumerate(zip(texts, ref.examples)):
+            alone = ref.stock(text=[text], images=example.images or None, return_tensors="pt")
+            width = alone["input_ids"].shape[1]
+            assert int(batch.attention_mask[row].sum()) == width
+            torch.testing.assert_close(padded[row, -width:], model(**alone).logits[0], rtol=0, atol=1e-5)
 
 
 # --- SFT and evaluation ----------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from torch import nn
 
 from cpt.errors import ConfigError
 from cpt.model.families.qwen2_5_vl import QWEN2_5_VL
+from cpt.model.families.qwen3_5 import QWEN3_5
 from cpt.model.families.qwen3_vl import QWEN3_VL
 from cpt.model.family import Family
 from cpt.run_files import read_json
 
-FAMILIES: tuple[Family, ...] = (QWEN2_5_VL, QWEN3_VL)
+FAMILIES: tuple[Family, ...] = (QWEN2_5_VL, QWEN3_VL, QWEN3_5)
 DEFAULT = QWEN2_5_VL  # of the `tiny` preset and the benchmarks against TRL
 
 

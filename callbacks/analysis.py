@@ -78,25 +78,11 @@ from cpt.rl.log_probs import token_log_probs
 from cpt.rl.policy_loss import kl_estimate
 from cpt.rl.rollouts import Rollouts
 
-GROUPS = ("vision", "attention", "mlp", "embeddings_head", "other")
+GROUPS = ("vision", "attention", "mlp", "embeddings_head", "other")  # cpt.model.family.Family.module_group
 KL_UNIT = ("nats per completion: k3 estimate of KL(base || current) summed over the tokens of a completion "
            "sampled from the base (up to its end-of-turn token), averaged over the probe prompts")
 PROBE_TEMPERATURE = 1.0  # the base's own distribution: the KL estimate needs samples from it
 UNCHANGED_WITHIN = 1e-5  # Mukherjee et al.'s tolerance on the bfloat16 values' difference
-
-
-def module_group(name: str, vision_tower: str) -> str:
-    """The group of a parameter, by its name; a LoRA adapter's name contains the module it adapts. `vision_tower`:
-    the vision tower's module name in the backbone's family (cpt.model.family.Family.vision_name)."""
-    if vision_tower in name.split("."):
-        return "vision"
-    if "embed_tokens" in name or "lm_head" in name:
-        return "embeddings_head"
-    if "self_attn" in name:
-        return "attention"
-    if "mlp" in name:
-        return "mlp"
-    return "other"
 
 
 @dataclass
@@ -225,15 +211,15 @@ class ForgettingAnalysis(Callback):
             raise RuntimeError("ForgettingAnalysis has no parameters from the start of the stage: on_train_epoch_start "
                                "did not run before on_train_epoch_end")
         reshard(pl_module.backbone)
-        tower = family_of_model(pl_module.backbone).vision_name()
-        groups = sorted({module_group(name, tower) for name in self.start}, key=GROUPS.index)
+        module_group = family_of_model(pl_module.backbone).module_group
+        groups = sorted({module_group(name) for name in self.start}, key=GROUPS.index)
         # Per group, row 0: squared norm of the change, row 1: of the start (float64: many squares add up).
         sums = torch.zeros(2, len(groups), dtype=torch.float64, device=pl_module.device)
         sharded = False
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
                 sharded |= isinstance(param, DTensor)
-                start, column = self.start[name].float(), groups.index(module_group(name, tower))
+                start, column = self.start[name].float(), groups.index(module_group(name))
                 sums[0, column] += (local_part(param).detach().float() - start).square().sum(dtype=torch.float64)
                 sums[1, column] += start.square().sum(dtype=torch.float64)
         if sharded:  # each rank summed its own shards
@@ -247,10 +233,10 @@ class ForgettingAnalysis(Callback):
         stage: over all (`all`) and per module group."""
         parts: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}  # per group: (parameter, moved here)
         sizes: dict[str, int] = {}
-        tower = family_of_model(pl_module.backbone).vision_name()
+        module_group = family_of_model(pl_module.backbone).module_group
         for name, param in pl_module.backbone.named_parameters():
             if name in self.start:
-                group, start = module_group(name, tower), self.start[name]
+                group, start = module_group(name), self.start[name]
                 end = local_part(param.detach()).to(torch.bfloat16).float()
                 moved = (end - start.to(torch.bfloat16).float()).abs() > UNCHANGED_WITHIN
                 parts.setdefault(group, []).append((param, moved.sum()))

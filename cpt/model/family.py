@@ -105,6 +105,8 @@ class Family:
     # one pre-training recipe, tokenizer and image patch, so only the architecture tells them apart.
     toys: dict[str, Toy]
     shapes: dict[str, Shape] = field(default_factory=dict)  # published shapes, by preset name
+    # The modules of a decoder layer that mix tokens (attention, linear attention): the analysis' attention group.
+    token_mixers: tuple[str, ...] = ("self_attn",)
     # Layers that mix tokens by a recurrence (linear attention) rather than by attention: their projections' names,
     # which LoRA and `model.trainable=attention` take wherever they take the attention projections.
     linear_attention_projections: tuple[str, ...] = ()
@@ -182,6 +184,20 @@ class Family:
             "language": re.compile(rf"^(?!.*\b{vision}\b)"),
             "vision": re.compile(rf"\b{vision}\b"),
         }
+
+    def module_group(self, name: str) -> str:
+        """The forgetting analysis' group of a parameter, by its name (a LoRA adapter's holds the module it adapts):
+        vision, attention (every token mixer), mlp, embeddings_head or other."""
+        parts = name.split(".")
+        if self.vision_name() in parts:
+            return "vision"
+        if "embed_tokens" in parts or "lm_head" in parts:
+            return "embeddings_head"
+        if any(mixer in parts for mixer in self.token_mixers):
+            return "attention"
+        if "mlp" in parts:
+            return "mlp"
+        return "other"
 
     def lora_targets(self, text_targets: list[str]) -> list[str]:
         """The language model's module names LoRA adapts for `text_targets`: with any attention projection among

@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cpt.callbacks.analysis import ForgettingAnalysis, example_changes, module_group
+from cpt.callbacks.analysis import ForgettingAnalysis, example_changes
 from cpt.commands.fit import run
 from cpt.config import load_config
 from cpt.data.batches import Batch
 from cpt.data.tasks import build_tasks
 from cpt.methods.rft import RFTModule
 from cpt.methods.sft import SFTModule
+from cpt.model.families import FAMILIES, QWEN3_5
 from cpt.model.fisher import diagonal_fisher
 from tests.helpers import REPO, metric_rows
 
@@ -46,16 +47,21 @@ def group_norm(named: dict[str, torch.Tensor], keep) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for name, t in named.items() if keep(name)))
 
 
-def test_parameter_names_map_to_module_groups():
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda family: family.name)
+def test_parameter_names_map_to_module_groups(family):
+    module_group = family.module_group
     prefix = "base_model.model.model."
     attention = prefix + "language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
-    assert module_group(attention, "visual") == "attention"
-    assert module_group(prefix + "language_model.layers.1.mlp.down_proj.lora_B.default.weight", "visual") == "mlp"
-    assert module_group(prefix + "visual.blocks.0.mlp.up_proj.lora_B.default.weight", "visual") == "vision"
-    assert module_group("model.visual.blocks.0.attn.qkv.weight", "visual") == "vision"
-    assert module_group("model.language_model.embed_tokens.weight", "visual") == "embeddings_head"
-    assert module_group("lm_head.weight", "visual") == "embeddings_head"
-    assert module_group("model.language_model.layers.0.input_layernorm.weight", "visual") == "other"
+    assert module_group(attention) == "attention"
+    assert module_group(prefix + "language_model.layers.1.mlp.down_proj.lora_B.default.weight") == "mlp"
+    assert module_group(prefix + "visual.blocks.0.mlp.up_proj.lora_B.default.weight") == "vision"
+    assert module_group("model.visual.blocks.0.attn.qkv.weight") == "vision"
+    assert module_group("model.language_model.embed_tokens.weight") == "embeddings_head"
+    assert module_group("lm_head.weight") == "embeddings_head"
+    assert module_group("model.language_model.layers.0.input_layernorm.weight") == "other"
+    # Qwen3.5's linear-attention layers mix tokens too; elsewhere the name means nothing.
+    linear = "model.language_model.layers.0.linear_attn.in_proj_qkv.weight"
+    assert module_group(linear) == ("attention" if family is QWEN3_5 else "other")
 
 
 def test_bad_arguments_are_named():

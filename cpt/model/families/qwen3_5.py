@@ -62,6 +62,7 @@ QWEN3_5 = Family(
     fsdp_units=("Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"),  # one class for both layer kinds
     vision_lora_targets=r"(attn\.(qkv|proj)|mlp\.linear_fc[12])",
     attention_projections=r"self_attn\.[qkvo]_proj", mlp_gate_up=r"mlp\.(gate|up)_proj",
+    token_mixers=("self_attn", "linear_attn"),
     linear_attention_projections=("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"),
     cached_state=("keys and values (full attention)", "convolution and recurrent states (linear attention)"),
     packable=False,

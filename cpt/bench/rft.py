@@ -154,7 +154,7 @@ def describe(cfg: DictConfig, checkpoint: Path, steps: int, warmup: int, rounds:
         "sides     cpt shared = rft.shared_prefix=true (one prompt forward per group), cpt repeated = "
         "rft.shared_prefix=false (the prompt on every rollout)" + (f", both rft.log_prob_chunk={chunk}"
                                                                    if "log_prob_chunk" in rft else "")
-        + f"; TRL = GRPOTrainer {trl_version}",
+        + f"; TRL = GRPOTrainer {trl_version}" + unpacked_note(checkpoint),
         f"timing    {plural(rounds, 'round')}, the three sides in turn (the order rotated each round), each a "
         f"fresh run: {plural(warmup, 'warm-up step')}, then the median of {plural(steps, 'step')}; a step = one "
         f"finished optimizer step to the next (data, generation, reward, reference pass, update)",
@@ -162,6 +162,15 @@ def describe(cfg: DictConfig, checkpoint: Path, steps: int, warmup: int, rounds:
         versions_line(),
     ]
     return lines
+
+
+def unpacked_note(checkpoint: Path) -> str:
+    """How the shared side shares a prompt where the family cannot pack a group behind it."""
+    family = family_of_checkpoint(checkpoint)
+    if family.packable:
+        return ""
+    return (f" ({family.display_name}: a recurrence cannot be packed, so cpt shared continues every rollout from "
+            "its prompt's forked cache instead)")
 
 
 def case_line(case: str, cfg: DictConfig, length: PromptLength) -> str:

@@ -58,8 +58,9 @@ def format_description(name: str, d: dict) -> str:
         f"  root              {d['fsdp_root_params']:,} parameters: embeddings, head, final norm, vision patch "
         "embedding and merger",
         f"cache               {'; '.join(d['cached_state'])}",
-        "RFT shared prompt   " + ("one prompt forward per group (rft.shared_prefix; SDPA or eager attention)"
-                                  if d["packable"] else "repeated on every rollout (a recurrent state is not packed)"),
+        "RFT shared prompt   " + ("packed: one sequence per group (rft.shared_prefix; SDPA or eager attention)"
+                                  if d["packable"] else "forked: the prompt's cache continued by every rollout "
+                                  "(rft.shared_prefix; a recurrence cannot be packed)"),
     ])
 
 

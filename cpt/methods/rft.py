@@ -40,7 +40,7 @@ from cpt.methods.loss_terms import micro_batch_shares
 from cpt.methods.rollout_module import RolloutModule
 from cpt.rl.advantages import ESTIMATORS, group_advantages
 from cpt.rl.entropy import EntropyControl
-from cpt.rl.log_probs import why_not_packed
+from cpt.rl.log_probs import why_prompts_repeat
 from cpt.rl.policy_loss import kl_estimate, loss_denominator, rft_loss
 from cpt.rl.reference import Reference
 from cpt.rl.rollouts import Rollouts
@@ -76,9 +76,9 @@ class RFTModule(RolloutModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        unpackable = why_not_packed(self.backbone) if self.cfg.rft.shared_prefix else None
-        if unpackable:
-            log.warning(f"rft.shared_prefix: {unpackable}, so the log-probability passes repeat each prompt on its G "
+        repeated = why_prompts_repeat(self.backbone) if self.cfg.rft.shared_prefix else None
+        if repeated:
+            log.warning(f"rft.shared_prefix: {repeated}, so the log-probability passes repeat each prompt on its G "
                         "rows (rollouts still prefill it once)")
         if max(kl_values(self.cfg)) > 0 and self.reference is None:
             self.reference = Reference(self.backbone, self.cfg.rft.kl.reference,

@@ -115,7 +115,7 @@ class Family:
     cached_state: tuple[str, ...] = ("keys and values",)
     # Whether several completions can be packed behind one prompt in one sequence, each seeing the prompt and itself
     # through a block mask (cpt.rl.log_probs). Not where a layer carries a recurrent state: a mask does not stop a
-    # recurrence, so a completion would read its siblings.
+    # recurrence, so a completion would read its siblings; the prompt's cache is forked to them instead.
     packable: bool = True
 
     @property

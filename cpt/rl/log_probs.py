@@ -4,9 +4,10 @@ analysis are computed from.
 Two costs dominate at the size users run (G rollouts per prompt, prompts of hundreds of image tokens, a vocabulary
 of 152k), and both are avoidable:
   - the prompt repeated on each of its G rows: with `groups`, each prompt (its image included) runs once and its
-    G completions attend to it, gradients flowing back through the shared prompt (SDPA or eager attention; with
-    flash-attention, which takes no such mask, and in a family with linear-attention layers, whose recurrence a
-    mask does not cut, the prompt is repeated);
+    G completions attend to it, gradients flowing back through the shared prompt: packed into one sequence with a
+    block mask (SDPA or eager attention; flash-attention takes no such mask, and the prompt is repeated), or, in a
+    family with linear-attention layers, whose recurrence a mask does not cut, continued from the prompt's cache
+    forked to its G rows;
   - the float32 logits over the whole vocabulary for every completion token (64 rollouts x 256 tokens x 152k is
     10 GB, and log_softmax and the entropy make more of that size): with `chunk`, the head runs on at most `chunk`
     tokens at a time and is recomputed in the backward pass instead of kept.
@@ -16,14 +17,17 @@ Both give the values of the plain path (tests/rl/test_log_probs.py), which stays
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MethodType
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import Cache
 
 from cpt.data.batches import Batch
 from cpt.model.backbone import base_model
 from cpt.model.families import family_of_model
+from cpt.model.generation import cache_keyword
 from cpt.model.positions import rope_positions
 
 
@@ -42,17 +46,17 @@ def token_log_probs(model: nn.Module, prompts: Batch, completion_ids: torch.Tens
     None repeats the prompt on every row. `chunk`: completion tokens whose logits exist at once; None computes
     them all in the model's forward.
     """
-    if groups is not None and not (why_not_packed(model) is None and packing_pays(
-            prompts, completion_ids, groups, base_model(model).config.get_text_config().hidden_size)):
-        groups = None
-    if groups is None:
+    sharing = None if groups is None else prompt_sharing(model, prompts, completion_ids, groups)
+    if sharing is None:
         sequences = prompts.with_completions(completion_ids, mask)
         if chunk is None:
             return logits_log_probs(target_logits(model, sequences, completion_ids.shape[1]), completion_ids,
                                     temperature, with_entropy, suppressed, entropy_grad)
         hidden = _final_hidden(model, sequences.model_inputs())[:, -completion_ids.shape[1] - 1:-1]
-    else:
+    elif sharing == "packed":
         hidden = _shared_prefix_hidden(model, prompts, completion_ids, mask, groups)
+    else:
+        hidden = _forked_prefix_hidden(model, prompts, completion_ids, mask, groups)
     return head_log_probs(base_model(model).lm_head, hidden, completion_ids, temperature, with_entropy, chunk,
                           suppressed, entropy_grad)
 
@@ -79,14 +83,29 @@ def logits_log_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float
 def _final_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
     """The language model's last hidden states (after its final norm) for every input position, through the
     model's own forward (so FSDP's and peft's hooks run) with the head applied to one position only."""
+    return _final_hidden_and_output(model, inputs)[0]
+
+
+def _final_hidden_and_output(model: nn.Module, inputs: dict):
+    """`_final_hidden`, and the forward's output (its cache, where one was asked for)."""
     captured = []
     norm = family_of_model(base_model(model)).norm(base_model(model))
     handle = norm.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
-        model(**inputs, logits_to_keep=1)
+        out = model(**inputs, logits_to_keep=1)
     finally:
         handle.remove()
-    return captured[-1]
+    return captured[-1], out
+
+
+def _runs(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rows grouped in runs of equal ids: whether each row starts its run, each row's run, and its place in
+    the run."""
+    first = torch.ones(len(groups), dtype=torch.bool)
+    first[1:] = groups[1:].cpu() != groups[:-1].cpu()
+    run = first.cumsum(0) - 1
+    slot = torch.arange(len(groups)) - first.nonzero().squeeze(1)[run]
+    return first, run, slot
 
 
 def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, mask: torch.Tensor,
@@ -103,10 +122,7 @@ def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, m
     """
     rows, n = ids.shape
     device = ids.device
-    first = torch.ones(rows, dtype=torch.bool)
-    first[1:] = groups[1:].cpu() != groups[:-1].cpu()
-    run = first.cumsum(0) - 1  # each row's run
-    slot = torch.arange(rows) - first.nonzero().squeeze(1)[run]  # each row's place in its run
+    first, run, slot = _runs(groups)
     runs, slots = int(run[-1]) + 1, int(slot.max()) + 1
     unique = prompts.select(first.nonzero().squeeze(1).tolist())
     width = unique.input_ids.shape[1]
@@ -137,6 +153,78 @@ def _shared_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, m
     return hidden[run.to(device)[:, None], predictors.to(device)]
 
 
+def _forked_prefix_hidden(model: nn.Module, prompts: Batch, ids: torch.Tensor, mask: torch.Tensor,
+                          groups: torch.Tensor) -> torch.Tensor:
+    """`_shared_prefix_hidden` for a model with recurrent layers, which cannot be packed: one forward over each
+    run's prompt keeps its cache (keys and values, convolution and recurrent states), which is forked to the run's
+    rows, and a second forward continues every completion from it. Gradients reach the prompt through the forked
+    states, as they reach it through the shared keys and values of the packed pass."""
+    n = ids.shape[1]
+    device = ids.device
+    first, run, _ = _runs(groups)
+    unique = prompts.select(first.nonzero().squeeze(1).tolist())
+    positions, next_position = rope_positions(base_model(model), unique)
+    keyword = cache_keyword(model)
+    prompt_hidden, out = _final_hidden_and_output(
+        model, {**unique.model_inputs(), "position_ids": positions, "use_cache": True})
+    run = run.to(device)
+    cache = fork_cache(getattr(out, keyword), run)
+    continued = (next_position[run, None] + torch.arange(n, device=device)).expand(3, -1, -1)
+    attention = torch.cat([unique.attention_mask[run], mask.to(unique.attention_mask.dtype)], 1)
+    hidden = _final_hidden(model, {"input_ids": ids, "attention_mask": attention, "position_ids": continued,
+                                   keyword: cache})
+    # Completion token 0 is predicted by the prompt's last position, token t by completion token t - 1.
+    return torch.cat([prompt_hidden[run, -1:], hidden[:, :-1]], 1)
+
+
+def fork_cache(cache: Cache, rows: torch.Tensor) -> Cache:
+    """`cache` with its row rows[i] as row i, every layer state copied (transformers' reordering covers keys and
+    values and linear attention's states alike), for one forward that continues it and backpropagates through it.
+    transformers writes a linear-attention layer's new states into the old ones in place, which autograd refuses
+    when the old ones fed the same forward; here they replace them instead (the cache is used once)."""
+    cache.reorder_cache(rows)
+    for layer in cache.layers:
+        if hasattr(layer, "recurrent_states"):
+            layer.update_conv_state = MethodType(_replace_conv_state, layer)
+            layer.update_recurrent_state = MethodType(_replace_recurrent_state, layer)
+    return cache
+
+
+def _replace_conv_state(layer, conv_states: torch.Tensor, state_idx: int = 0, **_) -> torch.Tensor:
+    full = torch.cat([layer.conv_states[state_idx], conv_states], dim=-1)  # the convolution's left context
+    layer.conv_states[state_idx] = full[..., -layer.conv_kernel_size[state_idx]:]
+    return full
+
+
+def _replace_recurrent_state(layer, recurrent_states, state_idx: int = 0, **_) -> torch.Tensor:
+    last = recurrent_states if isinstance(recurrent_states, torch.Tensor) else recurrent_states[-1]
+    layer.recurrent_states[state_idx] = last
+    return last
+
+
+def prompt_sharing(model: nn.Module, prompts: Batch, completion_ids: torch.Tensor, groups: torch.Tensor
+                   ) -> str | None:
+    """How a pass over `groups` of rows shares their prompts: "packed" (one sequence per run, block masks),
+    "forked" (the prompt's cache forked to its rows: a family with recurrent layers), or None (each row repeats
+    its prompt: flash-attention takes no block mask, a short prompt does not pay for packing, or gradient
+    checkpointing keeps no cache)."""
+    if why_prompts_repeat(model) is not None or not bool((groups[1:] == groups[:-1]).any()):
+        return None  # (a group of one row has nothing to share)
+    if not family_of_model(base_model(model)).packable:
+        return "forked"  # as few tokens as the packed pass, and no quadratic cost of its own
+    hidden_size = base_model(model).config.get_text_config().hidden_size
+    return "packed" if packing_pays(prompts, completion_ids, groups, hidden_size) else None
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether the model recomputes activations in its backward pass, which keeps no cache: transformers' name
+    for it since 5.2x, and before (5.17, which GPU images still ship)."""
+    root = base_model(model)
+    if hasattr(type(root), "is_activation_checkpointing"):
+        return root.is_activation_checkpointing
+    return root.is_gradient_checkpointing
+
+
 def packing_pays(prompts: Batch, completion_ids: torch.Tensor, groups: torch.Tensor, hidden_size: int) -> bool:
     """Whether one sequence of a prompt and its r completions costs less compute than r repeated rows. Per layer a
     token costs about 40 d^2 FLOPs in its projections and MLP, and a query-key pair about 4 d in attention (masked
@@ -150,14 +238,13 @@ def packing_pays(prompts: Batch, completion_ids: torch.Tensor, groups: torch.Ten
     return packed <= repeated
 
 
-def why_not_packed(model: nn.Module) -> str | None:
-    """Why the model cannot run a prompt's completions packed behind it in one sequence, or None where it can: its
-    family keeps a recurrent state (cpt.model.family.Family.packable), or its attention takes no arbitrary
-    (batch, 1, queries, keys) mask (flash-attention)."""
-    family = family_of_model(base_model(model))
-    if not family.packable:
-        return (f"{family.display_name}'s linear-attention layers carry a recurrent state, which a block mask does "
-                "not stop")
+def why_prompts_repeat(model: nn.Module) -> str | None:
+    """Why the model's log-probability passes cannot share a prompt among its rollouts, or None where they can."""
+    if not family_of_model(base_model(model)).packable:
+        if _checkpointing(model):
+            return ("gradient checkpointing keeps no cache to fork a prompt's recurrent state from "
+                    "(model.gradient_checkpointing=false shares it)")
+        return None
     if base_model(model).config._attn_implementation not in ("sdpa", "eager"):
         return "flash-attention takes no block mask (attn_implementation=sdpa shares the prompt)"
     return None

@@ -118,7 +118,10 @@ def test_same_seed_same_results(two_task_run, tmp_path, quick_cfg):
     # The second family: its decoder layers and vision blocks (DeepStack included) are the units.
     ["model.name_or_path=tiny-qwen3-vl", "method=rft", "rft.group_size=2", "data.batch_size=2",
      "rft.max_new_tokens=6"],
-], ids=["sft", "rft", "onpolicy_sft-analysis", "rft-qwen3-vl"])
+    # The hybrid family: one decoder layer class holds both kinds (linear attention, full attention).
+    ["model.name_or_path=tiny-qwen3.5", "method=rft", "rft.group_size=2", "data.batch_size=2",
+     "rft.max_new_tokens=6"],
+], ids=["sft", "rft", "onpolicy_sft-analysis", "rft-qwen3-vl", "rft-qwen3.5"])
 def test_fsdp_two_processes_really_shard(tmp_path, quick_cfg, foundation_dir, method):
     """trainer.strategy=fsdp with 2 CPU processes (gloo): every rank holds about half of each sharded weight."""
     # 5 evaluation examples: 3 on one rank, 2 and a padding repeat on the other.

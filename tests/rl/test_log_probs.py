@@ -1,5 +1,6 @@
 """The shared-prefix forward and the chunked head give the log-probabilities, entropies and gradients of the plain
-repeated-prompt, full-vocabulary path."""
+repeated-prompt, full-vocabulary path: packed behind one prompt for an attention-only family (Qwen2.5-VL), the
+prompt's cache forked to its completions for a family with recurrent layers (Qwen3.5)."""
 
 import pytest
 import torch
@@ -8,10 +9,22 @@ from cpt.config import load_config
 from cpt.data.batches import Batch, Collator, EncodedDataset
 from cpt.data.synthetic import SyntheticSplit
 from cpt.model.backbone import load_backbone
-from cpt.rl.log_probs import head_log_probs, packing_pays, token_log_probs
+from cpt.model.families import QWEN3_5
+from cpt.model.presets import resolve_checkpoint
+from cpt.model.processor import VisionTextProcessor
+from cpt.rl.log_probs import head_log_probs, packing_pays, prompt_sharing, token_log_probs
 from cpt.rl.rollouts import completion_mask
 
 GROUP = 3
+
+
+@pytest.fixture(params=["qwen2.5-vl", "qwen3.5"])
+def backbone(request, foundation_dir, processor):
+    """A family's toy checkpoint and processor: the quick Qwen2.5-VL, or the shipped tiny Qwen3.5."""
+    if request.param == "qwen2.5-vl":
+        return foundation_dir, processor
+    shipped = resolve_checkpoint(load_config(None, [f"model.name_or_path={QWEN3_5.tiny_preset}"]))
+    return shipped, VisionTextProcessor.from_pretrained(shipped)
 
 
 def ragged_rollouts(processor, eos_id: int) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,28 +66,37 @@ def log_probs_and_grads(model, rollouts, groups=None, chunk=None):
 
 
 @pytest.mark.parametrize("finetune,attention", [("full", "sdpa"), ("lora", "sdpa"), ("full", "eager")])
-def test_shared_prefix_and_chunks_equal_the_repeated_full_vocabulary_path(finetune, attention, foundation_dir,
-                                                                          processor):
-    model = model_for(finetune, foundation_dir, attention)
+def test_shared_prefix_and_chunks_equal_the_repeated_full_vocabulary_path(finetune, attention, backbone):
+    checkpoint, processor = backbone
+    model = model_for(finetune, checkpoint, attention)
     rollouts = ragged_rollouts(processor, processor.eos_id)
     mask = rollouts[2]
-    assert packing_pays(rollouts[0], rollouts[1], rollouts[3], 128)  # the shared path below really packs
+    # The shared path below really shares: packed, or (a recurrent family) forked.
+    expected_sharing = "packed" if processor.family.packable else "forked"
+    assert prompt_sharing(model, rollouts[0], rollouts[1], rollouts[3]) == expected_sharing
     expected_logp, expected_entropy, expected_grads = log_probs_and_grads(model, rollouts)
     assert expected_grads and all(g.abs().sum() > 0 for name, g in expected_grads.items() if "visual" in name)
+    # The forked pass runs the prompt and the completions as two sequences, so Qwen3.5's chunked recurrence splits
+    # them at other places than the repeated pass does, in float32: its log-probabilities differ by up to 1e-5 and
+    # its entropies (over the whole vocabulary, at 1 / 0.7 the logits) by up to 1e-4 here. Rounding, not a wrong
+    # state: in float64 (but for the norms and the decay, which transformers keeps in float32) both differences
+    # fall to 3e-6.
+    atol, rtol = (1e-5, 1e-4) if processor.family.packable else (2e-4, 1e-3)
     for groups, chunk in [(rollouts[3], None), (None, 5), (rollouts[3], 4)]:
         logp, entropy, grads = log_probs_and_grads(model, rollouts, groups, chunk)
-        torch.testing.assert_close(logp[mask], expected_logp[mask], rtol=0, atol=1e-5)
-        torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=1e-5)
+        torch.testing.assert_close(logp[mask], expected_logp[mask], rtol=0, atol=atol)
+        torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=atol)
         assert grads.keys() == expected_grads.keys()
         for name, grad in grads.items():
             scale = expected_grads[name].abs().max().clamp(min=1e-12)
-            assert (grad - expected_grads[name]).abs().max() / scale < 1e-4, name
+            assert (grad - expected_grads[name]).abs().max() / scale < rtol, name
 
 
-def test_a_split_group_still_shares_within_its_run(foundation_dir, processor):
+def test_a_split_group_still_shares_within_its_run(backbone):
     """Micro-batches need not align with groups: rows 1..4 hold the tail of group 0 and the head of group 1, runs
     of different lengths in one forward."""
-    model = model_for("full", foundation_dir)
+    checkpoint, processor = backbone
+    model = model_for("full", checkpoint)
     prompts, ids, mask, groups = ragged_rollouts(processor, processor.eos_id)
     with torch.no_grad():
         expected, _ = token_log_probs(model, prompts, ids, mask, 1.0)
@@ -130,7 +152,7 @@ def test_entropy_carries_its_gradient_when_a_loss_asks():
         assert not plain.requires_grad
 
 
-def _sharded_worker(rank: int, world: int, port: int, foundation_dir, processor, out_dir) -> None:
+def _sharded_worker(rank: int, world: int, port: int, checkpoint, processor, out_dir) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -140,26 +162,29 @@ def _sharded_worker(rank: int, world: int, port: int, foundation_dir, processor,
     torch.set_num_threads(1)
     try:
         for finetune in ("full", "lora"):
-            model = shard_backbone(model_for(finetune, foundation_dir), init_device_mesh("cpu", (world,)))
+            model = shard_backbone(model_for(finetune, checkpoint), init_device_mesh("cpu", (world,)))
             rollouts = ragged_rollouts(processor, processor.eos_id)
             results = [log_probs_and_grads(model, rollouts, groups, chunk)
                        for groups, chunk in [(None, None), (rollouts[3], 4)]]
             (expected, expected_entropy, expected_grads), (logp, entropy, grads) = results
             mask = rollouts[2]
-            torch.testing.assert_close(logp[mask], expected[mask], rtol=0, atol=1e-5)
-            torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=1e-5)
+            atol, rtol = (1e-5, 1e-4) if processor.family.packable else (2e-4, 1e-3)  # as above
+            torch.testing.assert_close(logp[mask], expected[mask], rtol=0, atol=atol)
+            torch.testing.assert_close(entropy[mask], expected_entropy[mask], rtol=0, atol=atol)
             assert grads.keys() == expected_grads.keys() and grads
             for name, grad in grads.items():
+                full = expected_grads[name]
+                full = full.full_tensor() if hasattr(full, "full_tensor") else full  # (all ranks, same order)
+                scale = full.abs().max().clamp(min=1e-12)  # the whole tensor's: a shard of one may be all but 0
                 grad, reference = local_part(grad), local_part(expected_grads[name])
-                scale = reference.abs().max().clamp(min=1e-12)
-                assert (grad - reference).abs().max() / scale < 1e-4, (finetune, name)
+                assert (grad - reference).abs().max() / scale < rtol, (finetune, name)
         (out_dir / f"ok-{rank}").write_text("ok")
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_the_equalities_hold_under_two_process_fsdp(foundation_dir, processor, tmp_path):
+def test_the_equalities_hold_under_two_process_fsdp(backbone, tmp_path):
     import socket
 
     import torch.multiprocessing as mp
@@ -167,5 +192,6 @@ def test_the_equalities_hold_under_two_process_fsdp(foundation_dir, processor, t
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_sharded_worker, args=(2, port, foundation_dir, processor, tmp_path), nprocs=2)
+    checkpoint, processor = backbone
+    mp.spawn(_sharded_worker, args=(2, port, checkpoint, processor, tmp_path), nprocs=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok-0", "ok-1"]

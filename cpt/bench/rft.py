@@ -27,7 +27,7 @@ from cpt.config import load_config
 from cpt.data.examples import Example
 from cpt.data.prompts import render_prompt
 from cpt.data.tasks import build_tasks
-from cpt.model.families import family_of_checkpoint
+from cpt.model.families import family_of_checkpoint, preset_families
 from cpt.model.presets import resolve_checkpoint
 from cpt.model.processor import VisionTextProcessor
 from cpt.rl.rewards import Rewards
@@ -64,10 +64,11 @@ class PromptLength:
 
 def case_config(case: str, overrides: list[str], checkpoint: Path, steps: int, warmup: int) -> DictConfig:
     """The case's config: BENCH_DEFAULTS, the case's keys, the user's; `steps + warmup + 1` steps on as many
-    batches of prompts (the first step is never timed). The tiny preset keeps the checkpoint pre-trained on the
+    batches of prompts (the first step is never timed). A toy preset keeps the checkpoint pre-trained on the
     default images (it would otherwise pre-train one per image size)."""
     cfg = load_config(None, [*BENCH_DEFAULTS, *CASES[case], *overrides])
-    if cfg.model.name_or_path == "tiny":
+    family = preset_families().get(cfg.model.name_or_path)
+    if family is not None and cfg.model.name_or_path in family.toys:
         cfg.model.name_or_path = str(checkpoint)
     total = steps + warmup + 1
     cfg.steps_per_task, cfg.data.train_size = total, cfg.data.batch_size * total

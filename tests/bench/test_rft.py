@@ -7,6 +7,7 @@ import pytest
 from cpt.bench.cli import RFT_CASES, build_parser
 from cpt.bench.rft import CASES, SIDES, case_config, prompt_examples, prompt_length
 from cpt.config import RUN_TIME_ENV
+from cpt.model.families import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,12 @@ def test_sides_differ_in_the_shared_prefix_switch_only(overrides, foundation_dir
     assert (shared.steps_per_task, shared.data.train_size) == (6, 6 * shared.data.batch_size)
     assert shared.model.name_or_path == str(foundation_dir)
     assert (shared.data.image_size, shared.model.max_pixels) == (224, 224 * 224)
+
+
+@pytest.mark.parametrize("preset", [family.tiny_preset for family in FAMILIES])
+def test_every_familys_toy_keeps_its_checkpoint_in_the_long_case(preset, tmp_path):
+    cfg = case_config("long", [f"model.name_or_path={preset}"], tmp_path, steps=1, warmup=0)
+    assert cfg.model.name_or_path == str(tmp_path)  # not a toy pre-trained anew on 224-pixel images
 
 
 def test_the_long_case_prompt_is_several_times_the_completion(overrides, foundation_dir):

@@ -99,11 +99,13 @@ def test_readmes_base_row_is_what_the_shipped_model_scores(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_readmes_qwen3_vl_base_row_is_what_its_shipped_model_scores(tmp_path):
-    """The base row docs/study.md states for the tiny Qwen3-VL is its shipped model's evaluation here."""
+@pytest.mark.parametrize(("preset", "words"), [("tiny-qwen3-vl", "than the Qwen2.5-VL one: its base row is"),
+                                               ("tiny-qwen3.5", "The tiny Qwen3.5's base row is")])
+def test_the_other_families_base_rows_are_what_their_shipped_models_score(preset, words, tmp_path):
+    """The base row docs/study.md states for the tiny Qwen3-VL and Qwen3.5 is the shipped model's evaluation here."""
     page = " ".join((REPO / "docs" / "study.md").read_text().split())
-    stated = re.search(r"its base row is (.*?) \(mean [\d.]+\) and general ([\d.]+)", page)
-    assert cli.main(["eval", "model.name_or_path=tiny-qwen3-vl", f"out={tmp_path / 'eval'}",
+    stated = re.search(re.escape(words) + r" (.*?) \(mean [\d.]+\) and general ([\d.]+)", page)
+    assert cli.main(["eval", f"model.name_or_path={preset}", f"out={tmp_path / 'eval'}",
                      "trainer.enable_progress_bar=false"]) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     row = ", ".join(f"{task} {value:.1f}" for task, value in zip(results["tasks"], results["accuracy_matrix"][0]))

@@ -113,6 +113,8 @@ class Family:
     # What the decoder layers carry from one token to the next, which a prompt cache holds and copies per rollout
     # (for `inspect`; transformers' cache reorders them all alike).
     cached_state: tuple[str, ...] = ("keys and values",)
+    # Modules QLoRA keeps in full precision besides the vision tower and the head (names, matched at their end).
+    unquantized: tuple[str, ...] = ()
     # Whether several completions can be packed behind one prompt in one sequence, each seeing the prompt and itself
     # through a block mask (cpt.rl.log_probs). Not where a layer carries a recurrent state: a mask does not stop a
     # recurrence, so a completion would read its siblings; the prompt's cache is forked to them instead.
@@ -218,6 +220,6 @@ class Family:
         return pattern
 
     def quantization_skip(self) -> list[str]:
-        """Modules QLoRA keeps in full precision: the vision tower and the head. transformers 5 matches names from
-        the start, older versions by substring: both forms."""
-        return [self.vision_tower, self.vision_name(), "lm_head"]
+        """Modules QLoRA keeps in full precision: the vision tower, the head and the family's `unquantized`.
+        transformers 5 matches names from the start or at their end, older versions by substring: both forms."""
+        return [self.vision_tower, self.vision_name(), "lm_head", *self.unquantized]

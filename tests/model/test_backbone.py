@@ -9,7 +9,7 @@ from cpt.model import backbone
 from cpt.model.answer_loss import sft_loss
 from cpt.model.backbone import attention_implementation, count_parameters, fsdp_units, load_backbone
 from cpt.model.families import FAMILIES, QWEN3_5
-from cpt.model.presets import write_shape_preset
+from cpt.model.presets import resolve_checkpoint, write_shape_preset
 
 
 def model_cfg(*overrides):
@@ -162,3 +162,17 @@ def test_the_attention_subset_of_qwen3_5_holds_both_layer_kinds_projections(tiny
               for p in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")}
     full = {f"model.language_model.layers.3.self_attn.{p}_proj.weight" for p in "qkvo"}
     assert chosen == linear | full
+
+
+def test_qlora_keeps_qwen3_5s_narrow_gate_projections_in_full_precision():
+    """Every linear layer of the language model in 4 bits but each linear-attention layer's two gate projections
+    (one output per value head), which QLoRA adapts in full precision."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora import LoraLayer
+
+    shipped = resolve_checkpoint(load_config(None, [f"model.name_or_path={QWEN3_5.tiny_preset}"]))
+    model = load_backbone(model_cfg("model.finetune=qlora"), shipped)
+    adapted = {n: m.base_layer for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    full = {n.rpartition(".")[2] for n, layer in adapted.items() if not isinstance(layer, bnb.nn.Linear4bit)}
+    assert full == {"in_proj_a", "in_proj_b"}
+    assert sum(isinstance(layer, bnb.nn.Linear4bit) for layer in adapted.values()) == 3 * 3 + 4 + 4 * 3

@@ -64,6 +64,9 @@ QWEN3_5 = Family(
     attention_projections=r"self_attn\.[qkvo]_proj", mlp_gate_up=r"mlp\.(gate|up)_proj",
     token_mixers=("self_attn", "linear_attn"),
     linear_attention_projections=("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj"),
+    # Each linear-attention layer's gate projections have one output per value head (16 to 48): too narrow to gain
+    # from 4-bit blocks, and bitsandbytes' CPU kernel refuses widths its block does not divide.
+    unquantized=("in_proj_a", "in_proj_b"),
     cached_state=("keys and values (full attention)", "convolution and recurrent states (linear attention)"),
     packable=False,
     toys={"tiny-qwen3.5": Toy(TINY, shipped="tiny_foundation_qwen3_5"), "small-qwen3.5": Toy(SMALL)},

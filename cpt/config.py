@@ -107,7 +107,8 @@ class ModelConfig:
     freeze_vision: bool = doc("Keep the vision tower's weights fixed (full fine-tuning; LoRA freezes all base "
                               "weights anyway).", False)
     trainable: str = doc("Which weights full fine-tuning trains, the rest frozen (the parameter-subset baseline): "
-                         "all | attention (the language model's self-attention projections q, k, v, o) | "
+                         "all | attention (the language model's self-attention projections q, k, v, o; in a "
+                         "linear-attention layer its projections) | "
                          "mlp_gate_up (its MLP gate and up projections) | language (all but the vision tower) | "
                          "vision (the vision tower only).", "all")
     min_pixels: Optional[int] = number("(0, inf)", "Smallest image area after resizing (pixels); null keeps the "

@@ -19,9 +19,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
-from cpt.config import LORA_TARGETS
 from cpt.errors import ConfigError
 from cpt.model.families import family_of_checkpoint, family_of_model
+from cpt.model.family import Family
 from cpt.model.moe_lora import experts_of, load_moe_lora, moe_lora_config, write_marker
 from cpt.model.positions import require_token_types
 from cpt.model.stage_adapters import (
@@ -172,11 +172,19 @@ def apply_finetune(model: PreTrainedModel, model_cfg: DictConfig, adapters: int 
         if "target" not in str(error).lower():
             raise
         raise ConfigError(f"model.lora.target_modules={list(lora.target_modules)} names no linear layer of the "
-                          f"language model{' or the vision tower' if lora.vision else ''}; the decoder layers' "
-                          f"are {', '.join(family.lora_targets(LORA_TARGETS))}") from None
+                          f"language model{' or the vision tower' if lora.vision else ''}; its linear layers "
+                          f"are {', '.join(language_linear_layers(model, family))}") from None
     if adapters > 1:
         add_stage_adapters(model, adapters)
     return model
+
+
+def language_linear_layers(model: nn.Module, family: Family) -> list[str]:
+    """The names of the language model's linear layers, each once, in the model's order (the head's last)."""
+    tower = family.vision_name()
+    names = [name.rpartition(".")[2] for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and tower not in name.split(".")]
+    return list(dict.fromkeys(names))
 
 
 def has_adapters(model: nn.Module) -> bool:

@@ -45,7 +45,8 @@ def rounds_options(parser: argparse.ArgumentParser, steps: int, warmup: int, rou
 def gpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", type=flags.TEXT, default=None,
                         help="comma-separated presets (default on a GPU qwen2.5-vl-7b,qwen3-vl-8b; without one "
-                             "tiny,tiny-qwen3-vl; random weights)")
+                             "tiny,tiny-qwen3-vl,tiny-qwen3.5; random weights; any published shape, e.g. "
+                             "qwen3.5-9b)")
     parser.add_argument("--finetune", type=flags.TEXT, help="comma-separated: lora, qlora (default both; CPU lora)")
     parser.add_argument("--prompts", type=flags.COUNT, default=None, help="prompts per RFT step (default 4; CPU 2)")
     parser.add_argument("--group", type=flags.COUNT, default=None, help="rollouts per prompt, G (default 8; CPU 2)")

@@ -41,7 +41,7 @@ from cpt.bench.report import plural, say, version, versions_line
 
 # Without --shapes (the help of `python -m cpt bench gpu` names them too).
 GPU_SHAPES = ("qwen2.5-vl-7b", "qwen3-vl-8b")
-CPU_SHAPES = ("tiny", "tiny-qwen3-vl")
+CPU_SHAPES = ("tiny", "tiny-qwen3-vl", "tiny-qwen3.5")
 PACKAGES = ("torch", "transformers", "peft", "lightning", "bitsandbytes", "flash-attn")
 
 

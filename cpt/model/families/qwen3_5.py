@@ -37,6 +37,7 @@ def dense(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int
                          "num_heads": vision_heads, "out_hidden_size": hidden},
                  tie_word_embeddings=tie, patch_size=16)
 
+
 # Qwen3-VL's toy, with this family's layers: three linear-attention layers, then one full-attention layer; rotary
 # frequencies over a quarter of each 64-wide head (the published [11, 11, 10] of 32 scaled to 8).
 TINY = Shape(text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -71,7 +72,8 @@ QWEN3_5 = Family(
     packable=False,
     toys={"tiny-qwen3.5": Toy(TINY, shipped="tiny_foundation_qwen3_5"), "small-qwen3.5": Toy(SMALL)},
     shapes={
-        # The published config.json files (text and vision parts; linear_num_key_heads is 16 in every size).
+        # The published config.json files (text and vision parts; linear_num_key_heads is 16 in every size), as
+        # copies of them give them (the 2B's vision part and tied embeddings from one copy only).
         "qwen3.5-0.8b": dense(hidden=1024, intermediate=3584, layers=24, heads=8, kv_heads=2, value_heads=16,
                               vision=(12, 768, 3072, 12), tie=True),
         "qwen3.5-2b": dense(hidden=2048, intermediate=6144, layers=24, heads=8, kv_heads=2, value_heads=16,

@@ -1,4 +1,4 @@
-"""`bench gpu` run as a user runs it on a machine without a GPU: the tiny shapes of both families, LoRA."""
+"""`bench gpu` run as a user runs it on a machine without a GPU: the tiny shapes of every family, LoRA."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import torch
 
 from cpt.bench.gpu import CPU_SHAPES
 from cpt.cli import main
+from cpt.model.families import FAMILIES
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the command measures the published shapes")
-def test_bench_gpu_on_the_cpu_measures_both_families_and_writes_its_table(tmp_path, capsys):
+def test_bench_gpu_on_the_cpu_measures_every_family_and_writes_its_table(tmp_path, capsys):
     out = tmp_path / "figures" / "bench-gpu.json"
     main(["bench", "gpu", "--rounds", "1", "--new-tokens", "5", "--out", str(out)])
     printed = capsys.readouterr().out
     written = json.loads(out.read_text())
 
     assert written["device"].startswith("CPU") and written["settings"]["shapes"] == list(CPU_SHAPES)
+    assert set(CPU_SHAPES) == {family.tiny_preset for family in FAMILIES}
     assert set(written["versions"]) == {"torch", "transformers", "peft", "lightning", "bitsandbytes", "flash-attn"}
     rows = written["rows"]
     assert [(r["shape"], r["step"]) for r in rows] == [

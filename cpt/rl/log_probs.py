@@ -11,7 +11,8 @@ of 152k), and both are avoidable:
   - the float32 logits over the whole vocabulary for every completion token (64 rollouts x 256 tokens x 152k is
     10 GB, and log_softmax and the entropy make more of that size): with `chunk`, the head runs on at most `chunk`
     tokens at a time and is recomputed in the backward pass instead of kept.
-Both give the values of the plain path (tests/rl/test_log_probs.py), which stays available for comparison.
+Both give the values of the plain path (tests/rl/test_log_probs.py; the forked pass within float32 rounding, its
+recurrence split at other places), which stays available for comparison.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def prompt_sharing(model: nn.Module, prompts: Batch, completion_ids: torch.Tenso
     if why_prompts_repeat(model) is not None or not bool((groups[1:] == groups[:-1]).any()):
         return None  # (a group of one row has nothing to share)
     if not family_of_model(base_model(model)).packable:
-        return "forked"  # as few tokens as the packed pass, and no quadratic cost of its own
+        return "forked"  # the packed pass's tokens, without the masked query-key pairs it pays for
     hidden_size = base_model(model).config.get_text_config().hidden_size
     return "packed" if packing_pays(prompts, completion_ids, groups, hidden_size) else None
 

@@ -162,7 +162,8 @@ def test_left_padding_reaches_no_row(ref):
     model = ref.model()
     batch = ref.batch(with_response=True)
     texts = ref.texts(with_response=True)
-    assert (batch.attention_mask == 0).any(1).sum() == 2  # two rows padded, by different lengths
+    padding = (batch.attention_mask == 0).sum(1).tolist()
+    assert min(padding) == 0 and len(set(padding)) == 3  # two rows padded, by different lengths
     with torch.no_grad():
         padded = model(**batch.model_inputs()).logits
         for row, (text, example) in enumerate(zip(texts, ref.examples)):

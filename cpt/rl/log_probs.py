@@ -87,7 +87,7 @@ def _final_hidden(model: nn.Module, inputs: dict) -> torch.Tensor:
     return _final_hidden_and_output(model, inputs)[0]
 
 
-def _final_hidden_and_output(model: nn.Module, inputs: dict):
+def _final_hidden_and_output(model: nn.Module, inputs: dict) -> tuple[torch.Tensor, object]:
     """`_final_hidden`, and the forward's output (its cache, where one was asked for)."""
     captured = []
     norm = family_of_model(base_model(model)).norm(base_model(model))

@@ -79,8 +79,8 @@ def test_shared_prefix_and_chunks_equal_the_repeated_full_vocabulary_path(finetu
     # The forked pass runs the prompt and the completions as two sequences, so Qwen3.5's chunked recurrence splits
     # them at other places than the repeated pass does, in float32: its log-probabilities differ by up to 1e-5 and
     # its entropies (over the whole vocabulary, at 1 / 0.7 the logits) by up to 1e-4 here. Rounding, not a wrong
-    # state: in float64 (but for the norms and the decay, which transformers keeps in float32) both differences
-    # fall to 3e-6.
+    # state: with the weights and the recurrence's decay in float64 (the norms stay float32 in transformers) both
+    # differences fall below 3e-6.
     atol, rtol = (1e-5, 1e-4) if processor.family.packable else (2e-4, 1e-3)
     for groups, chunk in [(rollouts[3], None), (None, 5), (rollouts[3], 4)]:
         logp, entropy, grads = log_probs_and_grads(model, rollouts, groups, chunk)
